@@ -1,0 +1,201 @@
+"""Typed nftables objects: the vocabulary of one table, with no knowledge of Cloud Foundry.
+
+Every object is a frozen value. A `Ruleset` is the complete desired (or read-back) content of
+one table; `nft.diff` turns two rulesets into one `Transaction`, and `nft.runner` commits it
+atomically through libnftables.
+
+Set and map keys are held as numbers, not as nft text, so that what we wrote and what the
+kernel lists back compare equal however nft chooses to print them (`10.0.0.0/24` versus
+`10.0.0.0-10.0.0.255`, `tcp` versus `6`, `echo-request` versus `8`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+class Family(StrEnum):
+    INET = "inet"
+    IP = "ip"
+    IP6 = "ip6"
+
+
+class ChainType(StrEnum):
+    FILTER = "filter"
+    NAT = "nat"
+    ROUTE = "route"
+
+
+class Hook(StrEnum):
+    PREROUTING = "prerouting"
+    INPUT = "input"
+    FORWARD = "forward"
+    OUTPUT = "output"
+    POSTROUTING = "postrouting"
+
+
+class Policy(StrEnum):
+    ACCEPT = "accept"
+    DROP = "drop"
+
+
+class SetFlag(StrEnum):
+    INTERVAL = "interval"
+    CONSTANT = "constant"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    family: Family
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A chain. Base chains set `type`, `hook`, `priority` and `policy` together; regular chains set none."""
+
+    name: str
+    type: ChainType | None = None
+    hook: Hook | None = None
+    priority: int | None = None
+    policy: Policy | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.hook is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule in nft syntax, e.g. `ip daddr @deny-always counter reject`.
+
+    `comment` is for humans (app and space guids). The renderer appends a fingerprint of
+    `text` to it, so read-back can tell whether the kernel still holds exactly this rule.
+    """
+
+    chain: str
+    text: str
+    comment: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.blake2s(self.text.encode(), digest_size=4).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AddrRange:
+    """An inclusive range of IP addresses of one family; a single address has start == end."""
+
+    start: IPAddress
+    end: IPAddress
+
+    def __post_init__(self) -> None:
+        if self.start.version != self.end.version:
+            raise ValueError(f"address range {self.start}-{self.end} mixes IPv4 and IPv6")
+        if int(self.start) > int(self.end):
+            raise ValueError(f"address range {self.start}-{self.end}: start after end")
+
+    @classmethod
+    def single(cls, addr: IPAddress) -> AddrRange:
+        return cls(addr, addr)
+
+
+@dataclass(frozen=True, slots=True)
+class IntRange:
+    """An inclusive range of small integers (ports, protocol numbers, ICMP type/code)."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if self.lo > self.hi:
+            raise ValueError(f"range {self.lo}-{self.hi}: start after end")
+
+    @classmethod
+    def single(cls, value: int) -> IntRange:
+        return cls(value, value)
+
+
+KeyField = Union[AddrRange, IntRange]
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    """A named set. `type` lists the datatypes of a (possibly concatenated) key, e.g.
+    ("ipv4_addr", "inet_proto", "inet_service"). `counter` gives every element its own counter."""
+
+    name: str
+    type: tuple[str, ...]
+    flags: tuple[SetFlag, ...] = ()
+    counter: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Map:
+    """A named map from a key (as for `Set`) to `value_type`, usually "verdict"."""
+
+    name: str
+    type: tuple[str, ...]
+    value_type: str = "verdict"
+    flags: tuple[SetFlag, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """One element of a set or map. `value` is set for map elements, e.g. "jump asg-1f2e3d4c"."""
+
+    set: str
+    key: tuple[KeyField, ...]
+    value: str | None = None
+    comment: str | None = None
+
+
+@dataclass(slots=True)
+class Ruleset:
+    """The whole content of one table. Chains keep their rules in order."""
+
+    table: Table
+    chains: dict[str, Chain] = field(default_factory=dict)
+    rules: dict[str, list[Rule]] = field(default_factory=dict)
+    sets: dict[str, Set | Map] = field(default_factory=dict)
+    elements: dict[str, dict[tuple[KeyField, ...], Element]] = field(default_factory=dict)
+
+    def add_chain(self, chain: Chain) -> None:
+        if chain.name in self.chains:
+            raise ValueError(f"chain {chain.name!r} defined twice")
+        self.chains[chain.name] = chain
+        self.rules[chain.name] = []
+
+    def add_rule(self, rule: Rule) -> None:
+        if rule.chain not in self.chains:
+            raise ValueError(f"rule for unknown chain {rule.chain!r}: {rule.text}")
+        self.rules[rule.chain].append(rule)
+
+    def add_set(self, s: Set | Map) -> None:
+        if s.name in self.sets:
+            raise ValueError(f"set {s.name!r} defined twice")
+        self.sets[s.name] = s
+        self.elements[s.name] = {}
+
+    def add_element(self, element: Element) -> None:
+        s = self.sets.get(element.set)
+        if s is None:
+            raise ValueError(f"element for unknown set {element.set!r}")
+        if len(element.key) != len(s.type):
+            raise ValueError(f"element {element.key} does not fit the key {s.type} of set {s.name!r}")
+        self.elements[s.name][element.key] = element
+
+    def counts(self) -> tuple[int, int, int]:
+        """(chains, rules, elements), for metrics and benchmarks."""
+        return (
+            len(self.chains),
+            sum(len(r) for r in self.rules.values()),
+            sum(len(e) for e in self.elements.values()),
+        )
