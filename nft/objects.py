@@ -78,15 +78,31 @@ class Rule:
 
     `comment` is for humans (app and space guids). The renderer appends a fingerprint of
     `text` to it, so read-back can tell whether the kernel still holds exactly this rule.
+
+    Read-back fills the last two fields: `handle` is the kernel's rule handle, `text` is then
+    nft's own listing of the rule (which may differ in spelling from what we wrote), and
+    `kernel_fingerprint` the fingerprint found in its comment (None for a rule we did not write).
     """
 
     chain: str
     text: str
     comment: str | None = None
+    handle: int | None = None
+    kernel_fingerprint: str | None = None
 
     @property
     def fingerprint(self) -> str:
         return hashlib.blake2s(self.text.encode(), digest_size=4).hexdigest()
+
+    @property
+    def is_listed(self) -> bool:
+        """True for a rule read back from a kernel (or a fake of one)."""
+        return self.handle is not None
+
+    @property
+    def claimed_fingerprint(self) -> str | None:
+        """The fingerprint this rule stands for: the one in its kernel comment if read back, else its own."""
+        return self.kernel_fingerprint if self.is_listed else self.fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,3 +215,26 @@ class Ruleset:
             sum(len(r) for r in self.rules.values()),
             sum(len(e) for e in self.elements.values()),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """Packets and bytes counted by one rule or set element."""
+
+    packets: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Counter) -> Counter:
+        return Counter(self.packets + other.packets, self.bytes + other.bytes)
+
+
+@dataclass(slots=True)
+class Counters:
+    """Counter values of one table, kept apart from `Ruleset` because they never take part in a diff.
+
+    `rules` is keyed by (chain, fingerprint) and sums rules that share both; rules we did not
+    write are left out. `elements` is keyed by (set, key) and holds elements of sets with `counter`.
+    """
+
+    rules: dict[tuple[str, str], Counter] = field(default_factory=dict)
+    elements: dict[tuple[str, tuple[KeyField, ...]], Counter] = field(default_factory=dict)

@@ -1,0 +1,348 @@
+"""An in-memory kernel with the same interface as `NftRunner`, for tests of everything above nft/.
+
+`FakeNft` applies a transaction's operations, in the order the transaction renders them, to a copy
+of its tables and swaps the copy in only if every operation succeeded, as the kernel's atomic
+commit does. It refuses what the kernel refuses (checked against nft 1.0.6): dangling `jump`,
+`goto`, `@set` and `vmap @map` references, deleting a missing or still-used object, re-adding a
+set or base chain with another definition, a map element whose key exists with another value, a
+range in a set without `flags interval`, and overlapping elements in interval sets (concatenated
+ones included). Its errors are `NftError`s worded like nft's, pointing at the batch line.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import re
+from dataclasses import dataclass
+
+from nft.datatypes import check_key, field_bounds
+from nft.diff import same_set
+from nft.errors import NftError
+from nft.objects import Chain, Counter, Counters, Element, KeyField, Map, Rule, Ruleset, Set, SetFlag, Table
+from nft.render import clean_comment, normalize_value, render_ruleset, rule_human_comment
+from nft.transaction import Op, Transaction, Verb
+
+_BATCH_NAME = "fake-batch"
+_SET_REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)")
+_CHAIN_REFERENCE = re.compile(r"\b(?:jump|goto)\s+([A-Za-z0-9_.\-]+)")
+
+ENOENT = "Could not process rule: No such file or directory"
+EEXIST = "Could not process rule: File exists"
+EBUSY = "Could not process rule: Device or resource busy"
+EOPNOTSUPP = "Could not process rule: Operation not supported"
+
+
+@dataclass
+class _Refused(Exception):
+    """One operation the fake kernel refuses; `op` is the element to blame inside an element command."""
+
+    message: str
+    op: Op | None = None
+
+
+class FakeNft:
+    """A fake of `NftRunner`: apply/check/read/read_counters, sync and async, plus inspection.
+
+    `transactions` lists every committed transaction. `fail_next(n, error)` makes the next `n`
+    `apply` calls raise `error` (an NftError by default) without changing anything.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[Table, Ruleset] = {}
+        self._next_handle = 1
+        self._failures: list[BaseException] = []
+        self.transactions: list[Transaction] = []
+
+    def fail_next(self, n: int = 1, error: BaseException | None = None) -> None:
+        """The next `n` calls of `apply` fail with `error` and change nothing."""
+        injected = error or NftError(1, "Error: Could not process rule: Cannot allocate memory (injected)")
+        self._failures.extend([injected] * n)
+
+    def apply(self, tx: Transaction) -> None:
+        lines = tx.render_lines()  # raises the transaction's validation error, as the runner does
+        if not lines:
+            return
+        if self._failures:
+            raise self._failures.pop(0)
+        table, handle = self._run(tx, lines)
+        self._swap(tx.table, table)
+        self._next_handle = handle
+        self.transactions.append(tx)
+
+    def check(self, tx: Transaction) -> None:
+        lines = tx.render_lines()
+        if lines:
+            self._run(tx, lines)
+
+    def read(self, table: Table) -> Ruleset | None:
+        current = self._tables.get(table)
+        return _copy(current) if current is not None else None
+
+    def read_counters(self, table: Table) -> Counters | None:
+        """Zero counters for every rule we wrote and every element of a set with `counter`."""
+        current = self._tables.get(table)
+        if current is None:
+            return None
+        counters = Counters()
+        for chain, rules in current.rules.items():
+            for rule in rules:
+                if rule.kernel_fingerprint is not None:
+                    counters.rules[(chain, rule.kernel_fingerprint)] = Counter()
+        for name, s in current.sets.items():
+            if isinstance(s, Set) and s.counter:
+                for key in current.elements[name]:
+                    counters.elements[(name, key)] = Counter()
+        return counters
+
+    def dump(self) -> str:
+        """Every table as `render_ruleset` text, sorted: what `nft -f` would load to get this state."""
+        return "".join(render_ruleset(self._tables[t]) for t in sorted(self._tables, key=lambda t: (t.family, t.name)))
+
+    async def apply_async(self, tx: Transaction) -> None:
+        self.apply(tx)
+
+    async def check_async(self, tx: Transaction) -> None:
+        self.check(tx)
+
+    async def read_async(self, table: Table) -> Ruleset | None:
+        return self.read(table)
+
+    async def read_counters_async(self, table: Table) -> Counters | None:
+        return self.read_counters(table)
+
+    def _swap(self, table: Table, content: Ruleset | None) -> None:
+        if content is None:
+            self._tables.pop(table, None)
+        else:
+            self._tables[table] = content
+
+    def _run(self, tx: Transaction, lines: list[tuple[str, Op | None]]) -> tuple[Ruleset | None, int]:
+        current = self._tables.get(tx.table)
+        kernel = _Kernel(tx.table, _copy(current) if current is not None else None, self._next_handle)
+        batch = "".join(text + "\n" for text, _ in lines)
+        i = 0
+        while i < len(lines):
+            text, op = lines[i]
+            if op is not None:
+                try:
+                    kernel.single(op)
+                except _Refused as refused:
+                    raise _error(batch, lines, i, refused.message) from None
+                i += 1
+                continue
+            # An element command: its elements follow, one per line, up to the closing brace.
+            end = next(j for j in range(i + 1, len(lines)) if lines[j][1] is None)
+            group = [(j, o) for j in range(i + 1, end) if (o := lines[j][1]) is not None]
+            try:
+                kernel.elements([o for _, o in group])
+            except _Refused as refused:
+                where = next((j for j, o in group if o is refused.op), i)
+                raise _error(batch, lines, where, refused.message) from None
+            i = end + 1
+        return kernel.table, kernel.next_handle
+
+
+class _Kernel:
+    """The state of one table during one transaction, changed op by op like the kernel's."""
+
+    def __init__(self, table: Table, content: Ruleset | None, next_handle: int) -> None:
+        self.name = table
+        self.table = content
+        self.next_handle = next_handle
+
+    def single(self, op: Op) -> None:
+        obj = op.obj
+        if isinstance(obj, Table):
+            if op.verb is Verb.ADD:
+                self.table = self.table or Ruleset(obj)
+            elif self.table is None:
+                raise _Refused(ENOENT)
+            else:
+                self.table = None
+            return
+        rs = self._existing()
+        if isinstance(obj, Chain):
+            {Verb.ADD: self._add_chain, Verb.DELETE: self._delete_chain, Verb.FLUSH: self._flush}[op.verb](rs, obj)
+        elif isinstance(obj, (Set, Map)):
+            (self._add_set if op.verb is Verb.ADD else self._delete_set)(rs, obj)
+        elif isinstance(obj, Rule):
+            self._add_rule(rs, obj)
+
+    def elements(self, ops: list[Op]) -> None:
+        rs = self._existing()
+        name = ops[0].obj.set  # type: ignore[union-attr]
+        s = rs.sets.get(name)
+        if s is None:
+            raise _Refused(ENOENT)
+        current = rs.elements[name]
+        if ops[0].verb is Verb.DELETE:
+            for op in ops:
+                if op.obj.key not in current:  # type: ignore[union-attr]
+                    raise _Refused(ENOENT, op)
+                del current[op.obj.key]  # type: ignore[union-attr]
+            return
+        interval = SetFlag.INTERVAL in s.flags
+        fresh: list[tuple[KeyField, ...]] = []
+        for op in ops:
+            element = op.obj
+            assert isinstance(element, Element)
+            try:
+                check_key(name, s.type, element.key, interval=interval)
+            except ValueError as e:
+                raise _Refused(str(e), op) from None
+            if isinstance(s, Map) != (element.value is not None):
+                raise _Refused("map elements need a value, set elements take none", op)
+            value = normalize_value(element.value) if element.value is not None else None
+            if value is not None:
+                self._check_target(rs, value, op)
+            existing = current.get(element.key)
+            if existing is not None:
+                if existing.value != value:
+                    raise _Refused(EEXIST, op)
+                continue  # nft's add leaves an existing element (and its comment) alone
+            current[element.key] = Element(name, element.key, value, clean_comment(element.comment))
+            fresh.append(element.key)
+        if interval and fresh:
+            clash = _overlap(list(current), set(fresh))
+            if clash is not None:
+                blamed = next(op for op in ops if op.obj.key == clash)  # type: ignore[union-attr]
+                raise _Refused(EEXIST if len(s.type) > 1 else "interval overlaps with an existing one", blamed)
+
+    def _existing(self) -> Ruleset:
+        if self.table is None:
+            raise _Refused(ENOENT)
+        return self.table
+
+    def _add_chain(self, rs: Ruleset, chain: Chain) -> None:
+        have = rs.chains.get(chain.name)
+        if have is None:
+            rs.add_chain(chain)
+        elif not chain.is_base or have == chain:
+            return
+        elif have.is_base and (have.type, have.hook, have.priority) == (chain.type, chain.hook, chain.priority):
+            rs.chains[chain.name] = chain  # a policy change updates the chain in place
+        else:
+            raise _Refused(EOPNOTSUPP)
+
+    def _delete_chain(self, rs: Ruleset, chain: Chain) -> None:
+        if chain.name not in rs.chains:
+            raise _Refused(ENOENT)
+        if rs.rules[chain.name] or chain.name in _chain_users(rs):
+            raise _Refused(EBUSY)
+        del rs.chains[chain.name]
+        del rs.rules[chain.name]
+
+    def _flush(self, rs: Ruleset, chain: Chain) -> None:
+        if chain.name not in rs.chains:
+            raise _Refused(ENOENT)
+        rs.rules[chain.name] = []
+
+    def _add_set(self, rs: Ruleset, s: Set | Map) -> None:
+        have = rs.sets.get(s.name)
+        if have is None:
+            rs.add_set(s)
+        elif not same_set(have, s):
+            raise _Refused(EEXIST)
+
+    def _delete_set(self, rs: Ruleset, s: Set | Map) -> None:
+        if s.name not in rs.sets:
+            raise _Refused(ENOENT)
+        if any(s.name in _sets_used(r.text) for rules in rs.rules.values() for r in rules):
+            raise _Refused(EBUSY)
+        del rs.sets[s.name]
+        del rs.elements[s.name]
+
+    def _add_rule(self, rs: Ruleset, rule: Rule) -> None:
+        if rule.chain not in rs.chains:
+            raise _Refused(ENOENT)
+        for name in _sets_used(rule.text):
+            if name not in rs.sets:
+                raise _Refused(ENOENT)
+        for name in _chains_used(rule.text):
+            self._check_chain_target(rs, name)
+        listed = Rule(
+            rule.chain,
+            rule.text,
+            rule_human_comment(rule),
+            handle=self.next_handle,
+            kernel_fingerprint=rule.claimed_fingerprint,
+        )
+        self.next_handle += 1
+        rs.rules[rule.chain].append(listed)
+
+    def _check_target(self, rs: Ruleset, value: str, op: Op) -> None:
+        for name in _chains_used(value):
+            try:
+                self._check_chain_target(rs, name)
+            except _Refused as refused:
+                raise _Refused(refused.message, op) from None
+
+    @staticmethod
+    def _check_chain_target(rs: Ruleset, name: str) -> None:
+        target = rs.chains.get(name)
+        if target is None:
+            raise _Refused(ENOENT)
+        if target.is_base:
+            raise _Refused(EOPNOTSUPP)
+
+
+@functools.lru_cache(maxsize=65536)
+def _sets_used(text: str) -> frozenset[str]:
+    return frozenset(_SET_REFERENCE.findall(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _chains_used(text: str) -> frozenset[str]:
+    return frozenset(_CHAIN_REFERENCE.findall(text))
+
+
+def _chain_users(rs: Ruleset) -> set[str]:
+    """Names of chains something jumps to: rules and map element verdicts."""
+    used: set[str] = set()
+    for rules in rs.rules.values():
+        for rule in rules:
+            used |= _chains_used(rule.text)
+    for name, s in rs.sets.items():
+        if isinstance(s, Map):
+            for element in rs.elements[name].values():
+                if element.value:
+                    used |= _chains_used(element.value)
+    return used
+
+
+def _overlap(keys: list[tuple[KeyField, ...]], fresh: set[tuple[KeyField, ...]]) -> tuple[KeyField, ...] | None:
+    """A newly added key that overlaps another key in every field, or None.
+
+    A sweep over the first field: only keys whose first-field intervals intersect are compared."""
+    bounds = sorted(((tuple(field_bounds(f) for f in key), key) for key in keys), key=lambda b: b[0][0])
+    active: list[tuple[int, int, tuple[tuple[int, int], ...], tuple[KeyField, ...]]] = []
+    for serial, (b, key) in enumerate(bounds):
+        lo = b[0][0]
+        while active and active[0][0] < lo:
+            heapq.heappop(active)
+        for _, _, other_b, other in active:
+            if (key in fresh or other in fresh) and all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(b, other_b)):
+                return key if key in fresh else other
+        heapq.heappush(active, (b[0][1], serial, b, key))
+    return None
+
+
+def _copy(rs: Ruleset) -> Ruleset:
+    """A copy deep enough to change independently (the objects themselves are frozen)."""
+    return Ruleset(
+        rs.table,
+        dict(rs.chains),
+        {name: list(rules) for name, rules in rs.rules.items()},
+        dict(rs.sets),
+        {name: dict(elements) for name, elements in rs.elements.items()},
+    )
+
+
+def _error(batch: str, lines: list[tuple[str, Op | None]], index: int, message: str) -> NftError:
+    text = lines[index][0]
+    width = max(1, len(text.strip()))
+    indent = len(text) - len(text.lstrip())
+    stderr = f"{_BATCH_NAME}:{index + 1}:{indent + 1}-{indent + width}: Error: {message}\n{text}\n"
+    stderr += " " * indent + "^" * width
+    return NftError.from_batch(1, stderr, batch, what="nft transaction")
