@@ -1,0 +1,209 @@
+"""Problems found in input documents, in words a CF operator can act on.
+
+Every way of reading CF data (the cell state document, a NATS message, a policy-server or
+Cloud Controller response) reports what is wrong as `Problem`s: a path into the input and one
+line saying what is wrong with which value, e.g.
+
+    security_groups[3].rules[7].ports: '80-70': start after end
+    containers[0].colour: unknown key
+
+Strict readers raise `StateError` holding all of them. Lenient readers (the daemon, the
+watchers) drop the smallest part of the input that is bad, keep the rest, and return the
+problems so they can be logged. Dropping is always towards less access: a dropped rule or
+policy allows nothing, and a dropped container is unknown to the table, which fails closed.
+
+Pydantic's own messages never reach a user; `problems_from` rewrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+# Keys that can be printed bare in a path; anything else is quoted like ['odd key'].
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SHOW_MAX = 60
+
+
+def show(value: object) -> str:
+    """An input value as it appears in a message: strings quoted, JSON words for the rest, long values cut."""
+    if isinstance(value, str):
+        value = str(value)  # a StrEnum member shows as its value
+        return repr(value if len(value) <= _SHOW_MAX else value[: _SHOW_MAX - 1] + "…")
+    if value is None or isinstance(value, (bool, int, float, list, dict)):
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+
+
+def format_path(loc: Loc) -> str:
+    """`('security_groups', 3, 'rules', 7, 'ports')` -> `security_groups[3].rules[7].ports`."""
+    out = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif _BARE_KEY.fullmatch(part):
+            out.append(f".{part}" if out else part)
+        else:
+            out.append(f"[{part!r}]")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input document: where (`loc`, printed as `path`) and what (`message`)."""
+
+    loc: Loc
+    message: str
+
+    @property
+    def path(self) -> str:
+        return format_path(self.loc)
+
+    def __str__(self) -> str:
+        path = self.path
+        return f"{path}: {self.message}" if path else self.message
+
+
+class StateError(ValueError):
+    """An input document could not be used. `problems` lists everything found, in document order.
+
+    `str()` is one line per problem, prefixed with `source` (a file name) when there is one.
+    """
+
+    def __init__(self, problems: Sequence[Problem], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        return "\n".join(f"{prefix}{p}" for p in self.problems)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = show(error.get("input"))
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in ("value_error", "assertion_error"):
+        # Our validators raise ValueError with a finished sentence that already quotes the value.
+        return str(ctx["error"])
+    if kind == "string_type":
+        return f"{value}: must be a string"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{value}: must be an integer"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{value}: must be true or false"
+    if kind == "list_type":
+        return f"{value}: must be a list"
+    if kind in ("dict_type", "model_type", "model_attributes_type", "dataclass_type"):
+        return f"{value}: must be an object"
+    if kind in ("enum", "literal_error"):
+        return f"{value}: must be one of {ctx['expected']}"
+    if kind == "greater_than_equal":
+        return f"{value}: must be at least {ctx['ge']}"
+    if kind == "greater_than":
+        return f"{value}: must be greater than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"{value}: must be at most {ctx['le']}"
+    if kind == "less_than":
+        return f"{value}: must be less than {ctx['lt']}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"{value}: too short"
+    if kind == "too_short":
+        return f"must have at least {ctx['min_length']} item(s)"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} item(s)"
+    msg: str = error["msg"]
+    return f"{value}: {msg[:1].lower()}{msg[1:]}"
+
+
+def _clean_loc(loc: Sequence[str | int]) -> Loc:
+    # Pydantic inserts schema tags (e.g. 'function-after[...]') for some validators; they are not input keys.
+    return tuple(p for p in loc if isinstance(p, int) or "[" not in p)
+
+
+def problems_from(error: ValidationError, at: Loc = ()) -> list[Problem]:
+    """Rewrite a pydantic ValidationError as problems, with `at` (where the validated value sits) prefixed."""
+    return [Problem(at + _clean_loc(e["loc"]), _message(e)) for e in error.errors()]
+
+
+def _without(data: Any, loc: Loc) -> Any:
+    """A copy of `data` with the key at `loc` removed; only the containers along the path are copied."""
+    head, rest = loc[0], loc[1:]
+    if not rest:
+        return {k: v for k, v in data.items() if k != head}
+    copy = dict(data) if isinstance(data, dict) else list(data)
+    copy[head] = _without(data[head], rest)
+    return copy
+
+
+ItemParser = Callable[[object, Loc], tuple[Any, list[Problem]]]
+
+
+def validate_unit(
+    model: type[M], data: object, at: Loc = (), nested: Mapping[str, ItemParser] | None = None
+) -> tuple[M | None, list[Problem]]:
+    """Validate one droppable unit (a container, a group, a rule, a policy) leniently.
+
+    Unknown keys are reported and ignored. Lists named in `nested` (key -> parser of one item)
+    are checked item by item, and only their bad items are dropped. Any other problem drops the
+    whole unit: the result is None.
+    """
+    problems: list[Problem] = []
+    update: dict[str, list[Any]] = {}
+    if nested and isinstance(data, dict):
+        # Items are checked even when the unit itself turns out bad, so strict readers see every problem.
+        for key, parse in nested.items():
+            if key in data:
+                update[key], found = validate_items(parse, data[key], at + (key,))
+                problems += found
+        data = {k: v for k, v in data.items() if k not in update}
+    try:
+        unit = model.model_validate(data)
+    except ValidationError as error:
+        errors = error.errors()
+        problems = problems_from(error, at) + problems
+        if not all(e["type"] == "extra_forbidden" for e in errors):
+            return None, problems
+        for e in errors:
+            data = _without(data, _clean_loc(e["loc"]))
+        try:
+            unit = model.model_validate(data)
+        except ValidationError:  # pragma: no cover - pydantic reports every error in one pass
+            return None, problems
+    return (unit.model_copy(update=update) if update else unit), problems
+
+
+def validate_items(parse: ItemParser, data: object, at: Loc) -> tuple[list[Any], list[Problem]]:
+    """Parse a list item by item with `parse(item, loc)`, dropping the items it rejects (returns None for).
+
+    A value that is not a list at all yields no items and one problem.
+    """
+    if not isinstance(data, list):
+        return [], [Problem(at, f"{show(data)}: must be a list")]
+    kept, problems = [], []
+    for i, item in enumerate(data):
+        parsed, found = parse(item, at + (i,))
+        problems += found
+        if parsed is not None:
+            kept.append(parsed)
+    return kept, problems
+
+
+def item_parser(model: type[M], nested: Mapping[str, ItemParser] | None = None) -> ItemParser:
+    """An ItemParser that validates each item as `model` with `validate_unit`."""
+    return lambda data, at: validate_unit(model, data, at, nested)
