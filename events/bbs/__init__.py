@@ -1,0 +1,18 @@
+r"""Diego BBS: the protobuf models, an mTLS client, the SSE event framing, a simulator and the watcher.
+
+    bbs.proto / bbs_pb2.py   our subset of BBS's models, upstream field numbers (cf-facts.md §3.4-3.5)
+    sse.py                   Server-Sent Events framing as BBS writes it (vito/go-sse)
+    client.py                POST-with-protobuf list calls and the event streams, over mutual TLS
+    simulator.py             a BBS that speaks the same wire format, driven by a scenario API
+    view.py                  the watcher's in-memory picture of LRPs and what it turns into
+    watcher.py               `BbsWatcher`: list, follow events, publish container and app states
+
+`bbs_pb2.py` and `bbs_pb2.pyi` are generated and committed. After editing `bbs.proto`, regenerate
+them from the repository root with grpcio-tools' protoc:
+
+    .venv/bin/python -m grpc_tools.protoc -I events/bbs \
+        --python_out=events/bbs --pyi_out=events/bbs events/bbs/bbs.proto
+
+The generated module checks at import that the protobuf runtime is at least the version that
+generated it (see its header).
+"""
