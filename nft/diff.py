@@ -93,6 +93,8 @@ def same_set(a: Set | Map, b: Set | Map) -> bool:
 
 def same_element(a: Element, b: Element) -> bool:
     """Same value and comment, as the kernel keeps them (keys are compared by the caller)."""
+    if a.value == b.value and a.comment == b.comment:
+        return True
     value_a = normalize_value(a.value) if a.value is not None else None
     value_b = normalize_value(b.value) if b.value is not None else None
     return value_a == value_b and clean_comment(a.comment) == clean_comment(b.comment)

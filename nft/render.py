@@ -33,10 +33,16 @@ def clean_comment(text: str | None, max_bytes: int = COMMENT_MAX_BYTES) -> str |
     control characters, whitespace collapsed, cut to `max_bytes` of UTF-8. Empty becomes None."""
     if text is None:
         return None
+    if len(text) <= max_bytes and text.isascii() and text.isprintable() and _already_clean(text):
+        return text or None
     printable = "".join(" " if ch < " " or ch == "\x7f" else ch for ch in text.replace('"', "'"))
     collapsed = " ".join(printable.split())
     cut = collapsed.encode()[:max_bytes].decode("utf-8", "ignore").rstrip()
     return cut or None
+
+
+def _already_clean(text: str) -> bool:
+    return '"' not in text and "  " not in text and text == text.strip()
 
 
 def rule_human_comment(rule: Rule) -> str | None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from nft.errors import NftError
 from nft.netns import NamespaceThread
 from nft.objects import Counters, Ruleset, Table
-from nft.readback import parse_counters, parse_rule_texts, parse_ruleset
+from nft.readback import parse_listing
 from nft.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -64,11 +64,13 @@ class NftRunner:
 
     def read(self, table: Table) -> Ruleset | None:
         """The table as the kernel holds it, or None if it does not exist."""
-        return self._worker.call(self._read, table)
+        listed = self._worker.call(self._read, table)
+        return listed[0] if listed is not None else None
 
     def read_counters(self, table: Table) -> Counters | None:
         """Packet and byte counters of the table's rules and set elements, or None without the table."""
-        return self._worker.call(self._read_counters, table)
+        listed = self._worker.call(self._read, table)
+        return listed[1] if listed is not None else None
 
     def list_tables(self) -> list[str]:
         """`family name` of every table in the namespace (nothing else of other tables is read)."""
@@ -85,10 +87,12 @@ class NftRunner:
             await self._worker.call_async(self._run_batch, batch, True)
 
     async def read_async(self, table: Table) -> Ruleset | None:
-        return await self._worker.call_async(self._read, table)
+        listed = await self._worker.call_async(self._read, table)
+        return listed[0] if listed is not None else None
 
     async def read_counters_async(self, table: Table) -> Counters | None:
-        return await self._worker.call_async(self._read_counters, table)
+        listed = await self._worker.call_async(self._read, table)
+        return listed[1] if listed is not None else None
 
     # Everything below runs on the worker thread.
 
@@ -114,41 +118,25 @@ class NftRunner:
         if rc != 0:
             raise NftError.from_batch(rc, err, batch, what="nft check" if dry_run else "nft transaction")
 
-    def _list(self, table: Table, *, json: bool) -> str | None:
+    def _read(self, table: Table) -> tuple[Ruleset, Counters] | None:
         nft = self._nft()
-        nft.set_json_output(json)
-        nft.set_numeric_proto_output(True)
-        nft.set_numeric_symbol_output(True)
-        nft.set_numeric_prio_output(True)
-        # The text listing is only for rule text: no set elements, no counter values, with handles.
-        nft.set_terse_output(not json)
-        nft.set_stateless_output(not json)
-        nft.set_handle_output(not json)
+        # Numbers for protocols, ICMP types and priorities: set elements then hold nothing but
+        # numbers, addresses and ranges. Handles pair rules with their kernel identity.
+        flags = ("numeric_proto", "numeric_symbol", "numeric_prio", "handle")
+        for flag in flags:
+            getattr(nft, f"set_{flag}_output")(True)
         command = f"list table {table.family} {table.name}"
         try:
             rc, out, err = nft.cmd(command)
         finally:
-            nft.set_json_output(False)
-            nft.set_terse_output(False)
-            nft.set_stateless_output(False)
-            nft.set_handle_output(False)
+            for flag in flags:
+                getattr(nft, f"set_{flag}_output")(False)
         if rc != 0:
             error = NftError(rc, err, what=command)
             if error.not_found:
                 return None
             raise error
-        return out
-
-    def _read(self, table: Table) -> Ruleset | None:
-        listing = self._list(table, json=True)
-        texts = self._list(table, json=False) if listing is not None else None
-        if listing is None or texts is None:
-            return None
-        return parse_ruleset(listing, parse_rule_texts(texts))
-
-    def _read_counters(self, table: Table) -> Counters | None:
-        listing = self._list(table, json=True)
-        return parse_counters(listing) if listing is not None else None
+        return parse_listing(out)
 
     def _list_tables(self) -> list[str]:
         rc, out, err = self._nft().cmd("list tables")
