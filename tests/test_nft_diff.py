@@ -1,0 +1,263 @@
+"""diff: the smallest ordered transaction from what the kernel holds to what we want.
+
+Every case also applies the transaction to a FakeNft holding `actual` and checks the result
+reads back equal to `desired`, so the order is one the (fake) kernel accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+from ipaddress import ip_address, ip_network
+
+from nft import (
+    AddrRange,
+    Chain,
+    ChainType,
+    Element,
+    FakeNft,
+    Family,
+    Hook,
+    IntRange,
+    Map,
+    Policy,
+    Rule,
+    Ruleset,
+    Set,
+    SetFlag,
+    Table,
+    diff,
+    render_ruleset,
+)
+
+TABLE = Table(Family.INET, "cfnft")
+FORWARD = Chain("cfnft-forward", ChainType.FILTER, Hook.FORWARD, 5, Policy.ACCEPT)
+WEB = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True)
+DISPATCH = Map("ctr-dispatch", ("ipv4_addr",))
+
+
+def net(text: str) -> AddrRange:
+    n = ip_network(text)
+    return AddrRange(n.network_address, n.broadcast_address)
+
+
+def one(text: str) -> AddrRange:
+    return AddrRange.single(ip_address(text))
+
+
+def web(cidr: str, port: int, comment: str | None = None) -> Element:
+    return Element("asg-web", (net(cidr), IntRange.single(6), IntRange.single(port)), comment=comment)
+
+
+def base() -> Ruleset:
+    rs = Ruleset(TABLE)
+    rs.add_chain(FORWARD)
+    rs.add_chain(Chain("ctr-a"))
+    rs.add_chain(Chain("ctr-b"))
+    rs.add_set(WEB)
+    rs.add_set(DISPATCH)
+    rs.add_element(web("10.0.0.0/8", 443, "web"))
+    rs.add_element(web("192.0.2.0/24", 80))
+    rs.add_element(Element("ctr-dispatch", (one("10.255.1.2"),), "jump ctr-a", "app a"))
+    rs.add_element(Element("ctr-dispatch", (one("10.255.1.3"),), "jump ctr-b", "app b"))
+    rs.add_rule(Rule("cfnft-forward", "ip saddr vmap @ctr-dispatch"))
+    rs.add_rule(Rule("ctr-a", "ip daddr . meta l4proto . th dport @asg-web counter accept", "app a"))
+    rs.add_rule(Rule("ctr-a", "counter reject"))
+    rs.add_rule(Rule("ctr-b", "counter reject", "app b"))
+    return rs
+
+
+def kernel_with(rs: Ruleset) -> FakeNft:
+    fake = FakeNft()
+    fake.apply(diff(rs, None))
+    return fake
+
+
+def converge(desired: Ruleset, actual: Ruleset) -> list[str]:
+    """Applies diff(desired, actual) to a fake holding `actual`; returns the batch lines."""
+    fake = kernel_with(actual)
+    tx = diff(desired, fake.read(TABLE))
+    fake.apply(tx)
+    assert fake.dump() == render_ruleset(desired)
+    assert diff(desired, fake.read(TABLE)).is_empty
+    return tx.render().splitlines()
+
+
+def fp(text: str) -> str:
+    return Rule("x", text).fingerprint
+
+
+def test_missing_table_adds_everything_in_order() -> None:
+    lines = diff(base(), None).render().splitlines()
+    assert lines[0] == "add table inet cfnft"
+    assert [line.split(" {")[0] for line in lines[1:6]] == [
+        "add set inet cfnft asg-web",
+        "add map inet cfnft ctr-dispatch",
+        "add chain inet cfnft cfnft-forward",
+        "add chain inet cfnft ctr-a",
+        "add chain inet cfnft ctr-b",
+    ]
+    assert lines[6].startswith("add rule inet cfnft cfnft-forward")
+    assert lines[-1] == "}" and any(line.startswith("add element inet cfnft ctr-dispatch") for line in lines)
+
+
+def test_no_change_is_empty() -> None:
+    assert diff(base(), base()).is_empty
+    assert diff(base(), kernel_with(base()).read(TABLE)).is_empty
+
+
+def test_changed_rule_flushes_and_refills_only_its_chain() -> None:
+    desired = base()
+    desired.rules["ctr-b"][0] = Rule("ctr-b", "counter drop", "app b")
+    assert converge(desired, base()) == [
+        "flush chain inet cfnft ctr-b",
+        f'add rule inet cfnft ctr-b counter drop comment "app b [{fp("counter drop")}]"',
+    ]
+
+
+def test_changed_human_comment_refills() -> None:
+    desired = base()
+    desired.rules["ctr-b"][0] = Rule("ctr-b", "counter reject", "app b renamed")
+    assert converge(desired, base())[0] == "flush chain inet cfnft ctr-b"
+
+
+def test_reordered_rules_refill() -> None:
+    desired = base()
+    desired.rules["ctr-a"].reverse()
+    assert converge(desired, base())[0] == "flush chain inet cfnft ctr-a"
+
+
+def test_foreign_rule_is_removed() -> None:
+    """A rule without our fingerprint (added by someone else) makes its chain refill."""
+    fake = kernel_with(base())
+    actual = fake.read(TABLE)
+    assert actual is not None
+    listed = actual.rules["ctr-b"][0]
+    actual.rules["ctr-b"].append(Rule("ctr-b", "accept", None, handle=999, kernel_fingerprint=None))
+    lines = diff(base(), actual).render().splitlines()
+    assert lines[0] == "flush chain inet cfnft ctr-b"
+    assert lines[1].endswith(f'comment "app b [{listed.kernel_fingerprint}]"')
+
+
+def test_base_chain_definition_change_deletes_and_recreates() -> None:
+    desired = base()
+    desired.chains["cfnft-forward"] = Chain("cfnft-forward", ChainType.FILTER, Hook.FORWARD, 10, Policy.DROP)
+    assert converge(desired, base()) == [
+        "flush chain inet cfnft cfnft-forward",
+        "delete chain inet cfnft cfnft-forward",
+        "add chain inet cfnft cfnft-forward { type filter hook forward priority 10; policy drop; }",
+        "add rule inet cfnft cfnft-forward ip saddr vmap @ctr-dispatch"
+        f' comment "[{fp("ip saddr vmap @ctr-dispatch")}]"',
+    ]
+
+
+def test_element_changes() -> None:
+    """Added, removed and re-commented elements; a changed verdict is a delete then an add."""
+    desired = base()
+    del desired.elements["asg-web"][web("192.0.2.0/24", 80).key]
+    desired.add_element(web("198.51.100.0/24", 8080))
+    desired.add_element(web("10.0.0.0/8", 443, "web, renamed"))
+    desired.add_element(Element("ctr-dispatch", (one("10.255.1.3"),), "jump ctr-a", "app b"))
+    assert converge(desired, base()) == [
+        "delete element inet cfnft asg-web {",
+        "\t10.0.0.0/8 . 6 . 443,",
+        "\t192.0.2.0/24 . 6 . 80,",
+        "}",
+        "delete element inet cfnft ctr-dispatch {",
+        "\t10.255.1.3,",
+        "}",
+        "add element inet cfnft asg-web {",
+        '\t10.0.0.0/8 . 6 . 443 comment "web, renamed",',
+        "\t198.51.100.0/24 . 6 . 8080,",
+        "}",
+        "add element inet cfnft ctr-dispatch {",
+        '\t10.255.1.3 comment "app b" : jump ctr-a,',
+        "}",
+    ]
+
+
+def test_keys_compare_as_numbers() -> None:
+    """A range spelled differently but covering the same addresses is the same element."""
+    desired = base()
+    actual = base()
+    del actual.elements["asg-web"][web("192.0.2.0/24", 80).key]
+    span = AddrRange(ip_address("192.0.2.0"), ip_address("192.0.2.255"))
+    actual.add_element(Element("asg-web", (span, IntRange(6, 6), IntRange(80, 80))))
+    assert diff(desired, actual).is_empty
+
+
+def test_set_definition_change_recreates_and_refills_users() -> None:
+    """A changed set is deleted and re-created; ctr-a, whose rules are unchanged but use it, is
+    flushed before the delete and refilled after the re-create."""
+    desired = base()
+    new_web = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=False)
+    desired.sets["asg-web"] = new_web
+    lines = converge(desired, base())
+    assert lines[0] == "flush chain inet cfnft ctr-a"
+    assert lines[1] == "delete set inet cfnft asg-web"
+    assert lines[2] == "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; }"
+    assert lines[3].startswith("add rule inet cfnft ctr-a ip daddr")
+    assert lines[5] == "add element inet cfnft asg-web {"
+    assert not any("ctr-b" in line for line in lines)
+
+
+def test_flag_order_does_not_matter() -> None:
+    desired, actual = base(), base()
+    desired.sets["asg-web"] = Set(WEB.name, WEB.type, (SetFlag.TIMEOUT, SetFlag.INTERVAL), True)
+    actual.sets["asg-web"] = Set(WEB.name, WEB.type, (SetFlag.INTERVAL, SetFlag.TIMEOUT), True)
+    assert diff(desired, actual).is_empty
+
+
+def test_removed_chain_referenced_by_vmap_element() -> None:
+    """The map element jumping to the chain goes first, then the chain (flushed, then deleted)."""
+    desired = base()
+    del desired.chains["ctr-b"], desired.rules["ctr-b"]
+    del desired.elements["ctr-dispatch"][(one("10.255.1.3"),)]
+    assert converge(desired, base()) == [
+        "flush chain inet cfnft ctr-b",
+        "delete element inet cfnft ctr-dispatch {",
+        "\t10.255.1.3,",
+        "}",
+        "delete chain inet cfnft ctr-b",
+    ]
+
+
+def test_removed_set_and_its_only_user() -> None:
+    desired = base()
+    del desired.sets["asg-web"], desired.elements["asg-web"]
+    del desired.chains["ctr-a"], desired.rules["ctr-a"]
+    del desired.elements["ctr-dispatch"][(one("10.255.1.2"),)]
+    lines = converge(desired, base())
+    assert lines.index("flush chain inet cfnft ctr-a") < lines.index("delete set inet cfnft asg-web")
+    assert lines.index("delete set inet cfnft asg-web") < lines.index("delete chain inet cfnft ctr-a")
+
+
+def test_removed_map_with_elements_jumping_to_removed_chains() -> None:
+    """Sets and maps are removed before chains, so a removed map releases the chains it jumps to."""
+    desired = Ruleset(TABLE)
+    desired.add_chain(FORWARD)
+    assert converge(desired, base())[-3:] == [
+        "delete map inet cfnft ctr-dispatch",
+        "delete chain inet cfnft ctr-a",
+        "delete chain inet cfnft ctr-b",
+    ]
+
+
+def test_regular_chain_becoming_base_releases_its_jumps() -> None:
+    """A replaced chain that map elements jump to: those elements are deleted before it and re-added after."""
+    desired, actual = base(), base()
+    actual.add_chain(Chain("ctr-c"))
+    actual.add_element(Element("ctr-dispatch", (one("10.255.1.4"),), "jump ctr-c"))
+    desired.add_chain(Chain("ctr-c", ChainType.FILTER, Hook.OUTPUT, 0, Policy.ACCEPT))
+    lines = diff(desired, actual).render().splitlines()
+    assert lines.index("\t10.255.1.4,") < lines.index("delete chain inet cfnft ctr-c")
+    fake = kernel_with(actual)
+    tx = diff(desired, fake.read(TABLE))
+    assert tx.render() == diff(desired, actual).render()
+
+
+def test_diff_of_large_ruleset_is_empty_against_itself() -> None:
+    desired = base()
+    for i in range(2000):
+        desired.add_element(web(f"11.{i // 250}.{i % 250}.0/24", 1000 + i % 7))
+    actual = copy.deepcopy(desired)
+    assert diff(desired, actual).is_empty
