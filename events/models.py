@@ -635,6 +635,9 @@ class CellConfig(_Model):
     overlay_network: V4Network = IPv4Network("10.255.0.0/16")
     """The container overlay network (silk's `network`). Container-to-container traffic is the
     traffic inside it; egress is traffic from a container to anywhere outside it."""
+    overlay_network6: IPv6Network | None = None
+    """Where containers' IPv6 addresses come from, if they have any. IPv6 from this prefix whose
+    source is not a known container is rejected (fail closed), as IPv4 from `overlay_network` is."""
     dynamic_asgs: StrictBool = True
     """true: security groups come from `security_groups` and changes apply to running containers.
     false: only each container's `egress_rules` (fixed when it was created) apply, as in classic CF."""

@@ -1,0 +1,436 @@
+"""compile(cell state) -> the whole `inet cfnft` ruleset of one cell. Pure: no I/O, no clock.
+
+Packet path through the table (README "The nft table" shows a real listing):
+
+  forward (base)   ct established,related -> accept
+                   ip daddr vmap @ingress   local container as destination -> c2c-<app guid>
+                   ip saddr vmap @egress    local container as source      -> asg-<bundle>
+                   ip saddr <overlay>       anything else from the overlay -> reject (fail closed)
+  c2c-<app>        port-mapped (DNAT) traffic -> accept; source address . proto . port in
+                   @c2c-<app> -> accept; else reject
+  asg-<bundle>     overlay destination -> accept (its own cell enforces c2c ingress);
+                   deny_networks -> reject; ASG/egress-policy sets -> accept; else reject
+  input (base)     overlay source -> host-access: DNS, host services, else reject
+  prerouting (nat) host port -> netin-<port>: DNAT to container address:port
+
+Containers whose effective egress rules are identical share one `asg-<bundle>` chain and its
+sets; the bundle name is a hash of its content, so an edit that changes what a container may
+reach moves it to another bundle (one map element) and never rewrites other containers'.
+Everything the kernel looks up per packet is a verdict map or a (concatenated, interval) set,
+so the per-packet cost does not grow with rules, containers or policies.
+
+A missing referent never opens anything: a c2c policy whose source app has no known address
+contributes no element, a container whose group list is empty gets a bundle that rejects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, Workload
+from nft.objects import (
+    AddrRange,
+    Chain,
+    ChainType,
+    Element,
+    Family,
+    Hook,
+    IntRange,
+    Map,
+    Policy,
+    Rule,
+    Ruleset,
+    Set,
+    SetFlag,
+    Table,
+)
+from reconciler.boxes import Box, disjoint_boxes
+
+TABLE = Table(Family.INET, "cfnft")
+
+PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
+ANY_BYTE = (0, 255)
+
+# Sweep protocol and port boundaries before addresses: few distinct values, so few elements.
+_ADDR_PROTO_PORT_ORDER = (1, 2, 0)
+_ADDR_TYPE_CODE_ORDER = (1, 2, 0)
+
+LOG_ASG_ACCEPT = "log-asg-accept"
+LOG_C2C_ACCEPT = "log-c2c-accept"
+HOST_ACCESS = "host-access"
+
+
+class Lifecycle(StrEnum):
+    """Which security groups apply: running groups to apps and tasks, staging groups to staging."""
+
+    RUNNING = "running"
+    STAGING = "staging"
+
+
+def lifecycle_of(workload: Workload) -> Lifecycle:
+    return Lifecycle.STAGING if workload == Workload.STAGING else Lifecycle.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """The effective egress of one or more containers: their allow rules and lifecycle."""
+
+    lifecycle: Lifecycle
+    rules: frozenset[EgressRule]
+    sources: tuple[str, ...]  # security group / policy names, for the chain's comments
+
+    @property
+    def name(self) -> str:
+        digest = hashlib.blake2s(digestible(self.lifecycle, self.rules).encode(), digest_size=5).hexdigest()
+        return f"asg-{digest}"
+
+
+def digestible(lifecycle: Lifecycle, rules: Iterable[EgressRule]) -> str:
+    return lifecycle.value + "|" + ";".join(sorted(rule_sort_key(r) for r in rules))
+
+
+def rule_sort_key(r: EgressRule) -> str:
+    dests = ",".join(f"{int(d.start)}-{int(d.end)}/{d.start.version}" for d in r.destinations)
+    ports = ",".join(f"{p.lo}-{p.hi}" for p in r.ports)
+    return f"{r.protocol.value}|{dests}|{ports}|{r.icmp_type}|{r.icmp_code}|{int(r.log)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Which rules apply to a container
+
+
+def effective_rules(state: CellState, c: Container) -> tuple[frozenset[EgressRule], tuple[str, ...]]:
+    """The allow rules of one container and the names of what contributed them."""
+    rules: set[EgressRule] = set()
+    sources: list[str] = []
+    if state.config.dynamic_asgs:
+        for group in state.security_groups:
+            if group.applies_to(c.space_guid, c.workload):
+                rules.update(group.egress_rules())
+                sources.append(group.name)
+    else:
+        rules.update(r.egress_rule() for r in c.egress_rules)
+        if c.egress_rules:
+            sources.append("container egress_rules")
+    for policy in state.egress_policies:
+        if policy.applies_to(c.app_guid, c.space_guid, c.workload):
+            rules.add(policy.egress_rule())
+            sources.append(f"egress policy {policy.destination.name or policy.destination.id}")
+    return frozenset(rules), tuple(sorted(set(sources)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Set element construction
+
+
+def _addr_interval(r: AddrRange) -> tuple[int, int]:
+    return int(r.start), int(r.end)
+
+
+def _addr(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def _elements(set_name: str, version: int, boxes: Iterable[Box], order: tuple[int, ...] | None) -> list[Element]:
+    """Elements whose first field is an address of `version`, the other fields small integers."""
+    out = []
+    for box in disjoint_boxes(boxes, order=order):
+        (alo, ahi), *rest = box
+        key = (AddrRange(_addr(version, alo), _addr(version, ahi)), *(IntRange(lo, hi) for lo, hi in rest))
+        out.append(Element(set_name, key))
+    return out
+
+
+@dataclass(slots=True)
+class _RuleBoxes:
+    """The boxes of a group of allow rules, split by set kind and address family."""
+
+    ports: dict[int, list[Box]]
+    all: dict[int, list[Box]]
+    icmp: dict[int, list[Box]]
+
+    @classmethod
+    def of(cls, rules: Iterable[EgressRule]) -> _RuleBoxes:
+        acc = cls(defaultdict(list), defaultdict(list), defaultdict(list))
+        for r in rules:
+            for d in r.destinations:
+                v, iv = d.start.version, _addr_interval(d)
+                if r.protocol in (Protocol.TCP, Protocol.UDP):
+                    proto = PROTO_TCP if r.protocol == Protocol.TCP else PROTO_UDP
+                    acc.ports[v].extend((iv, (proto, proto), (p.lo, p.hi)) for p in r.ports)
+                elif r.protocol == Protocol.ALL:
+                    acc.all[v].append((iv,))
+                elif (r.protocol == Protocol.ICMP and v == 4) or (r.protocol == Protocol.ICMPV6 and v == 6):
+                    t = ANY_BYTE if r.icmp_type in (None, -1) else (r.icmp_type, r.icmp_type)
+                    code = ANY_BYTE if r.icmp_code in (None, -1) else (r.icmp_code, r.icmp_code)
+                    acc.icmp[v].append((iv, t, code))
+        return acc
+
+
+_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_IP = {4: "ip", 6: "ip6"}
+
+
+def _allow_sets(rs: Ruleset, prefix: str, boxes: _RuleBoxes) -> list[tuple[str, str]]:
+    """Create the non-empty sets for `boxes`; return (set name, match expression) pairs."""
+    matches: list[tuple[str, str]] = []
+    for v in (4, 6):
+        ip = _IP[v]
+        if boxes.ports[v]:
+            name = f"{prefix}-ports{v}"
+            rs.add_set(Set(name, (_ADDR_TYPE[v], "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
+            for e in _elements(name, v, boxes.ports[v], _ADDR_PROTO_PORT_ORDER):
+                rs.add_element(e)
+            matches.append((name, f"{ip} daddr . meta l4proto . th dport @{name}"))
+        if boxes.all[v]:
+            name = f"{prefix}-all{v}"
+            rs.add_set(Set(name, (_ADDR_TYPE[v],), (SetFlag.INTERVAL,), counter=True))
+            for e in _elements(name, v, boxes.all[v], None):
+                rs.add_element(e)
+            matches.append((name, f"{ip} daddr @{name}"))
+        if boxes.icmp[v]:
+            name = f"{prefix}-icmp{v}"
+            if v == 4:
+                types, match = ("ipv4_addr", "icmp_type", "icmp_code"), "ip daddr . icmp type . icmp code"
+                proto = "meta l4proto icmp"
+            else:
+                types, match = ("ipv6_addr", "icmpv6_type", "icmpv6_code"), "ip6 daddr . icmpv6 type . icmpv6 code"
+                proto = "meta l4proto ipv6-icmp"
+            rs.add_set(Set(name, types, (SetFlag.INTERVAL,), counter=True))
+            for e in _elements(name, v, boxes.icmp[v], _ADDR_TYPE_CODE_ORDER):
+                rs.add_element(e)
+            matches.append((name, f"{proto} {match} @{name}"))
+    return matches
+
+
+# ---------------------------------------------------------------------------------------------
+# The ruleset
+
+
+def compile_ruleset(state: CellState) -> Ruleset:
+    """The complete desired content of `inet cfnft` for `state`."""
+    cfg = state.config
+    rs = Ruleset(TABLE)
+    overlay = str(cfg.overlay_network)
+
+    _skeleton(rs, cfg, state)
+    _deny_sets(rs, cfg)
+
+    # Egress: one chain per distinct bundle, shared by its containers.
+    bundles: dict[str, Bundle] = {}
+    memo: dict[tuple[str, str, Workload], Bundle] = {}
+    for c in state.containers:
+        k = (c.app_guid, c.space_guid, c.workload)
+        if k not in memo:
+            rules, sources = effective_rules(state, c)
+            memo[k] = Bundle(lifecycle_of(c.workload), rules, sources)
+        b = memo[k]
+        if b.name not in bundles:
+            bundles[b.name] = b
+            _bundle_chain(rs, b, cfg, overlay)
+        comment = _container_comment(c)
+        rs.add_element(Element("egress4", (AddrRange.single(c.ip),), f"jump {b.name}", comment))
+        if c.ipv6 is not None:
+            rs.add_element(Element("egress6", (AddrRange.single(c.ipv6),), f"jump {b.name}", comment))
+
+    # Ingress: one chain per local destination app.
+    instances = _instances(state)
+    by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
+    for p in state.c2c_policies:
+        by_destination[p.destination.id].append(p)
+    for app in sorted({c.app_guid for c in state.containers}):
+        _app_ingress_chain(rs, app, by_destination.get(app, []), instances, cfg)
+    for c in state.containers:
+        comment = _container_comment(c)
+        rs.add_element(Element("ingress4", (AddrRange.single(c.ip),), f"jump {app_chain(c.app_guid)}", comment))
+        if c.ipv6 is not None:
+            rs.add_element(Element("ingress6", (AddrRange.single(c.ipv6),), f"jump {app_chain(c.app_guid)}", comment))
+        for m in c.port_mappings:
+            chain = netin_chain(m.host_port)
+            rs.add_chain(Chain(chain))
+            rs.add_rule(Rule(chain, f"counter dnat ip to {c.ip}:{m.container_port}", comment))
+            rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
+    return rs
+
+
+def _container_comment(c: Container) -> str:
+    return f"{c.handle} app={c.app_guid} space={c.space_guid} {c.workload.value}"
+
+
+def app_chain(app_guid: str) -> str:
+    return f"c2c-{app_guid}"
+
+
+def netin_chain(host_port: int) -> str:
+    return f"netin-{host_port}"
+
+
+def _instances(state: CellState) -> dict[str, set[ipaddress.IPv4Address]]:
+    """Overlay IPv4 addresses of every app instance known anywhere, local containers included."""
+    out: dict[str, set[ipaddress.IPv4Address]] = defaultdict(set)
+    for app, addrs in state.app_instances.items():
+        out[app].update(a for a in addrs if a.version == 4)
+    for c in state.containers:
+        out[c.app_guid].add(c.ip)
+    return out
+
+
+def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
+    """Base chains, dispatch maps and the host-access chain: what holds with no container at all."""
+    overlay = str(cfg.overlay_network)
+    for name, ktype in (
+        ("ingress4", "ipv4_addr"),
+        ("ingress6", "ipv6_addr"),
+        ("egress4", "ipv4_addr"),
+        ("egress6", "ipv6_addr"),
+    ):
+        rs.add_set(Map(name, (ktype,), "verdict"))
+    rs.add_set(Map("port-mappings", ("inet_service",), "verdict"))
+
+    rs.add_chain(Chain("forward", ChainType.FILTER, Hook.FORWARD, 0, Policy.ACCEPT))
+    for text, comment in (
+        ("ct state established,related counter accept", "return traffic"),
+        ("ip daddr vmap @ingress4", "to a local container: its app's c2c chain"),
+        ("ip6 daddr vmap @ingress6", "to a local container (IPv6)"),
+        ("ip saddr vmap @egress4", "from a local container: its egress bundle"),
+        ("ip6 saddr vmap @egress6", "from a local container (IPv6)"),
+        (f"ip saddr {overlay} counter reject", "unknown overlay source: fail closed"),
+    ):
+        rs.add_rule(Rule("forward", text, comment))
+    if cfg.overlay_network6 is not None:
+        rs.add_rule(
+            Rule(
+                "forward",
+                f"ip6 saddr {cfg.overlay_network6} counter reject",
+                "unknown overlay source (IPv6): fail closed",
+            )
+        )
+
+    rs.add_chain(Chain("input", ChainType.FILTER, Hook.INPUT, 0, Policy.ACCEPT))
+    rs.add_rule(Rule("input", f"ip saddr {overlay} counter jump {HOST_ACCESS}", "containers to their cell"))
+    rs.add_rule(Rule("input", f"ip6 saddr @containers6 counter jump {HOST_ACCESS}", "containers to their cell (IPv6)"))
+    rs.add_set(Set("containers6", ("ipv6_addr",), (SetFlag.INTERVAL,)))
+    for c in state.containers:
+        if c.ipv6 is not None:
+            rs.add_element(Element("containers6", (AddrRange.single(c.ipv6),), None, c.handle))
+
+    rs.add_chain(Chain(HOST_ACCESS))
+    rs.add_rule(Rule(HOST_ACCESS, "ct state established,related counter accept", "return traffic"))
+    rs.add_rule(
+        Rule(
+            HOST_ACCESS,
+            "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } counter accept",
+            "IPv6 neighbour discovery",
+        )
+    )
+    services: dict[int, list[Box]] = {4: [], 6: []}
+    for dns in cfg.dns_servers:
+        iv = (int(dns), int(dns))
+        services[dns.version] += [(iv, (PROTO_UDP,) * 2, (53, 53)), (iv, (PROTO_TCP,) * 2, (53, 53))]
+    for proto, entries in ((PROTO_TCP, cfg.tcp_services()), (PROTO_UDP, cfg.udp_services())):
+        for ip, port in entries:
+            services[ip.version].append(((int(ip), int(ip)), (proto, proto), (port, port)))
+    for v in (4, 6):
+        if services[v]:
+            name = f"host-services{v}"
+            rs.add_set(Set(name, (_ADDR_TYPE[v], "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
+            for e in _elements(name, v, services[v], _ADDR_PROTO_PORT_ORDER):
+                rs.add_element(e)
+            rs.add_rule(
+                Rule(
+                    HOST_ACCESS,
+                    f"{_IP[v]} daddr . meta l4proto . th dport @{name} counter accept",
+                    "dns_servers and host services",
+                )
+            )
+    rs.add_rule(Rule(HOST_ACCESS, "counter reject", "anything else to the cell"))
+
+    rs.add_chain(Chain("prerouting", ChainType.NAT, Hook.PREROUTING, -100, Policy.ACCEPT))
+    rs.add_rule(
+        Rule(
+            "prerouting",
+            "fib daddr type local tcp dport vmap @port-mappings",
+            "host ports to containers (gorouter, ssh)",
+        )
+    )
+
+    _log_chain(rs, LOG_ASG_ACCEPT, "cfnft-asg-ok ", cfg.accepted_udp_logs_per_sec)
+    _log_chain(rs, LOG_C2C_ACCEPT, "cfnft-c2c-ok ", cfg.accepted_udp_logs_per_sec)
+
+
+def _log_chain(rs: Ruleset, name: str, prefix: str, udp_rate: int) -> None:
+    """Log a new connection, then accept it. UDP is rate limited, as silk does."""
+    rs.add_chain(Chain(name))
+    rs.add_rule(Rule(name, f'meta l4proto udp limit rate {udp_rate}/second log prefix "{prefix}"', "udp, limited"))
+    rs.add_rule(Rule(name, f'meta l4proto != udp log prefix "{prefix}"', None))
+    rs.add_rule(Rule(name, "counter accept", None))
+
+
+def _deny_sets(rs: Ruleset, cfg: CellConfig) -> None:
+    for lifecycle_name, nets in (
+        ("always", cfg.deny_networks.always),
+        ("running", cfg.deny_networks.running),
+        ("staging", cfg.deny_networks.staging),
+    ):
+        for v in (4, 6):
+            boxes = [((int(n.network_address), int(n.broadcast_address)),) for n in nets if n.version == v]
+            if boxes:
+                name = f"deny-{lifecycle_name}{v}"
+                rs.add_set(Set(name, (_ADDR_TYPE[v],), (SetFlag.INTERVAL,), counter=True))
+                for e in _elements(name, v, boxes, None):
+                    rs.add_element(e)
+
+
+def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, overlay: str) -> None:
+    chain = b.name
+    about = f"{b.lifecycle.value}: {', '.join(b.sources) or 'no security group'}"
+    rs.add_chain(Chain(chain))
+    rs.add_rule(Rule(chain, f"ip daddr {overlay} counter accept", "to the overlay: the destination cell enforces c2c"))
+    rs.add_rule(Rule(chain, "meta l4proto tcp ct state invalid counter drop", None))
+    for lifecycle_name in ("always", b.lifecycle.value):
+        for v in (4, 6):
+            name = f"deny-{lifecycle_name}{v}"
+            if name in rs.sets:
+                rs.add_rule(Rule(chain, f"{_IP[v]} daddr @{name} counter reject", f"deny_networks.{lifecycle_name}"))
+    logged = [r for r in b.rules if r.log or cfg.asg_logging]
+    plain = [r for r in b.rules if not (r.log or cfg.asg_logging)]
+    for _, match in _allow_sets(rs, f"{chain}-log", _RuleBoxes.of(logged)):
+        rs.add_rule(Rule(chain, f"{match} counter jump {LOG_ASG_ACCEPT}", about))
+    for _, match in _allow_sets(rs, chain, _RuleBoxes.of(plain)):
+        rs.add_rule(Rule(chain, f"{match} counter accept", about))
+    if cfg.asg_logging:
+        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-asg-deny "', None))
+    rs.add_rule(Rule(chain, "counter reject", "default deny"))
+
+
+def _app_ingress_chain(
+    rs: Ruleset,
+    app: str,
+    policies: list[C2CPolicy],
+    instances: dict[str, set[ipaddress.IPv4Address]],
+    cfg: CellConfig,
+) -> None:
+    chain = app_chain(app)
+    rs.add_chain(Chain(chain))
+    rs.add_rule(Rule(chain, "ct status dnat counter accept", "port mappings from the cell (gorouter, ssh)"))
+    boxes: list[Box] = []
+    for p in policies:
+        proto = PROTO_TCP if p.destination.protocol == "tcp" else PROTO_UDP
+        ports = (p.destination.ports.start, p.destination.ports.end)
+        for addr in instances.get(p.source.id, ()):
+            boxes.append(((int(addr), int(addr)), (proto, proto), ports))
+    if boxes:
+        rs.add_set(Set(chain, ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
+        for e in _elements(chain, 4, boxes, _ADDR_PROTO_PORT_ORDER):
+            rs.add_element(e)
+        verdict = f"counter jump {LOG_C2C_ACCEPT}" if cfg.c2c_logging else "counter accept"
+        sources = ", ".join(sorted({p.source.id for p in policies}))
+        rs.add_rule(Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {sources}"))
+    if cfg.c2c_logging:
+        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-c2c-deny "', None))
+    rs.add_rule(Rule(chain, "counter reject", f"app={app}: default deny"))
