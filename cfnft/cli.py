@@ -1,0 +1,152 @@
+"""The `cfnft` command. Each subcommand imports only what it needs, so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+DESCRIPTION = """\
+cfnft enforces Cloud Foundry container networking policy (application security groups,
+container-to-container policies, dynamic egress policies) with one nftables table per cell,
+driven by whole-state messages on NATS JetStream.
+
+one-shot (no NATS needed):
+  cfnft render --state cell.json            print the ruleset for a cell state document
+  cfnft apply  --state cell.json            make the kernel match it (one atomic transaction)
+  cfnft check  --state cell.json            exit 0 if the kernel matches, 1 with the repair diff
+
+daemons and operations:
+  cfnft reconcile --config reconciler.json  run a cell's reconciler
+  cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
+  cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
+  cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
+"""
+
+
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="cell state document (JSON, see README 'The cell state document')",
+    )
+
+
+def _netns_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--netns", metavar="NAME", help="act inside this named network namespace (ip netns)")
+
+
+def _nats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nats-url", action="append", metavar="URL", help="NATS server URL (repeatable; default nats://127.0.0.1:4222)"
+    )
+    p.add_argument("--nats-ca", type=Path, metavar="FILE", help="CA bundle for TLS to NATS")
+    p.add_argument("--nats-cert", type=Path, metavar="FILE", help="client certificate for mutual TLS")
+    p.add_argument("--nats-key", type=Path, metavar="FILE", help="client key for mutual TLS")
+    p.add_argument("--nats-creds", type=Path, metavar="FILE", help="NATS credentials file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cfnft", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "render",
+        help="print the nft ruleset for a cell state (touches nothing)",
+        description="Compile a cell state document and print `nft -f` text for table inet cfnft. "
+        "Touches neither the kernel nor the network.",
+    )
+    _state_arg(p)
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip invalid rules/policies (reported on stderr) instead of refusing the document",
+    )
+
+    p = sub.add_parser(
+        "apply",
+        help="make the kernel's inet cfnft table match a cell state",
+        description="Compile the state, diff it against the kernel and commit the difference "
+        "as one libnftables transaction. Idempotent: a second apply changes nothing. "
+        "Invalid input: exit 2, kernel untouched.",
+    )
+    _state_arg(p)
+    _netns_arg(p)
+    p.add_argument("--lenient", action="store_true", help="skip invalid rules/policies instead of refusing")
+
+    p = sub.add_parser(
+        "check",
+        help="exit 0 if the kernel matches a cell state, 1 (with the diff) if not",
+        description="Read table inet cfnft back and compare it with the compiled state. "
+        "Exit 0 when equal; exit 1 and print the transaction that would repair it.",
+    )
+    _state_arg(p)
+    _netns_arg(p)
+
+    p = sub.add_parser(
+        "reconcile",
+        help="run a cell's reconciler (daemon)",
+        description="Watch this cell's desired state on NATS JetStream and keep table inet cfnft "
+        "equal to it. Serves the CNI plugin on a unix socket and /metrics, /healthz, "
+        "/readyz on --metrics-listen. Flags override the config file.",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="reconciler config (JSON; see README)")
+    p.add_argument("--cell-id", help="this cell's id")
+    _nats_args(p)
+    _netns_arg(p)
+    p.add_argument("--socket", type=Path, metavar="PATH", help="CNI endpoint unix socket")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="where the last known state is kept")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics and health listener")
+
+    p = sub.add_parser(
+        "publish",
+        help="publish a cell state document to NATS",
+        description="Publish every object of a cell state document as whole-state messages on "
+        "cfnft.state.* (containers under the document's cell_id). Unchanged objects "
+        "are not republished. With --prune, objects of the same kinds that are in "
+        "NATS but not in the document are deleted (containers: only of this cell).",
+    )
+    _state_arg(p)
+    _nats_args(p)
+    p.add_argument("--prune", action="store_true", help="delete objects the document no longer has")
+
+    p = sub.add_parser(
+        "resync",
+        help="ask watchers to re-list and reconcilers to repair drift",
+        description="Publish a resync request on cfnft.resync.all, or cfnft.resync.cell.CELL.",
+    )
+    p.add_argument("--cell", help="only this cell (default: every cell)")
+    p.add_argument("--reason", default="operator request")
+    _nats_args(p)
+
+    p = sub.add_parser(
+        "status",
+        help="ask a cell's reconciler what it knows",
+        description="Request/reply on cfnft.status.CELL; prints the reconciler's answer as JSON. "
+        "Exit 0 if it is in sync, 1 if not, 3 if it does not answer.",
+    )
+    p.add_argument("--cell", required=True)
+    p.add_argument("--timeout", type=float, default=2.0)
+    _nats_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cfnft import commands  # deferred: keeps --help and argument errors instant
+
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""A cell state document as whole-state NATS messages (`cfnft publish`, tests, the demo)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from nats.aio.client import Client as NATS
+
+from events import subjects
+from events.messages import (
+    AppInstancesMessage,
+    C2CPoliciesMessage,
+    CellConfigMessage,
+    ContainerMessage,
+    EgressPoliciesMessage,
+    Message,
+    SecurityGroupMessage,
+)
+from events.models import C2CPolicy, CellState
+from events.publisher import StatePublisher
+
+
+def state_messages(state: CellState, version: int) -> list[Message]:
+    """Every object of `state` as one message. Containers are addressed to `state.cell_id`."""
+    out: list[Message] = []
+    for c in state.containers:
+        out.append(ContainerMessage(version=version, cell_id=state.cell_id, handle=c.handle, container=c))
+    for g in state.security_groups:
+        out.append(SecurityGroupMessage(version=version, guid=g.guid, security_group=g))
+    by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
+    for p in state.c2c_policies:
+        by_destination[p.destination.id].append(p)
+    for app, policies in sorted(by_destination.items()):
+        out.append(C2CPoliciesMessage(version=version, destination_app_guid=app, policies=policies))
+    for app, addrs in sorted(state.app_instances.items()):
+        out.append(AppInstancesMessage(version=version, app_guid=app, addresses=addrs))
+    out.append(EgressPoliciesMessage(version=version, policies=state.egress_policies))
+    out.append(CellConfigMessage(version=version, cell_id=state.cell_id, config=state.config))
+    return out
+
+
+def deletion_for(subject: str, version: int) -> Message | None:
+    """The explicit deletion message for a state subject, for the kinds `--prune` may delete."""
+    parts = subject.split(".")
+    kind = parts[2]
+    if kind == "container":
+        return ContainerMessage(version=version, cell_id=parts[3], handle=parts[4], container=None)
+    if kind == "asg":
+        return SecurityGroupMessage(version=version, guid=parts[3], security_group=None)
+    if kind == "c2c":
+        return C2CPoliciesMessage(version=version, destination_app_guid=parts[3], policies=[])
+    if kind == "app":
+        return AppInstancesMessage(version=version, app_guid=parts[3], addresses=[])
+    return None
+
+
+async def publish_state(nc: NATS, state: CellState, prune: bool = False) -> tuple[int, int]:
+    """Publish `state`; with `prune`, delete what NATS holds of the same kinds but the state lacks.
+    Returns (published, deleted)."""
+    publisher = StatePublisher(nc)
+    published = await publisher.load_published()
+    version = time.time_ns()
+    messages = state_messages(state, version)
+    sent = 0
+    for m in messages:
+        sent += await publisher.publish(m)
+    deleted = 0
+    if prune:
+        wanted = {m.subject() for m in messages}
+        own_cell = subjects.containers_of_cell(state.cell_id)[:-1]
+        for subject in published:
+            if subject in wanted:
+                continue
+            if subject.startswith(f"{subjects.STATE_PREFIX}.container.") and not subject.startswith(own_cell):
+                continue
+            deletion = deletion_for(subject, version)
+            if deletion is not None:
+                deleted += await publisher.publish(deletion)
+    return sent, deleted
