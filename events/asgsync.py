@@ -1,0 +1,85 @@
+"""Publishing a complete listing of security groups as whole-state messages.
+
+Both ASG sources (the policy server's internal API and Cloud Controller) end the same way: the
+watcher holds every group the source has now, and NATS must come to hold exactly those. Each
+group is published as a `SecurityGroupMessage` (the publisher drops the ones that did not change),
+and every group published before — in this run, or by an earlier run, as read back with
+`StatePublisher.load_published` — that is missing from the listing gets an explicit null.
+
+`collect_security_groups` is the parsing half both share: each raw group through the source's
+lenient parser, bad rules dropped and described, unusable groups left out and described.
+
+Callers must pass a *complete* listing: a failed or partial listing must never reach this
+function, or its missing groups would be published as deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from events import subjects
+from events.messages import SecurityGroupMessage
+from events.models import Problem, SecurityGroup, StateError
+from events.publisher import StatePublisher
+
+log = logging.getLogger(__name__)
+
+ASG_SUBJECT_PREFIX = subjects.security_group("x")[:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """How many messages one sync published: changed or new groups, and deletions."""
+
+    published: int
+    deleted: int
+
+
+async def publish_security_groups(
+    publisher: StatePublisher, groups: Mapping[str, SecurityGroup], version: int
+) -> SyncResult:
+    """Make the state stream hold exactly `groups` (guid -> group), all with `version`."""
+    published = deleted = 0
+    for guid in sorted(groups):
+        if await publisher.publish(SecurityGroupMessage(version=version, guid=guid, security_group=groups[guid])):
+            published += 1
+    for subject in sorted(publisher.published_subjects(ASG_SUBJECT_PREFIX)):
+        guid = subject[len(ASG_SUBJECT_PREFIX) :]
+        if guid not in groups and await publisher.publish(
+            SecurityGroupMessage(version=version, guid=guid, security_group=None)
+        ):
+            log.info("security group %s is gone: published its deletion", guid)
+            deleted += 1
+    return SyncResult(published, deleted)
+
+
+GroupParser = Callable[[object], tuple[SecurityGroup, list[Problem]]]
+
+
+def collect_security_groups(
+    raws: Iterable[Any], parse: GroupParser, groups: dict[str, SecurityGroup], problems: dict[str, str]
+) -> None:
+    """Parse raw groups into `groups` (by guid). What had to be dropped goes into `problems` as one
+    line each, naming the group's guid and name and the rule's index; keyed, so a group listed
+    twice (a default group in every space batch) is described once."""
+    for raw in raws:
+        where = _describe(raw)
+        try:
+            group, found = parse(raw)
+            subjects.token(group.guid, "security group guid")
+        except (StateError, ValueError) as err:
+            problems[where] = f"security group {where}: left out entirely: {str(err).replace(chr(10), '; ')}"
+            continue
+        for problem in found:
+            problems[f"{where} {problem.path}"] = f"security group {where}: {problem}"
+        groups[group.guid] = group
+
+
+def _describe(raw: Any) -> str:
+    """`guid (name)` of a raw group, as far as it has them."""
+    if not isinstance(raw, dict):
+        return repr(raw)[:60]
+    return f"{raw.get('guid', '?')} ({raw.get('name', '?')})"

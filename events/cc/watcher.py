@@ -1,0 +1,225 @@
+"""The CC watcher: Cloud Controller's v3 security groups turned into whole-state NATS messages.
+
+For foundations whose policy server does not sync ASGs (no policy-server-asg-syncer), this
+watcher does the syncer's job and publishes straight to NATS. One poll loop, every `poll_interval`:
+
+1. With `internal_url` configured, read CC's `asg_latest_update` (mutual TLS). If it equals the
+   value read before the last successful listing, and that value has been confirmed (below),
+   nothing else happens. A 404 (an older CC) means "unknown": always list.
+2. List `GET /v3/security_groups` with a UAA token, following `pagination.next` (events/cc/client.py).
+3. With the internal endpoint, read `asg_latest_update` again; if it moved the listing is refused
+   as unstable (as the asg-syncer does) and retried after a backoff.
+4. Publish every group and delete vanished ones (events/asgsync.py, shared with the policy watcher).
+
+CC keeps `asg_latest_update` to the second, so a write in the same second as the value we saw
+leaves it unchanged. One more listing is therefore made once `latest_update_settle` seconds have
+passed since we first read a new value; after that, an unchanged value means nothing changed.
+
+A failed call publishes nothing. An invalid rule is dropped from its group (logged once, counted);
+a group whose own fields are invalid is left out, and so, if it was published before, deleted.
+Versions are the publisher's clock, `time.time_ns()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
+from events.cc.client import CloudControllerClient, UaaTokenSource
+from events.httpsource import Reason, SourceError
+from events.models import SecurityGroup
+from events.poller import Backoff, DroppedEntries, PollingWatcher, PollLoop, WatcherMetrics
+from events.publisher import StatePublisher
+from events.tls import TlsFiles, client_context
+
+log = logging.getLogger(__name__)
+
+METRICS = WatcherMetrics.create("cfnft_watcher_cc", "Cloud Controller")
+
+
+class CcWatcherConfig(BaseModel):
+    """Where Cloud Controller and UAA are, the client credentials, and how often to poll."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    api_url: str
+    """Cloud Controller's API, e.g. https://api.sys.example.com."""
+    uaa_url: str
+    """UAA, e.g. https://uaa.sys.example.com."""
+    client_id: str = "network-policy"
+    """UAA client with `cloud_controller.admin_read_only` (the asg-syncer uses `network-policy`)."""
+    client_secret: SecretStr
+    """Its secret."""
+    ca_cert: Path | None = None
+    """CA for the API and UAA certificates; the system trust store when unset."""
+    internal_url: str | None = None
+    """CC's internal API (mutual TLS), e.g. https://cloud-controller-ng.service.cf.internal:9023, for the
+    cheap `asg_latest_update` check. Unset: list every cycle."""
+    internal_ca_cert: Path | None = None
+    """CA of the internal API's certificate."""
+    internal_client_cert: Path | None = None
+    """Our client certificate for the internal API."""
+    internal_client_key: Path | None = None
+    """Its key."""
+    poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between cycles (the asg-syncer's default is 60)."""
+    per_page: int = Field(default=5000, ge=1, le=5000)
+    """Groups per page (CC allows at most 5000; the asg-syncer asks for 5000)."""
+    request_timeout: float = Field(default=30.0, gt=0)
+    """Seconds for one HTTP request (a page of 5000 groups takes CC a while)."""
+    token_refresh_margin: float = Field(default=60.0, ge=0)
+    """Fetch a new token when less than this (or half its lifetime) is left."""
+    latest_update_settle: float = Field(default=2.0, ge=0)
+    """Seconds after first seeing a new `asg_latest_update` before the confirming listing (CC's stamp has
+    one-second resolution)."""
+    backoff_initial: float = Field(default=0.5, gt=0)
+    """First retry delay after an error; doubles per failure (with jitter)."""
+    backoff_max: float = Field(default=30.0, gt=0)
+    """Longest retry delay."""
+    max_config_failures: int = Field(default=5, ge=1)
+    """TLS or credential failures in a row after which the watcher stops."""
+
+    @field_validator("api_url", "uaa_url", "internal_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError(f"{value!r}: must be an https:// URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _internal_tls(self) -> Self:
+        files = (self.internal_ca_cert, self.internal_client_cert, self.internal_client_key)
+        if self.internal_url is not None and None in files:
+            raise ValueError("internal_url needs internal_ca_cert, internal_client_cert and internal_client_key")
+        return self
+
+
+class CcWatcher(PollingWatcher):
+    """Polls Cloud Controller and publishes its security groups.
+
+    Example::
+
+        async with CcWatcher(config, StatePublisher(nc)):
+            await stopped.wait()
+    """
+
+    def __init__(
+        self, config: CcWatcherConfig, publisher: StatePublisher, *, clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._publisher = publisher
+        self._clock = clock
+        self._api_ssl = client_context(TlsFiles(config.ca_cert)) if config.ca_cert else ssl.create_default_context()
+        self._internal_ssl: ssl.SSLContext | None = None
+        if config.internal_url is not None:
+            assert config.internal_ca_cert is not None  # checked by the config model
+            self._internal_ssl = client_context(
+                TlsFiles(config.internal_ca_cert, config.internal_client_cert, config.internal_client_key)
+            )
+        self._session: aiohttp.ClientSession | None = None
+        self._client: CloudControllerClient | None = None
+        self._tokens: UaaTokenSource | None = None
+        self._listed_stamp: datetime | None = None
+        self._stamp_seen_at = 0.0
+        self._confirmed = False
+        self._dropped = DroppedEntries("asg", METRICS)
+
+    @property
+    def tokens_fetched(self) -> int:
+        """How many UAA tokens this watcher has fetched."""
+        return self._tokens.fetched if self._tokens is not None else 0
+
+    async def _prepare(self) -> None:
+        await self._publisher.load_published(f"{ASG_SUBJECT_PREFIX}>")
+        session = aiohttp.ClientSession()
+        self._session = session
+        config = self.config
+        self._tokens = UaaTokenSource(
+            session,
+            config.uaa_url,
+            config.client_id,
+            config.client_secret.get_secret_value(),
+            self._api_ssl,
+            config.request_timeout,
+            config.token_refresh_margin,
+        )
+        self._client = CloudControllerClient(
+            session,
+            config.api_url,
+            self._api_ssl,
+            self._tokens,
+            config.request_timeout,
+            config.per_page,
+            config.internal_url,
+            self._internal_ssl,
+        )
+
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _loops(self) -> Sequence[PollLoop]:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        return [
+            PollLoop(
+                "asg",
+                self._cycle,
+                self.config.poll_interval,
+                METRICS,
+                self._stopping,
+                backoff,
+                self.config.max_config_failures,
+            )
+        ]
+
+    async def _cycle(self, full: bool) -> None:
+        assert self._client is not None, "CcWatcher used before run()"
+        METRICS.polls.labels("asg").inc()
+        stamp: datetime | None = None
+        read_at = time.monotonic()
+        if self._client.has_latest_update:
+            stamp = await self._client.asg_latest_update()
+            if not full and not self._listing_needed(stamp, read_at):
+                return
+        resources = await self._client.security_groups()
+        if stamp is not None and (after := await self._client.asg_latest_update()) != stamp:
+            raise SourceError(
+                f"{self.config.internal_url}/internal/v4/asg_latest_update",
+                Reason.UNSTABLE,
+                f"security groups changed while they were listed ({stamp.isoformat()} -> {after})",
+            )
+        METRICS.fetches.labels("asg").inc()
+        groups = self._parse(resources)
+        result = await publish_security_groups(self._publisher, groups, self._clock())
+        METRICS.published.labels("asg").inc(result.published + result.deleted)
+        self._listed(stamp, read_at)
+
+    def _listing_needed(self, stamp: datetime | None, read_at: float) -> bool:
+        if stamp is None or stamp != self._listed_stamp:
+            return True
+        return not self._confirmed and read_at - self._stamp_seen_at >= self.config.latest_update_settle
+
+    def _listed(self, stamp: datetime | None, read_at: float) -> None:
+        if stamp != self._listed_stamp:
+            self._listed_stamp, self._stamp_seen_at = stamp, read_at
+            self._confirmed = self.config.latest_update_settle == 0
+        elif read_at - self._stamp_seen_at >= self.config.latest_update_settle:
+            self._confirmed = True
+
+    def _parse(self, resources: list[Any]) -> dict[str, SecurityGroup]:
+        groups: dict[str, SecurityGroup] = {}
+        problems: dict[str, str] = {}
+        collect_security_groups(resources, SecurityGroup.parse_lenient, groups, problems)
+        self._dropped.report(sorted(problems.values()))
+        return groups

@@ -1,0 +1,273 @@
+"""The policy watcher: the policy server's internal API turned into whole-state NATS messages.
+
+Two poll loops (events/poller.py) share one mutual-TLS session:
+
+- **c2c** (every `poll_interval`): `policies_last_updated` is cheap; `/internal/policies` is
+  fetched only when it moved, on the first cycle, after an error and on `resync()`. If the cheap
+  check itself fails the fetch is made anyway (as the vxlan-policy-agent does). Policies are
+  grouped by destination app into `C2CPoliciesMessage`s; an app whose last policy went away gets
+  an explicit empty message. When the server returns `egress_policies` (an old policy server with
+  dynamic egress), they are published as one `EgressPoliciesMessage`.
+- **asg** (every `asg_poll_interval`): `/internal/security_groups` for the spaces that have
+  containers (events/policy/spaces.py), read with a real `limit` and followed by `next` until it
+  is 0; then every group is published and every vanished one deleted (events/asgsync.py). With
+  `asg_change_check` the listing is skipped while `security_groups_last_updated` (newer servers)
+  and the space set stay the same.
+
+A cycle builds the complete state before it publishes anything, so a failed call (or one failed
+page of a listing) publishes nothing: the last published state stays. An invalid entry (a rule
+in a group's rules string, a policy) is left out, logged once with where it was, and counted;
+the rest of its group or listing is published.
+
+Versions are the publisher's clock, `time.time_ns()` when the cycle's listing completed (the
+policy server has no per-object version).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from events import subjects
+from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
+from events.httpsource import Reason, SourceError
+from events.messages import C2CPoliciesMessage, EgressPoliciesMessage
+from events.models import (
+    C2CPolicy,
+    EgressPolicy,
+    InternalSecurityGroup,
+    SecurityGroup,
+    StateError,
+    parse_internal_policies,
+)
+from events.policy.client import API, PolicyServerClient
+from events.policy.spaces import SpaceSource, StaticSpaces
+from events.poller import Backoff, DroppedEntries, PollingWatcher, PollLoop, WatcherMetrics
+from events.publisher import StatePublisher
+from events.tls import TlsFiles, client_context
+
+log = logging.getLogger(__name__)
+
+METRICS = WatcherMetrics.create("cfnft_watcher_policy", "the policy server")
+
+C2C_SUBJECT_PREFIX = subjects.c2c_policies("x")[:-1]
+
+
+class PolicyWatcherConfig(BaseModel):
+    """Where the policy server is, how to authenticate, and how often to poll."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    url: str = "https://policy-server.service.cf.internal:4003"
+    """Base URL of the policy server's internal API (BOSH `policy_server.internal_listen_port`)."""
+    ca_cert: Path
+    """CA that signed the policy server's certificate."""
+    client_cert: Path
+    """Our client certificate (the server requires one signed by its `ca_cert`)."""
+    client_key: Path
+    """Key of `client_cert`."""
+    poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between c2c checks (the vxlan-policy-agent's default is 5)."""
+    asgs: bool = True
+    """Publish security groups from the policy server (dynamic ASGs). Turn off when the CC watcher publishes them."""
+    asg_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between security-group listings (the vxlan-policy-agent's default is 60)."""
+    asg_page_size: int = Field(default=500, ge=1)
+    """`limit` of one `/internal/security_groups` page."""
+    space_batch_size: int = Field(default=200, ge=1)
+    """Space guids per listing request (keeps URLs short; each batch is paged on its own)."""
+    asg_change_check: bool = False
+    """Skip the listing while `security_groups_last_updated` and the space set are unchanged (servers that have it)."""
+    request_timeout: float = Field(default=5.0, gt=0)
+    """Seconds for one HTTP request (the vxlan-policy-agent uses 5)."""
+    backoff_initial: float = Field(default=0.5, gt=0)
+    """First retry delay after an error; doubles per failure (with jitter)."""
+    backoff_max: float = Field(default=30.0, gt=0)
+    """Longest retry delay."""
+    max_config_failures: int = Field(default=5, ge=1)
+    """TLS failures in a row (e.g. our client certificate refused) after which the watcher stops."""
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"{value!r}: the policy server's internal API is https:// only (mutual TLS)")
+        return value.rstrip("/")
+
+
+class PolicyWatcher(PollingWatcher):
+    """Polls the policy server and publishes c2c policies, egress policies and security groups.
+
+    Example::
+
+        async with ContainerSpaces(nc) as spaces, PolicyWatcher(config, StatePublisher(nc), spaces):
+            await stopped.wait()
+    """
+
+    def __init__(
+        self,
+        config: PolicyWatcherConfig,
+        publisher: StatePublisher,
+        spaces: SpaceSource | None = None,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        """`spaces` chooses the spaces to list security groups for (default: none, i.e. only the
+        global defaults). `clock` gives message versions, in nanoseconds."""
+        super().__init__()
+        self.config = config
+        self._publisher = publisher
+        self._spaces = spaces or StaticSpaces()
+        self._clock = clock
+        self._ssl = client_context(TlsFiles(config.ca_cert, config.client_cert, config.client_key))
+        self._session: aiohttp.ClientSession | None = None
+        self._client: PolicyServerClient | None = None
+        self._c2c_stamp: int | None = None
+        self._asg_stamp: int | None = None
+        self._asg_spaces: frozenset[str] | None = None
+        self._waiting_for_spaces_logged = False
+        self._c2c_dropped = DroppedEntries("c2c", METRICS)
+        self._egress_dropped = DroppedEntries("egress", METRICS)
+        self._asg_dropped = DroppedEntries("asg", METRICS)
+
+    async def _prepare(self) -> None:
+        # Learn what earlier runs published, so vanished objects get their deletion even across a restart.
+        await self._publisher.load_published(f"{C2C_SUBJECT_PREFIX}>")
+        await self._publisher.load_published(subjects.EGRESS_POLICIES)
+        if self.config.asgs:
+            await self._publisher.load_published(f"{ASG_SUBJECT_PREFIX}>")
+        self._session = aiohttp.ClientSession()
+        self._client = PolicyServerClient(self._session, self.config.url, self._ssl, self.config.request_timeout)
+
+    async def _close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _loops(self) -> Sequence[PollLoop]:
+        def loop(kind: str, cycle: Any, interval: float) -> PollLoop:
+            return PollLoop(
+                kind,
+                cycle,
+                interval,
+                METRICS,
+                self._stopping,
+                Backoff(self.config.backoff_initial, self.config.backoff_max),
+                self.config.max_config_failures,
+            )
+
+        loops = [loop("c2c", self._c2c_cycle, self.config.poll_interval)]
+        if self.config.asgs:
+            asg = loop("asg", self._asg_cycle, self.config.asg_poll_interval)
+            self._spaces.on_change = lambda: asg.wake(full=False)
+            loops.append(asg)
+        return loops
+
+    @property
+    def _api(self) -> PolicyServerClient:
+        assert self._client is not None, "PolicyWatcher used before run()"
+        return self._client
+
+    # ---- c2c and egress ------------------------------------------------------------------------
+
+    async def _c2c_cycle(self, full: bool) -> None:
+        METRICS.polls.labels("c2c").inc()
+        try:
+            stamp: int | None = await self._api.policies_last_updated()
+        except SourceError as exc:
+            if exc.reason.is_config_problem:
+                raise
+            log.debug("c2c: change check failed, fetching anyway: %s", exc)
+            stamp = None
+        if not full and stamp is not None and stamp == self._c2c_stamp:
+            return
+        body = await self._api.policies()
+        METRICS.fetches.labels("c2c").inc()
+        try:
+            c2c, egress, problems = parse_internal_policies(body, lenient=True)
+        except StateError as err:
+            raise SourceError(f"{self.config.url}{API}/policies", Reason.INVALID, str(err).replace("\n", "; "))
+        by_app, unusable = _by_destination(c2c)
+        self._c2c_dropped.report([str(p) for p in problems if p.loc[:1] != ("egress_policies",)] + unusable)
+        version = self._clock()
+        await self._publish_c2c(by_app, version)
+        if "egress_policies" in body or self._publisher.published_subjects(subjects.EGRESS_POLICIES):
+            # An upgraded server stops sending egress policies: that is an explicit "none".
+            self._egress_dropped.report([str(p) for p in problems if p.loc[:1] == ("egress_policies",)])
+            await self._publish_egress(egress, version)
+        self._c2c_stamp = stamp
+
+    async def _publish_c2c(self, by_app: dict[str, list[C2CPolicy]], version: int) -> None:
+        for subject in self._publisher.published_subjects(C2C_SUBJECT_PREFIX):
+            by_app.setdefault(subject[len(C2C_SUBJECT_PREFIX) :], [])
+        for app in sorted(by_app):
+            message = C2CPoliciesMessage(version=version, destination_app_guid=app, policies=by_app[app])
+            if await self._publisher.publish(message):
+                METRICS.published.labels("c2c").inc()
+
+    async def _publish_egress(self, policies: list[EgressPolicy], version: int) -> None:
+        ordered = sorted({p.model_dump_json(): p for p in policies}.items())
+        if await self._publisher.publish(EgressPoliciesMessage(version=version, policies=[p for _, p in ordered])):
+            METRICS.published.labels("egress").inc()
+
+    # ---- security groups -------------------------------------------------------------------
+
+    async def _asg_cycle(self, full: bool) -> None:
+        METRICS.polls.labels("asg").inc()
+        if not self._spaces.ready.is_set():
+            if not self._waiting_for_spaces_logged:
+                log.info("asg: waiting for the container state before listing security groups")
+                self._waiting_for_spaces_logged = True
+            return
+        spaces = self._spaces.spaces()
+        stamp = None
+        if self.config.asg_change_check:
+            stamp = await self._api.security_groups_last_updated()
+            if not full and stamp is not None and stamp == self._asg_stamp and spaces == self._asg_spaces:
+                return
+        groups = await self._list_security_groups(spaces)
+        METRICS.fetches.labels("asg").inc()
+        result = await publish_security_groups(self._publisher, groups, self._clock())
+        METRICS.published.labels("asg").inc(result.published + result.deleted)
+        self._asg_stamp, self._asg_spaces = stamp, spaces
+
+    async def _list_security_groups(self, spaces: frozenset[str]) -> dict[str, SecurityGroup]:
+        """Every group for `spaces`, across space batches and pages; raises on any failed page."""
+        ordered = sorted(spaces)
+        size = self.config.space_batch_size
+        batches = [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
+        groups: dict[str, SecurityGroup] = {}
+        problems: dict[str, str] = {}  # keyed, so a default group seen in every batch is reported once
+        for batch in batches:
+            start = 0
+            while True:
+                page = await self._api.security_groups_page(batch, start, self.config.asg_page_size)
+                collect_security_groups(page.groups, InternalSecurityGroup.parse_lenient, groups, problems)
+                if page.next == 0:
+                    break
+                start = page.next
+        self._asg_dropped.report(sorted(problems.values()))
+        return groups
+
+
+def _by_destination(policies: list[C2CPolicy]) -> tuple[dict[str, list[C2CPolicy]], list[str]]:
+    """Policies grouped by destination app, each list sorted and duplicate-free (the same policies
+    always make the same message); and the problems of policies whose app guid cannot be a subject."""
+    by_app: dict[str, dict[str, C2CPolicy]] = defaultdict(dict)
+    unusable: list[str] = []
+    for i, policy in enumerate(policies):
+        app = policy.destination.id
+        try:
+            subjects.token(app, "destination app guid")
+        except ValueError as err:
+            unusable.append(f"policies[{i}]: {err}")
+            continue
+        by_app[app][policy.model_dump_json()] = policy
+    return {app: [entries[k] for k in sorted(entries)] for app, entries in by_app.items()}, unusable

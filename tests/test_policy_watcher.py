@@ -1,0 +1,296 @@
+"""The policy watcher against the policy server simulator over real mutual TLS, ending in the NATS
+state stream as a subscriber (an ordered JetStream consumer, last message per subject) reads it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
+
+from events import subjects
+from events.messages import ContainerMessage
+from events.models import Container
+from events.policy.simulator import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
+from events.policy.spaces import ContainerSpaces, StaticSpaces
+from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
+from events.poller import FatalSourceError
+from events.publisher import StatePublisher
+from tests.cfsim import Pki, StateView, make_pki, wait_until
+
+DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
+WEB = [{"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "443", "description": "web"}]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def sim(pki: Pki) -> AsyncIterator[PolicyServerSimulator]:
+    async with PolicyServerSimulator(pki.server_files()) as server:
+        yield server
+
+
+@pytest.fixture
+async def view(nats_client: NATS) -> AsyncIterator[StateView]:
+    async with StateView(nats_client) as state:
+        yield state
+
+
+def config(sim: PolicyServerSimulator, pki: Pki, **overrides: Any) -> PolicyWatcherConfig:
+    """Fast intervals and backoff, so a test takes milliseconds per cycle."""
+    settings: dict[str, Any] = {
+        "url": sim.url,
+        "ca_cert": pki.ca,
+        "client_cert": pki.client,
+        "client_key": pki.client,
+        "poll_interval": 0.02,
+        "asg_poll_interval": 0.02,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+    } | overrides
+    return PolicyWatcherConfig(**settings)
+
+
+def watcher(sim: PolicyServerSimulator, pki: Pki, nc: NATS, spaces: Any = None, **overrides: Any) -> PolicyWatcher:
+    return PolicyWatcher(config(sim, pki, **overrides), StatePublisher(nc), spaces or StaticSpaces({"space-1"}))
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(f"cfnft_watcher_policy_{name}", labels) or 0.0
+
+
+def sources(policies: list[dict[str, Any]]) -> set[str]:
+    return {p["source"]["id"] for p in policies}
+
+
+async def test_c2c_add_and_remove_end_as_nats_state(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """Policies are grouped by destination app; an app whose last policy goes gets an explicit empty list."""
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b", "tcp", 8080, 8090))
+    sim.add_c2c_policy(C2CPolicySpec("app-c", "app-b", "udp", 9000, 9000))
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-d"))
+    async with watcher(sim, pki, nats_client):
+        await view.wait_for(
+            lambda s: subjects.c2c_policies("app-b") in s and subjects.c2c_policies("app-d") in s, "c2c for b and d"
+        )
+        assert sources(view.c2c("app-b")) == {"app-a", "app-c"}
+        tcp = next(p for p in view.c2c("app-b") if p["destination"]["protocol"] == "tcp")
+        assert tcp["destination"]["ports"] == {"start": 8080, "end": 8090}
+        assert tcp["source"]["tag"] == "0001" and tcp["destination"]["tag"] == "0002"
+
+        sim.remove_c2c_policy(C2CPolicySpec("app-a", "app-d"))
+        sim.remove_c2c_policy(C2CPolicySpec("app-c", "app-b", "udp", 9000, 9000))
+        await view.wait_for(lambda s: s[subjects.c2c_policies("app-d")]["policies"] == [], "app-d's empty list")
+        await view.wait_for(lambda s: len(s[subjects.c2c_policies("app-b")]["policies"]) == 1, "app-b down to one")
+        assert sources(view.c2c("app-b")) == {"app-a"}
+
+
+async def test_unchanged_policies_last_updated_means_no_fetch(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """Only the cheap check is repeated while nothing changes; a change costs exactly one fetch."""
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    async with watcher(sim, pki, nats_client, asgs=False):
+        await view.wait_for(lambda s: subjects.c2c_policies("app-b") in s, "the first policy")
+        checks = sim.requests[PolicyRoute.POLICIES_LAST_UPDATED]
+        await wait_until(lambda: sim.requests[PolicyRoute.POLICIES_LAST_UPDATED] >= checks + 10, "ten more checks")
+        assert sim.requests[PolicyRoute.POLICIES] == 1
+
+        sim.add_c2c_policy(C2CPolicySpec("app-c", "app-b"))
+        await view.wait_for(lambda s: len(s[subjects.c2c_policies("app-b")]["policies"]) == 2, "the second policy")
+        checks = sim.requests[PolicyRoute.POLICIES_LAST_UPDATED]
+        await wait_until(lambda: sim.requests[PolicyRoute.POLICIES_LAST_UPDATED] >= checks + 5, "five more checks")
+        assert sim.requests[PolicyRoute.POLICIES] == 2
+
+
+async def test_resync_fetches_although_nothing_changed(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    async with watcher(sim, pki, nats_client, asgs=False) as w:
+        await view.wait_for(lambda s: subjects.c2c_policies("app-b") in s, "the policy")
+        w.resync()
+        await wait_until(lambda: sim.requests[PolicyRoute.POLICIES] == 2, "a second fetch after resync()")
+
+
+async def test_security_group_bind_and_unbind_running_and_staging(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """Bindings show in the published group; a group bound to no watched space is published as deleted."""
+    sim.add_security_group("dns", DNS, guid="g-dns", running_default=True, staging_default=True)
+    sim.add_security_group("web", WEB, guid="g-web")
+    async with watcher(sim, pki, nats_client):
+        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the default group")
+        dns = view.group("g-dns")
+        assert dns is not None and dns["globally_enabled"] == {"running": True, "staging": True}
+        assert subjects.security_group("g-web") not in view.state  # bound to no space yet
+
+        sim.bind_security_group("g-web", "space-1", "running")
+        await view.wait_for(lambda s: subjects.security_group("g-web") in s, "web after its running bind")
+        web = view.group("g-web")
+        assert web is not None
+        assert web["relationships"]["running_spaces"]["data"] == [{"guid": "space-1"}]
+        assert web["relationships"]["staging_spaces"]["data"] == []
+        assert [r["destination"] for r in web["rules"]] == ["192.0.2.0/24"]
+
+        sim.bind_security_group("g-web", "space-1", "staging")
+        await view.wait_for(
+            lambda s: (
+                s[subjects.security_group("g-web")]["security_group"]["relationships"]["staging_spaces"]["data"]
+                == [{"guid": "space-1"}]
+            ),
+            "web bound for staging too",
+        )
+        sim.unbind_security_group("g-web", "space-1", "running")
+        await view.wait_for(
+            lambda s: (
+                s[subjects.security_group("g-web")]["security_group"]["relationships"]["running_spaces"]["data"] == []
+            ),
+            "web unbound for running",
+        )
+        sim.unbind_security_group("g-web", "space-1", "staging")
+        await view.wait_for(lambda s: s[subjects.security_group("g-web")]["security_group"] is None, "web deleted")
+        assert view.group("g-dns") is not None
+
+
+async def test_paging_follows_next_with_a_real_limit(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """Seven groups, two per page: four requests whose `from` is the previous page's `next`."""
+    guids = [sim.add_security_group(f"g{i}", DNS, running_default=True) for i in range(7)]
+    async with watcher(sim, pki, nats_client, asg_page_size=2):
+        await view.wait_for(lambda s: all(subjects.security_group(g) in s for g in guids), "all seven groups")
+    listing = [query for route, query in sim.request_log if route is PolicyRoute.SECURITY_GROUPS][:4]
+    assert [q.get("from") for q in listing] == [None, "3", "5", "7"]
+    assert {q["limit"] for q in listing} == {"2"}
+    assert {q["space_guids"] for q in listing} == {"space-1"}
+
+
+async def test_a_bad_rule_is_dropped_and_the_group_still_published(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {"protocol": "tcp", "destination": "10.0.0.300", "ports": "80"}
+    sim.add_security_group("mixed", [WEB[0], bad], guid="g-mixed", running_default=True)
+    sim.add_security_group("garbled", [], guid="g-garbled", running_default=True)
+    sim.set_rules_string("g-garbled", "[{not json")
+    with caplog.at_level(logging.WARNING, logger="events.poller"):
+        async with watcher(sim, pki, nats_client):
+            await view.wait_for(
+                lambda s: subjects.security_group("g-mixed") in s and subjects.security_group("g-garbled") in s,
+                "both groups",
+            )
+            assert metric("dropped_entries", kind="asg") == 2
+    mixed = view.group("g-mixed")
+    assert mixed is not None and [r["destination"] for r in mixed["rules"]] == ["192.0.2.0/24"]
+    garbled = view.group("g-garbled")
+    assert garbled is not None and garbled["rules"] == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("g-mixed (mixed)" in line and "rules[1].destination" in line and "10.0.0.300" in line for line in lines)
+    assert any("g-garbled (garbled)" in line and "not valid JSON" in line for line in lines)
+
+
+async def test_server_errors_publish_nothing_partial_and_the_watcher_recovers(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """500s on the policy list and in the middle of a paged listing: no deletion, no empty list; then it catches up."""
+    groups = [sim.add_security_group(f"g{i}", DNS, running_default=True) for i in range(3)]
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    errors_before = metric("errors_total", kind="asg", reason="http") + metric(
+        "errors_total", kind="c2c", reason="http"
+    )
+    async with watcher(sim, pki, nats_client, asg_page_size=1):
+        await view.wait_for(lambda s: all(subjects.security_group(g) in s for g in groups), "the three groups")
+        await view.wait_for(lambda s: subjects.c2c_policies("app-b") in s, "the policy")
+        sim.fail(PolicyRoute.SECURITY_GROUPS, times=6, paged_only=True)
+        sim.fail(PolicyRoute.POLICIES, times=6)
+        sim.delete_security_group(groups[0])
+        sim.add_c2c_policy(C2CPolicySpec("app-c", "app-b"))
+        await view.wait_for(lambda s: s[subjects.security_group(groups[0])]["security_group"] is None, "g0 deleted")
+        await view.wait_for(lambda s: len(s[subjects.c2c_policies("app-b")]["policies"]) == 2, "the new policy")
+    errors_after = metric("errors_total", kind="asg", reason="http") + metric("errors_total", kind="c2c", reason="http")
+    assert errors_after - errors_before == 12
+    deleted = {subject for subject, doc in view.history if doc.get("kind") == "asg" and doc["security_group"] is None}
+    assert deleted == {subjects.security_group(groups[0])}
+    assert all(doc["policies"] for _, doc in view.history if doc.get("kind") == "c2c")
+
+
+async def test_client_certificate_of_another_ca_stops_the_watcher_with_a_clear_error(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server refuses the handshake; the watcher retries a bounded number of times, logs the
+    streak once, and stops with one line saying what to fix."""
+    w = watcher(
+        sim,
+        pki,
+        nats_client,
+        client_cert=pki.other_client,
+        client_key=pki.other_client,
+        asgs=False,
+        max_config_failures=3,
+    )
+    with caplog.at_level(logging.ERROR, logger="events.poller"), pytest.raises(FatalSourceError) as raised:
+        await w.run()
+    message = str(raised.value)
+    assert "giving up after 3 failures" in message
+    assert "refused our client certificate (tlsv1 alert unknown ca)" in message
+    assert sim.url in message
+    assert sim.requests.total() == 0  # no request ever got past the handshake
+    assert len([r for r in caplog.records if "refused our client certificate" in r.getMessage()]) == 1
+
+
+async def test_egress_policies_of_an_older_policy_server(pki: Pki, nats_client: NATS, view: StateView) -> None:
+    async with PolicyServerSimulator(pki.server_files(), egress_policies=True) as sim:
+        rules = [EgressDestinationSpec("tcp", "198.51.100.1", "198.51.100.9", 8000, 9000)]
+        guid = sim.add_egress_policy("app-a", "partner", rules)
+        sim.add_egress_policy(
+            None, "ntp", [EgressDestinationSpec("udp", "203.0.113.5", "203.0.113.5", 123, 123)], source_type="default"
+        )
+        async with watcher(sim, pki, nats_client, asgs=False):
+            await view.wait_for(lambda s: len(s.get(subjects.EGRESS_POLICIES, {}).get("policies", [])) == 2, "egress")
+            published = view.state[subjects.EGRESS_POLICIES]["policies"]
+            partner = next(p for p in published if p["destination"]["name"] == "partner")
+            assert partner["source"] == {"id": "app-a", "type": "app"}
+            assert partner["destination"]["ips"] == [{"start": "198.51.100.1", "end": "198.51.100.9"}]
+            sim.remove_egress_policy(guid)
+            await view.wait_for(lambda s: len(s[subjects.EGRESS_POLICIES]["policies"]) == 1, "one egress policy left")
+
+
+async def test_a_restarted_watcher_deletes_what_vanished_while_it_was_down(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    sim.add_security_group("keep", DNS, guid="g-keep", running_default=True)
+    sim.add_security_group("drop", DNS, guid="g-drop", running_default=True)
+    sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    async with watcher(sim, pki, nats_client):
+        await view.wait_for(lambda s: subjects.security_group("g-drop") in s, "the groups")
+        await view.wait_for(lambda s: subjects.c2c_policies("app-b") in s, "the policy")
+    sim.delete_security_group("g-drop")
+    sim.remove_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    async with watcher(sim, pki, nats_client):  # a new publisher: knows only what the stream holds
+        await view.wait_for(lambda s: s[subjects.security_group("g-drop")]["security_group"] is None, "g-drop deleted")
+        await view.wait_for(lambda s: s[subjects.c2c_policies("app-b")]["policies"] == [], "app-b's empty list")
+    assert view.group("g-keep") is not None
+
+
+async def test_spaces_come_from_the_containers_in_nats(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """A group bound to a space is published once a container of that space appears, deleted when it goes."""
+    sim.add_security_group("web", WEB, guid="g-web", running_spaces=("space-9",))
+    sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
+    publisher = StatePublisher(nats_client)
+    container = Container(handle="h1", ip="10.255.1.2", app_guid="app-a", space_guid="space-9", workload="app")
+    async with ContainerSpaces(nats_client) as spaces, watcher(sim, pki, nats_client, spaces):
+        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the default group")
+        assert subjects.security_group("g-web") not in view.state
+        await publisher.publish(ContainerMessage(version=1, cell_id="cell-a", handle="h1", container=container))
+        await view.wait_for(lambda s: subjects.security_group("g-web") in s, "web, once space-9 has a container")
+        await publisher.publish(ContainerMessage(version=2, cell_id="cell-a", handle="h1", container=None))
+        await view.wait_for(lambda s: s[subjects.security_group("g-web")]["security_group"] is None, "web deleted")
