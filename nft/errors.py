@@ -35,7 +35,8 @@ class NftError(Exception):
 
     @property
     def not_found(self) -> bool:
-        return "No such file or directory" in self.stderr
+        # The kernel says ENOENT; for interval sets nft finds a missing element itself first.
+        return "No such file or directory" in self.stderr or "element does not exist" in self.stderr
 
     @property
     def exists(self) -> bool:

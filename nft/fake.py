@@ -179,7 +179,8 @@ class _Kernel:
         if ops[0].verb is Verb.DELETE:
             for op in ops:
                 if op.obj.key not in current:  # type: ignore[union-attr]
-                    raise _Refused(ENOENT, op)
+                    # nft looks up interval elements in its own cache before the kernel does.
+                    raise _Refused("element does not exist" if SetFlag.INTERVAL in s.flags else ENOENT, op)
                 del current[op.obj.key]  # type: ignore[union-attr]
             return
         interval = SetFlag.INTERVAL in s.flags

@@ -115,6 +115,12 @@ class NftRunner:
         finally:
             nft.set_dry_run(False)
             os.close(fd)
+        if dry_run or rc != 0:
+            # libnftables 1.0.6 keeps what a dry run or failed batch added to its cache, and trusts
+            # that cache while the kernel's generation is unchanged: a later batch would then be
+            # checked against objects that never existed ("interval overlaps"). A new context
+            # starts with an empty cache; it costs well under a millisecond.
+            self._open()
         if rc != 0:
             raise NftError.from_batch(rc, err, batch, what="nft check" if dry_run else "nft transaction")
 
