@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 from nats.aio.client import Client as NATS
 
@@ -28,9 +27,10 @@ def state_messages(state: CellState, version: int) -> list[Message]:
         out.append(ContainerMessage(version=version, cell_id=state.cell_id, handle=c.handle, container=c))
     for g in state.security_groups:
         out.append(SecurityGroupMessage(version=version, guid=g.guid, security_group=g))
-    by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
+    # The document speaks for its containers' apps: an app with no policy gets an explicit empty set.
+    by_destination: dict[str, list[C2CPolicy]] = {c.app_guid: [] for c in state.containers}
     for p in state.c2c_policies:
-        by_destination[p.destination.id].append(p)
+        by_destination.setdefault(p.destination.id, []).append(p)
     for app, policies in sorted(by_destination.items()):
         out.append(C2CPoliciesMessage(version=version, destination_app_guid=app, policies=policies))
     for app, addrs in sorted(state.app_instances.items()):

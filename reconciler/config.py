@@ -1,0 +1,71 @@
+"""Configuration of `cfnft reconcile`, validated by pydantic.
+
+The file is JSON (the BOSH job renders it); flags override single keys. A bad file is one
+clear error line naming the key (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events.models import CellConfig
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; str() is one line naming the file and key."""
+
+
+class NatsConfig(BaseModel):
+    """How to reach NATS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS URLs")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the NATS servers (enables TLS)")
+    cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="client key for mutual TLS")
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
+    user: str | None = Field(None, description="user name, with password")
+    password: str | None = Field(None, description="password, with user")
+    connect_timeout_seconds: float = Field(2.0, gt=0, description="timeout of one connection attempt")
+
+
+class ReconcilerConfig(BaseModel):
+    """`cfnft reconcile` settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cell_id: str = Field(description="this cell's id, as BBS knows it (ActualLRPInstanceKey.cell_id)")
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    netns: str | None = Field(None, description="apply rules inside this named network namespace (tests, demo)")
+    policy: CellConfig = Field(
+        default_factory=CellConfig,
+        description="operator policy config of the cell; a cfnft.state.config.<cell_id> message overrides it",
+    )
+    socket_path: Path = Field(Path("/var/vcap/data/cfnft/reconciler.sock"), description="CNI plugin endpoint")
+    state_dir: Path = Field(Path("/var/vcap/data/cfnft"), description="where the last known state is kept")
+    metrics_listen: str = Field("127.0.0.1:9301", description="host:port of /metrics, /healthz, /readyz")
+    drift_probe_seconds: float = Field(1.0, gt=0, description="cheap check that our chains are intact")
+    full_check_seconds: float = Field(30.0, gt=0, description="full read-back of the table, set elements included")
+    retry_max_seconds: float = Field(10.0, gt=0, description="cap of the apply retry backoff")
+    rebuild_after_failures: int = Field(3, ge=1, description="failed applies before the table is rebuilt whole")
+    give_up_after_failures: int = Field(20, ge=1, description="failed applies before the process exits for monit")
+
+
+def load_config(path: Path) -> ReconcilerConfig:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}") from None
+    try:
+        return ReconcilerConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{path}: {key}: {msg}") from None

@@ -1,0 +1,397 @@
+"""`cfnft reconcile`: drive one cell's kernel to the desired state, level-triggered.
+
+Who awaits whom:
+- `StateFeed` (NATS) and the CNI endpoint call `_on_message` / `register` synchronously:
+  they update the store, bump `generation` and set `_dirty`. Nothing else happens there.
+- `_apply_loop` is the only writer of the kernel. It waits for `_dirty`, takes a snapshot of
+  the store, compiles the whole ruleset (a pure function), diffs it against what the kernel
+  holds and commits the difference as one transaction. Bursts coalesce: whatever arrived
+  while a pass ran is picked up by the next one. Failures retry with capped backoff; after
+  `rebuild_after_failures` the next pass replaces the whole table in one transaction; after
+  `give_up_after_failures` the process exits non-zero so monit restarts it. The old rules
+  keep enforcing throughout, since nothing is ever flushed outside a transaction.
+- `_drift_loop` re-reads the kernel (cheaply every second, fully every `full_check_seconds`)
+  and marks the state dirty when someone changed our table behind our back.
+- CNI `register` callers await `wait_committed(generation)`, resolved by `_apply_loop`.
+
+Start-up is gated (Felix's in-sync): the kernel is not written from NATS state until the
+replay of the state stream is complete. If our table does not exist yet, the fail-closed
+skeleton (no container known, overlay sources rejected) is installed first. The last
+committed state is kept on disk, so a restart while NATS is unreachable still knows every
+policy and can admit new containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+
+from events import subjects
+from events.messages import Message, ResyncRequest
+from events.models import CellState, Container
+from nft import NftError, diff
+from nft.objects import Ruleset
+from reconciler.compile import TABLE, compile_ruleset
+from reconciler.config import ReconcilerConfig
+from reconciler.feed import StateFeed
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.store import DesiredStore
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """One cell's reconciler. `runner` is an `nft.NftRunner` (or `nft.FakeNft` in tests)."""
+
+    def __init__(self, config: ReconcilerConfig, runner, metrics: ReconcilerMetrics | None = None) -> None:
+        self.config = config
+        self.runner = runner
+        self.metrics = metrics or ReconcilerMetrics()
+        self.store = DesiredStore(config.cell_id, config.policy)
+        self._replay_store: DesiredStore | None = None
+        self._dirty = asyncio.Event()
+        self._synced = asyncio.Event()  # the desired state is complete (NATS replay or saved state)
+        self._nats_synced = False
+        self.generation = 0
+        self.committed_generation = 0
+        self._changed_at: dict[int, float] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._actual: Ruleset | None = None
+        self._desired: Ruleset | None = None
+        self._readback = True
+        self._failures = 0
+        self.fatal: BaseException | None = None
+        self.nc: NATS | None = None
+        self._feed: StateFeed | None = None
+        self.last_commit_at: float | None = None
+
+    # ------------------------------------------------------------------ inputs (cheap, sync)
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self._changed_at[self.generation] = time.perf_counter()
+        self.metrics.pending_changes.set(self.generation - self.committed_generation)
+        self._dirty.set()
+
+    def _on_message(self, msg: Message) -> None:
+        self.metrics.messages.inc()
+        if self._replay_store is not None:
+            self._replay_store.apply(msg)
+        elif self.store.apply(msg):
+            self._changed()
+
+    def _on_bad_message(self, subject: str, reason: str) -> None:
+        self.metrics.bad_messages.inc()
+
+    def _on_in_sync(self) -> None:
+        """The NATS replay is complete: it replaces whatever we knew before."""
+        replay, self._replay_store = self._replay_store, None
+        if replay is not None:
+            replay.registered = self.store.registered
+            self.store = replay
+        self._nats_synced = True
+        self._synced.set()
+        self._changed()
+        log.info("in sync with NATS: %s", self.store.summary())
+
+    def register(self, container: Container) -> int:
+        """A container the CNI plugin is adding; returns the generation to wait for."""
+        if self.store.register(container):
+            self._save_registered()
+            self._changed()
+        return self.generation
+
+    def unregister(self, handle: str) -> int:
+        if self.store.unregister(handle):
+            self._save_registered()
+            self._changed()
+        return self.generation
+
+    def request_resync(self, reason: str) -> None:
+        log.info("resync requested: %s", reason)
+        self._readback = True
+        self._dirty.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._synced.is_set() and self.committed_generation == self.generation and self.fatal is None
+
+    async def wait_committed(self, generation: int, timeout: float) -> None:
+        """Wait until everything up to `generation` is committed to the kernel."""
+        if self.committed_generation >= generation:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((generation, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiters = [(g, f) for g, f in self._waiters if f is not fut]
+
+    # ------------------------------------------------------------------ persistence
+
+    @property
+    def _registered_file(self) -> Path:
+        return self.config.state_dir / f"registered-{self.config.cell_id}.json"
+
+    @property
+    def _snapshot_file(self) -> Path:
+        return self.config.state_dir / f"last-state-{self.config.cell_id}.json"
+
+    def _save_registered(self) -> None:
+        data = [c.model_dump(mode="json") for c in self.store.registered.values()]
+        _atomic_write(self._registered_file, json.dumps(data))
+
+    def _load_saved(self) -> None:
+        if self._registered_file.exists():
+            try:
+                for raw in json.loads(self._registered_file.read_text()):
+                    c = Container.model_validate(raw)
+                    self.store.registered[c.handle] = c
+            except (OSError, ValueError) as e:
+                log.error("ignoring unreadable %s: %s", self._registered_file, e)
+        if self._snapshot_file.exists():
+            try:
+                saved = CellState.model_validate_json(self._snapshot_file.read_text())
+            except (OSError, ValueError) as e:
+                log.error("ignoring unreadable %s: %s", self._snapshot_file, e)
+                return
+            self.store.load_snapshot(saved)
+            self._synced.set()
+            log.info("loaded last committed state (%d containers) from %s", len(saved.containers), self._snapshot_file)
+
+    # ------------------------------------------------------------------ the kernel
+
+    async def _converge(self) -> bool:
+        """One pass: compile, diff, commit. Returns whether the kernel was written."""
+        state = self.store.snapshot()
+        desired = compile_ruleset(state)
+        if self._readback or self._actual is None:
+            self._actual = await self.runner.read_async(TABLE)
+            self._readback = False
+        rebuild = self._failures >= self.config.rebuild_after_failures
+        tx = diff(desired, None) if rebuild else diff(desired, self._actual)
+        if rebuild and self._actual is not None:
+            tx.delete_table_first()
+            self.metrics.table_rebuilds.inc()
+            log.warning("rebuilding table %s whole after %d failures", TABLE.name, self._failures)
+        self._desired = desired
+        if tx.is_empty:
+            return False
+        await self.runner.apply_async(tx)
+        self._actual = desired
+        chains, rules, elements = desired.counts()
+        self.metrics.chains.set(chains)
+        self.metrics.rules.set(rules)
+        self.metrics.elements.set(elements)
+        self.metrics.containers.set(len(state.containers))
+        if self._nats_synced:
+            _atomic_write(self._snapshot_file, state.model_dump_json())
+        return True
+
+    async def _install_skeleton_if_missing(self) -> None:
+        actual = await self.runner.read_async(TABLE)
+        if actual is None:
+            skeleton = compile_ruleset(CellState(cell_id=self.config.cell_id, containers=[], config=self.config.policy))
+            await self.runner.apply_async(diff(skeleton, None))
+            log.info("installed the fail-closed skeleton of table %s", TABLE.name)
+        self._readback = True
+
+    async def _apply_loop(self) -> None:
+        await self._synced.wait()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            gen = self.generation
+            started = time.perf_counter()
+            try:
+                wrote = await self._converge()
+            except (NftError, OSError) as e:
+                self._failures += 1
+                self._readback = True
+                self.metrics.apply_failures.inc()
+                self.metrics.reconcile_seconds.labels("error").observe(time.perf_counter() - started)
+                log.error("apply failed (%d in a row): %s", self._failures, e)
+                if self._failures >= self.config.give_up_after_failures:
+                    self.fatal = e
+                    log.critical("giving up after %d failed applies; exiting so monit restarts us", self._failures)
+                    return
+                delay = min(self.config.retry_max_seconds, 0.05 * 2**self._failures) * (0.5 + random.random())
+                asyncio.get_running_loop().call_later(delay, self._dirty.set)
+                continue
+            self._failures = 0
+            now = time.perf_counter()
+            self.metrics.reconcile_seconds.labels("changed" if wrote else "unchanged").observe(now - started)
+            for g in [g for g in self._changed_at if g <= gen]:
+                self.metrics.enforce_latency.observe(now - self._changed_at.pop(g))
+            self.committed_generation = gen
+            self.last_commit_at = time.time()
+            self.metrics.pending_changes.set(self.generation - gen)
+            self.metrics.in_sync.set(1 if self.ready else 0)
+            for g, fut in self._waiters:
+                if g <= gen and not fut.done():
+                    fut.set_result(None)
+
+    async def _drift_loop(self) -> None:
+        last_full = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.drift_probe_seconds)
+            if self._desired is None or self._dirty.is_set() or not self.ready:
+                continue
+            full = time.monotonic() - last_full >= self.config.full_check_seconds
+            try:
+                kernel = await self.runner.read_async(TABLE)
+            except NftError as e:
+                log.error("drift probe failed: %s", e)
+                continue
+            if full:
+                last_full = time.monotonic()
+                drifted = not diff(self._desired, kernel).is_empty
+            else:
+                drifted = not _same_structure(self._desired, kernel)
+            if drifted and self._desired is not None and self.ready:
+                self.metrics.drift_repairs.inc()
+                log.warning("table %s was changed outside cfnft; repairing", TABLE.name)
+                self._actual = kernel if full else None
+                self._readback = not full
+                self._dirty.set()
+
+    # ------------------------------------------------------------------ NATS
+
+    async def _connect_nats(self) -> None:
+        cfg = self.config.nats
+        tls = None
+        if cfg.ca_file:
+            tls = ssl.create_default_context(cafile=str(cfg.ca_file))
+            if cfg.cert_file and cfg.key_file:
+                tls.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+
+        async def disconnected() -> None:
+            self.metrics.nats_connected.set(0)
+            log.warning("NATS disconnected; enforcing the last known state")
+
+        async def reconnected() -> None:
+            self.metrics.nats_connected.set(1)
+            log.info("NATS reconnected; replaying the state stream")
+            self._begin_replay()
+
+        delay = 0.2
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    servers=cfg.servers,
+                    tls=tls,
+                    user_credentials=str(cfg.creds_file) if cfg.creds_file else None,
+                    user=cfg.user,
+                    password=cfg.password,
+                    connect_timeout=cfg.connect_timeout_seconds,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    name=f"cfnft-reconciler-{self.config.cell_id}",
+                )
+                break
+            except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
+                log.warning("cannot connect to NATS %s: %s; retrying in %.1fs", cfg.servers, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.metrics.nats_connected.set(1)
+        log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else cfg.servers)
+
+    def _begin_replay(self) -> None:
+        self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)
+        if self._feed is not None:
+            self._feed.request_replay()
+
+    async def _serve_nats(self) -> None:
+        await self._connect_nats()
+        assert self.nc is not None
+        nc = self.nc
+
+        async def on_resync(m) -> None:
+            try:
+                req = ResyncRequest.model_validate_json(m.data or b"{}")
+            except ValueError as e:
+                log.error("bad resync request on %s: %s", m.subject, e)
+                return
+            self.request_resync(req.reason)
+
+        async def on_status(m) -> None:
+            await m.respond(json.dumps(self.status()).encode())
+
+        await nc.subscribe(subjects.RESYNC_ALL, cb=on_resync)
+        await nc.subscribe(subjects.resync_cell(self.config.cell_id), cb=on_resync)
+        await nc.subscribe(subjects.status(self.config.cell_id), cb=on_status)
+        self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)
+        self._feed = StateFeed(nc, self.config.cell_id, self._on_message, self._on_in_sync, self._on_bad_message)
+        await self._feed.run()
+
+    def status(self) -> dict:
+        counts = self._desired.counts() if self._desired is not None else (0, 0, 0)
+        return {
+            "cell_id": self.config.cell_id,
+            "in_sync": self.ready,
+            "nats_synced": self._nats_synced,
+            "nats_connected": bool(self.nc and self.nc.is_connected),
+            "generation": self.generation,
+            "committed_generation": self.committed_generation,
+            "last_commit_at": self.last_commit_at,
+            "consecutive_failures": self._failures,
+            "state": self.store.summary(),
+            "table": {"chains": counts[0], "rules": counts[1], "elements": counts[2]},
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, with_nats: bool = True) -> None:
+        """Run until cancelled, or until the apply loop gives up (then `fatal` is set)."""
+        self._load_saved()
+        await self._install_skeleton_if_missing()
+        tasks = [
+            asyncio.create_task(self._apply_loop(), name="apply"),
+            asyncio.create_task(self._drift_loop(), name="drift"),
+        ]
+        if with_nats:
+            tasks.append(asyncio.create_task(self._serve_nats(), name="nats"))
+        if self._synced.is_set():
+            self._dirty.set()
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() is not None:
+                    self.fatal = t.exception()
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.nc is not None and not self.nc.is_closed:
+                await self.nc.close()
+
+
+def _same_structure(desired: Ruleset, kernel: Ruleset | None) -> bool:
+    """Chains, rule fingerprints and set definitions equal (elements not compared)."""
+    if kernel is None:
+        return False
+    if desired.chains != kernel.chains or desired.sets != kernel.sets:
+        return False
+    return all(
+        [r.claimed_fingerprint for r in rules] == [r.claimed_fingerprint for r in kernel.rules.get(name, [])]
+        for name, rules in desired.rules.items()
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,149 @@
+"""The reconciler's view of NATS: replay the state stream, then follow it.
+
+Concurrency: `StateFeed.run()` is one task. It opens one ordered JetStream consumer per
+filter (this cell's containers and config, and the foundation-wide apps, security groups,
+c2c and egress policies), each delivering the last message per subject first. Every message
+is validated and handed to `on_message` (synchronous, cheap: it only updates the store).
+When every consumer has drained what was pending at subscription time, `on_in_sync` is
+called once per replay. After a reconnect the feed replays again from scratch, so updates
+published while this cell was cut off are never missed; the store's version check makes
+the replay of unchanged objects a no-op.
+
+A message that fails validation is logged with its subject and reason and skipped: the
+store keeps the last good version of that object, and everything else keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from pydantic import TypeAdapter, ValidationError
+
+from events import subjects
+from events.messages import Message, StateMessage
+from events.publisher import ensure_state_stream
+
+log = logging.getLogger(__name__)
+
+_parse: TypeAdapter[Message] = TypeAdapter(StateMessage)
+
+
+def parse_state_message(subject: str, data: bytes) -> Message:
+    """Validate one state message and check that it sits on its own subject."""
+    msg = _parse.validate_json(data)
+    if msg.subject() != subject:
+        raise ValueError(f"message for {msg.subject()} arrived on {subject}")
+    return msg
+
+
+def filters(cell_id: str) -> list[str]:
+    return [
+        subjects.containers_of_cell(cell_id),
+        subjects.cell_config(cell_id),
+        f"{subjects.STATE_PREFIX}.app.*",
+        f"{subjects.STATE_PREFIX}.asg.*",
+        f"{subjects.STATE_PREFIX}.c2c.*",
+        subjects.EGRESS_POLICIES,
+    ]
+
+
+class StateFeed:
+    def __init__(
+        self,
+        nc: NATS,
+        cell_id: str,
+        on_message: Callable[[Message], None],
+        on_in_sync: Callable[[], None],
+        on_bad_message: Callable[[str, str], None] = lambda subject, reason: None,
+    ) -> None:
+        self._nc = nc
+        self._cell_id = cell_id
+        self._on_message = on_message
+        self._on_in_sync = on_in_sync
+        self._on_bad = on_bad_message
+        self._replay = asyncio.Event()
+        self._replay.set()
+
+    def request_replay(self) -> None:
+        """Start over from the stream's current content (used after a reconnect)."""
+        self._replay.set()
+
+    async def run(self) -> None:
+        await ensure_state_stream(self._nc)
+        subs = []
+        try:
+            while True:
+                await self._replay.wait()
+                self._replay.clear()
+                for s in subs:
+                    await _quietly_unsubscribe(s)
+                subs = await self._subscribe_all()
+        finally:
+            for s in subs:
+                await _quietly_unsubscribe(s)
+
+    async def _subscribe_all(self) -> list:
+        js = self._nc.jetstream()
+        waiting = set(filters(self._cell_id))
+        replay_done = False
+
+        def settle(flt: str) -> None:
+            nonlocal replay_done
+            waiting.discard(flt)
+            if not waiting and not replay_done:
+                replay_done = True
+                log.info("state replay complete")
+                self._on_in_sync()
+
+        def handler_for(flt: str):
+            async def handle(m: Msg) -> None:
+                try:
+                    msg = parse_state_message(m.subject, m.data)
+                except (ValidationError, ValueError) as e:
+                    reason = _one_line(e)
+                    log.error("skipping bad message on %s: %s", m.subject, reason)
+                    self._on_bad(m.subject, reason)
+                else:
+                    self._on_message(msg)
+                if flt in waiting and m.metadata.num_pending == 0:
+                    settle(flt)
+
+            return handle
+
+        subs = []
+        for flt in filters(self._cell_id):
+            sub = await js.subscribe(
+                flt,
+                stream=subjects.STATE_STREAM,
+                cb=handler_for(flt),
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                idle_heartbeat=5.0,
+            )
+            subs.append(sub)
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and info.delivered.consumer_seq == 0:
+                # Nothing stored under this filter: it is in sync already.
+                settle(flt)
+        return subs
+
+
+def _one_line(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        return f"{where}: {first['msg']}{more}"
+    return str(e)
+
+
+async def _quietly_unsubscribe(sub) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as e:  # the connection may already be gone; nothing to clean up then
+        log.debug("unsubscribe failed: %s", e)

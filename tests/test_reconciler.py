@@ -1,0 +1,302 @@
+"""The cell reconciler against a real nats-server, a real kernel and real packets.
+
+The reconciler runs in-process (an asyncio task, `NftRunner` inside the cell namespace) except
+where a test needs a real process to kill; state is published with `cfnft.publish`, exactly as
+watchers and operators publish it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nats
+import pytest
+
+from cfnft.publish import publish_state
+from events import subjects
+from events.messages import SecurityGroupMessage
+from events.models import load_cell_state
+from nft import NftRunner
+from reconciler.compile import TABLE
+from reconciler.config import NatsConfig, ReconcilerConfig
+from reconciler.daemon import Reconciler
+from tests.natsfix import wait_connection
+from tests.netlab import Lab, Outcome, assert_reachability
+
+OPEN, REJECTED = Outcome.OPEN, Outcome.REJECTED
+WEB, API = "app-web", "app-api"
+
+
+def sg(guid, dest, ports="80", running=True, spaces=()):
+    return {
+        "guid": guid,
+        "name": guid,
+        "rules": [{"protocol": "tcp", "destination": dest, "ports": ports}],
+        "globally_enabled": {"running": running, "staging": False},
+        "relationships": {"running_spaces": {"data": [{"guid": s} for s in spaces]}},
+    }
+
+
+def c2c(src, dst, port):
+    return {"source": {"id": src}, "destination": {"id": dst, "protocol": "tcp", "ports": {"start": port, "end": port}}}
+
+
+def state_doc(cell_name, ctrs, groups=(), policies=(), space="space-1"):
+    return {
+        "cell_id": cell_name,
+        "containers": [
+            {"handle": name, "ip": str(c.ip), "app_guid": app, "space_guid": space, "workload": "app"}
+            for name, (c, app) in ctrs.items()
+        ],
+        "security_groups": list(groups),
+        "c2c_policies": list(policies),
+    }
+
+
+async def publish(url, doc, prune=False):
+    nc = await nats.connect(url)
+    try:
+        await publish_state(nc, load_cell_state(doc), prune=prune)
+    finally:
+        await nc.close()
+
+
+async def eventually(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await asyncio.to_thread(predicate) if not asyncio.iscoroutinefunction(predicate) else await predicate()
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def reachable(netns, target, outcome):
+    """A predicate for `eventually`: the probe currently gives `outcome`."""
+    from tests.netlab import probe_many
+
+    return lambda: probe_many(netns, [target], timeout=0.3)[0].outcome is outcome
+
+
+@pytest.fixture
+def cell_lab():
+    with Lab(ipv6=False) as lab:
+        cell = lab.add_cell("a")
+        lab.add_internet()
+        web, api = cell.add_container("web0"), cell.add_container("api0")
+        api.listen(tcp=[8080])
+        yield lab, cell, {"web0": (web, WEB), "api0": (api, API)}
+
+
+@contextlib.asynccontextmanager
+async def running_reconciler(url, cell, tmp_path, **overrides):
+    cfg = ReconcilerConfig(
+        cell_id=cell.cell_name,
+        nats=NatsConfig(servers=[url]),
+        netns=cell.name,
+        socket_path=tmp_path / f"{cell.cell_name}.sock",
+        state_dir=tmp_path / f"state-{cell.cell_name}",
+        drift_probe_seconds=0.2,
+        **overrides,
+    )
+    runner = NftRunner(netns=cell.name)
+    rec = Reconciler(cfg, runner)
+    task = asyncio.create_task(rec.run())
+    try:
+        yield rec
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        runner.close()
+
+
+async def test_published_state_is_enforced_and_changes_take_effect_live(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web, api = ctrs["web0"][0], ctrs["api0"][0]
+    doc = state_doc("a", ctrs, [sg("public", "192.0.2.10")])
+    await publish(nats_server.url, doc)
+    async with running_reconciler(nats_server.url, cell, tmp_path) as rec:
+        await eventually(lambda: rec.ready, what="in sync")
+        await asyncio.to_thread(
+            assert_reachability,
+            web,
+            {
+                ("tcp", "192.0.2.10", 80): OPEN,
+                ("tcp", "192.0.2.11", 80): REJECTED,
+                ("tcp", str(api.ip), 8080): REJECTED,
+            },
+        )
+        # A security group edit reaches the running container: no restart, no CNI call.
+        doc["security_groups"] = [sg("public", "192.0.2.11")]
+        await publish(nats_server.url, doc)
+        await eventually(reachable(web, ("tcp", "192.0.2.11", 80), OPEN), what="edited ASG enforced")
+        await asyncio.to_thread(assert_reachability, web, {("tcp", "192.0.2.10", 80): REJECTED})
+        # A c2c policy toggles app-to-app traffic.
+        doc["c2c_policies"] = [c2c(WEB, API, 8080)]
+        await publish(nats_server.url, doc)
+        await eventually(reachable(web, ("tcp", str(api.ip), 8080), OPEN), what="c2c policy enforced")
+        doc["c2c_policies"] = []
+        await publish(nats_server.url, doc)
+        await eventually(reachable(web, ("tcp", str(api.ip), 8080), REJECTED), what="c2c policy removed")
+        assert rec.metrics.enforce_latency._sum.get() > 0
+
+
+async def test_table_flushed_or_deleted_from_outside_is_repaired(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    await publish(nats_server.url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
+    async with running_reconciler(nats_server.url, cell, tmp_path) as rec:
+        await eventually(lambda: rec.ready, what="in sync")
+        cell.run(["nft", "flush", "table", "inet", "cfnft"])
+        await eventually(reachable(web, ("tcp", "192.0.2.10", 80), OPEN), timeout=5, what="repair after flush")
+        await eventually(reachable(web, ("tcp", "192.0.2.11", 80), REJECTED), timeout=5, what="deny after flush")
+        cell.run(["nft", "delete", "table", "inet", "cfnft"])
+        await eventually(reachable(web, ("tcp", "192.0.2.11", 80), REJECTED), timeout=5, what="repair after delete")
+        assert rec.metrics.drift_repairs._value.get() >= 2
+
+
+async def test_malformed_message_is_skipped_and_the_rest_keeps_working(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    await publish(nats_server.url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
+    async with running_reconciler(nats_server.url, cell, tmp_path) as rec:
+        await eventually(lambda: rec.ready, what="in sync")
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.publish(subjects.security_group("broken"), b'{"kind":"asg","version":1,"guid":"broken","x":1}')
+        good = SecurityGroupMessage(
+            version=time.time_ns(),
+            guid="other",
+            security_group=load_cell_state(
+                {"containers": [], "security_groups": [sg("other", "192.0.2.12")]}
+            ).security_groups[0],
+        )
+        await js.publish(good.subject(), good.model_dump_json().encode())
+        await nc.close()
+        await eventually(reachable(web, ("tcp", "192.0.2.12", 80), OPEN), what="good message after a bad one")
+        assert rec.metrics.bad_messages._value.get() == 1
+
+
+async def test_nats_outage_keeps_enforcing_and_catches_up(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    doc = state_doc("a", ctrs, [sg("public", "192.0.2.10")])
+    await publish(nats_server.url, doc)
+    async with running_reconciler(nats_server.url, cell, tmp_path) as rec:
+        await eventually(lambda: rec.ready, what="in sync")
+        await asyncio.to_thread(nats_server.stop)
+        await eventually(lambda: not rec.nc.is_connected, what="reconciler notices the outage")
+        await asyncio.to_thread(
+            assert_reachability, web, {("tcp", "192.0.2.10", 80): OPEN, ("tcp", "192.0.2.11", 80): REJECTED}
+        )
+        # Bring NATS back and change things before the reconciler has reconnected.
+        await asyncio.to_thread(nats_server.start)
+        doc["security_groups"] = [sg("public", "192.0.2.11"), sg("second", "192.0.2.13")]
+        await publish(nats_server.url, doc)
+        doc["security_groups"] = [sg("public", "192.0.2.11")]
+        doc["c2c_policies"] = [c2c(WEB, API, 8080)]
+        await publish(nats_server.url, doc, prune=True)
+        await wait_connection(rec.nc, connected=True)
+        api = ctrs["api0"][0]
+        await eventually(reachable(web, ("tcp", str(api.ip), 8080), OPEN), what="catch-up after outage")
+        await asyncio.to_thread(
+            assert_reachability,
+            web,
+            {("tcp", "192.0.2.10", 80): REJECTED, ("tcp", "192.0.2.11", 80): OPEN, ("tcp", "192.0.2.13", 80): REJECTED},
+        )
+
+
+async def test_two_reconcilers_enforce_only_their_own_cells(nats_server, tmp_path):
+    with Lab(ipv6=False) as lab:
+        a, b = lab.add_cell("a"), lab.add_cell("b")
+        lab.add_internet()
+        wa, wb = a.add_container("wa"), b.add_container("wb")
+        bound = sg("bound", "192.0.2.10", running=False, spaces=["space-1"])
+        await publish(nats_server.url, state_doc("a", {"wa": (wa, WEB)}, [bound]))
+        await publish(nats_server.url, state_doc("b", {"wb": (wb, API)}, [bound], space="space-2"))
+        async with (
+            running_reconciler(nats_server.url, a, tmp_path) as ra,
+            running_reconciler(nats_server.url, b, tmp_path) as rb,
+        ):
+            await eventually(lambda: ra.ready and rb.ready, what="both in sync")
+            assert ra.store.summary()["containers"] == 1 and rb.store.summary()["containers"] == 1
+            await asyncio.to_thread(assert_reachability, wa, {("tcp", "192.0.2.10", 80): OPEN})
+            await asyncio.to_thread(assert_reachability, wb, {("tcp", "192.0.2.10", 80): REJECTED})
+            kernel_b = NftRunner(netns=b.name)
+            try:
+                egress_b = kernel_b.read(TABLE).elements["egress4"]
+            finally:
+                kernel_b.close()
+            assert {e.key[0].start for e in egress_b.values()} == {wb.ip}
+
+
+def _spawn_reconciler(url, cell, tmp_path, metrics_port):
+    cfg = {
+        "cell_id": cell.cell_name,
+        "nats": {"servers": [url]},
+        "netns": cell.name,
+        "socket_path": str(tmp_path / "r.sock"),
+        "state_dir": str(tmp_path / "state"),
+        "metrics_listen": f"127.0.0.1:{metrics_port}",
+        "drift_probe_seconds": 0.2,
+    }
+    path = tmp_path / "reconciler.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.Popen(
+        [sys.executable, "-m", "cfnft.cli", "reconcile", "--config", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "reconciler.log", "a"),
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+
+
+def _metric(port, name):
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _ready(port):
+    import urllib.error
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_changed(nats_server, cell_lab, tmp_path):
+    from tests.natsfix import _free_port
+
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    await publish(nats_server.url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
+    port = _free_port()
+    proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
+    try:
+        await eventually(lambda: _ready(port), timeout=20, what="reconciler ready")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        await asyncio.to_thread(
+            assert_reachability, web, {("tcp", "192.0.2.10", 80): OPEN, ("tcp", "192.0.2.11", 80): REJECTED}
+        )
+        before = cell.run(["nft", "-a", "list", "table", "inet", "cfnft"]).stdout
+        proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
+        await eventually(lambda: _ready(port), timeout=20, what="restarted reconciler ready")
+        assert _metric(port, 'cfnft_reconcile_duration_seconds_count{outcome="changed"}') == 0
+        after = cell.run(["nft", "-a", "list", "table", "inet", "cfnft"]).stdout
+        assert before == after, "a restart with nothing changed must not write the kernel"
+    finally:
+        proc.kill()
+        proc.wait()
