@@ -65,7 +65,7 @@ class FakeNft:
             return
         if self._failures:
             raise self._failures.pop(0)
-        table, handle = self._run(tx, lines)
+        table, handle = self._run(tx, lines, "nft transaction")
         self._swap(tx.table, table)
         self._next_handle = handle
         self.transactions.append(tx)
@@ -73,7 +73,7 @@ class FakeNft:
     def check(self, tx: Transaction) -> None:
         lines = tx.render_lines()
         if lines:
-            self._run(tx, lines)
+            self._run(tx, lines, "nft check")
 
     def read(self, table: Table) -> Ruleset | None:
         current = self._tables.get(table)
@@ -117,7 +117,7 @@ class FakeNft:
         else:
             self._tables[table] = content
 
-    def _run(self, tx: Transaction, lines: list[tuple[str, Op | None]]) -> tuple[Ruleset | None, int]:
+    def _run(self, tx: Transaction, lines: list[tuple[str, Op | None]], what: str) -> tuple[Ruleset | None, int]:
         current = self._tables.get(tx.table)
         kernel = _Kernel(tx.table, _copy(current) if current is not None else None, self._next_handle)
         batch = "".join(text + "\n" for text, _ in lines)
@@ -128,7 +128,7 @@ class FakeNft:
                 try:
                     kernel.single(op)
                 except _Refused as refused:
-                    raise _error(batch, lines, i, refused.message) from None
+                    raise _error(batch, lines, i, refused.message, what) from None
                 i += 1
                 continue
             # An element command: its elements follow, one per line, up to the closing brace.
@@ -138,7 +138,7 @@ class FakeNft:
                 kernel.elements([o for _, o in group])
             except _Refused as refused:
                 where = next((j for j, o in group if o is refused.op), i)
-                raise _error(batch, lines, where, refused.message) from None
+                raise _error(batch, lines, where, refused.message, what) from None
             i = end + 1
         return kernel.table, kernel.next_handle
 
@@ -171,23 +171,22 @@ class _Kernel:
 
     def elements(self, ops: list[Op]) -> None:
         rs = self._existing()
-        name = ops[0].obj.set  # type: ignore[union-attr]
+        elements = [op.obj for op in ops if isinstance(op.obj, Element)]
+        name = elements[0].set
         s = rs.sets.get(name)
         if s is None:
             raise _Refused(ENOENT)
         current = rs.elements[name]
         if ops[0].verb is Verb.DELETE:
-            for op in ops:
-                if op.obj.key not in current:  # type: ignore[union-attr]
+            for op, element in zip(ops, elements):
+                if element.key not in current:
                     # nft looks up interval elements in its own cache before the kernel does.
                     raise _Refused("element does not exist" if SetFlag.INTERVAL in s.flags else ENOENT, op)
-                del current[op.obj.key]  # type: ignore[union-attr]
+                del current[element.key]
             return
         interval = SetFlag.INTERVAL in s.flags
         fresh: list[tuple[KeyField, ...]] = []
-        for op in ops:
-            element = op.obj
-            assert isinstance(element, Element)
+        for op, element in zip(ops, elements):
             try:
                 check_key(name, s.type, element.key, interval=interval)
             except ValueError as e:
@@ -207,7 +206,7 @@ class _Kernel:
         if interval and fresh:
             clash = _overlap(list(current), set(fresh))
             if clash is not None:
-                blamed = next(op for op in ops if op.obj.key == clash)  # type: ignore[union-attr]
+                blamed = next(op for op, element in zip(ops, elements) if element.key == clash)
                 raise _Refused(EEXIST if len(s.type) > 1 else "interval overlaps with an existing one", blamed)
 
     def _existing(self) -> Ruleset:
@@ -340,10 +339,10 @@ def _copy(rs: Ruleset) -> Ruleset:
     )
 
 
-def _error(batch: str, lines: list[tuple[str, Op | None]], index: int, message: str) -> NftError:
+def _error(batch: str, lines: list[tuple[str, Op | None]], index: int, message: str, what: str) -> NftError:
     text = lines[index][0]
     width = max(1, len(text.strip()))
     indent = len(text) - len(text.lstrip())
     stderr = f"{_BATCH_NAME}:{index + 1}:{indent + 1}-{indent + width}: Error: {message}\n{text}\n"
     stderr += " " * indent + "^" * width
-    return NftError.from_batch(1, stderr, batch, what="nft transaction")
+    return NftError.from_batch(1, stderr, batch, what=what)

@@ -44,6 +44,7 @@ _TABLE = re.compile(r"table (\S+) (\S+) \{(?: # handle \d+)?")
 _BLOCK = re.compile(r"\t(set|map|chain) (\S+) \{(?: # handle \d+)?")
 _BASE_CHAIN = re.compile(r"\t\ttype (\S+) hook (\S+) priority (-?\d+);(?: policy (\S+);)?")
 _RULE = re.compile(r'\t\t(.*?)(?: comment "([^"]*)")? # handle (\d+)')
+_COMMENT_LINE = re.compile(r'\t\tcomment "[^"]*"')
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 _TAGGED_COMMENT = re.compile(r"^(?:(.*) )?\[([0-9a-f]{8})\]$", re.DOTALL)
 # One element: key fields (no spaces inside a field) joined by " . ", then the optional parts in
@@ -122,6 +123,8 @@ class _Parser:
             if rule is not None:
                 self._rule(rs, name, *rule.groups())
                 continue
+            if _COMMENT_LINE.fullmatch(line):
+                continue  # chain comments are not modelled (nor listed in nft's JSON)
             base = _BASE_CHAIN.fullmatch(line)
             if base is None:
                 raise ReadbackError(f"chain {name!r}", f"unexpected line {line!r}")
@@ -156,9 +159,8 @@ class _Parser:
                 if body.startswith("type "):
                     key, _, value_type = body[5:].partition(" : ")
                     types = tuple(key.split(" . "))
-                    for t in types:
-                        if t not in DATATYPES:
-                            raise ValueError(f"key datatype {t!r} is not one nft/ models")
+                elif _COMMENT_LINE.fullmatch(line):
+                    continue
                 elif body.startswith("flags "):
                     flags = tuple(SetFlag(f.strip()) for f in body[6:].split(","))
                 elif body == "counter":
@@ -173,7 +175,9 @@ class _Parser:
             raise ReadbackError(where, "no type line")
         s: Set | Map = Map(name, types, value_type, flags) if kind == "map" else Set(name, types, flags, counter)
         rs.add_set(s)
-        if elements:
+        # A set of a datatype nft/ does not model is not ours: it is read without its elements,
+        # which is all diff needs to delete it (or to re-create it with our definition).
+        if elements and all(t in DATATYPES for t in types):
             self._elements(rs, s, elements)
 
     def _element_block(self, first: str) -> str:

@@ -92,7 +92,6 @@ class Transaction:
         self.table = table
         self._ops: list[Op] = []
         self._err: TransactionError | None = None
-        self._added_sets: dict[str, Set | Map] = {}
         self._added: dict[tuple[str, str], Chain | Set | Map] = {}  # by (kind, name); sets and maps share "set"
         self._deleted: set[tuple[str, str]] = set()
         self._chains_with_rules: set[str] = set()
@@ -173,9 +172,10 @@ class Transaction:
             elif op.verb is Verb.ADD:
                 phases[_Phase.DEFINE].append(op)
             elif op.verb is Verb.FLUSH:
-                if obj.name not in flushed:  # type: ignore[union-attr]
-                    flushed.add(obj.name)  # type: ignore[union-attr]
-                    new = ("chain", obj.name) in self._added and ("chain", obj.name) not in self._deleted  # type: ignore[union-attr]
+                assert isinstance(obj, Chain)
+                if obj.name not in flushed:
+                    flushed.add(obj.name)
+                    new = ("chain", obj.name) in self._added and ("chain", obj.name) not in self._deleted
                     phases[_Phase.FLUSH_NEW if new else _Phase.FLUSH].append(op)
             else:
                 assert isinstance(obj, (Chain, Set, Map))
@@ -196,7 +196,8 @@ class Transaction:
         return "\n".join(lines) + "\n" if lines else ""
 
     def render_lines(self) -> list[tuple[str, Op | None]]:
-        """Each line of the batch with the operation it came from (None for closing braces).
+        """Each line of the batch with the operation it came from (None for the lines that open
+        and close an element command).
 
         Consecutive element operations on one set become one command, one element per line, so
         that nft's error location points at the element it refused."""
@@ -225,8 +226,6 @@ class Transaction:
             if self._added.get((_kind(obj), obj.name)) == obj:
                 return  # the same definition twice: nft's add is idempotent, queue it once
             self._added[(_kind(obj), obj.name)] = obj
-            if isinstance(obj, (Set, Map)):
-                self._added_sets[obj.name] = obj
         elif isinstance(obj, (Chain, Set, Map)) and op.verb is Verb.DELETE:
             self._deleted.add((_kind(obj), obj.name))
         elif isinstance(obj, Rule):
@@ -287,8 +286,8 @@ class Transaction:
             return f"invalid set name {element.set!r}"
         if not element.key or not all(isinstance(f, (AddrRange, IntRange)) for f in element.key):
             return "a key is a non-empty tuple of AddrRange/IntRange"
-        target = self._added_sets.get(element.set)
-        if target is not None:
+        target = self._added.get(("set", element.set))
+        if isinstance(target, (Set, Map)):
             try:
                 check_key(target.name, target.type, element.key, interval=SetFlag.INTERVAL in target.flags)
             except ValueError as e:
@@ -345,7 +344,8 @@ def _sets_first(ops: list[Op]) -> list[Op]:
 def _grouped_by_set(ops: list[Op]) -> list[Op]:
     by_set: dict[str, list[Op]] = {}
     for op in ops:
-        by_set.setdefault(op.obj.set, []).append(op)  # type: ignore[union-attr]
+        assert isinstance(op.obj, Element)
+        by_set.setdefault(op.obj.set, []).append(op)
     return [op for group in by_set.values() for op in group]
 
 

@@ -251,11 +251,15 @@ def test_rule_deleted_from_outside_is_repaired(runner: NftRunner, netns: str) ->
 
 
 def test_foreign_objects_are_removed(runner: NftRunner, netns: str) -> None:
+    """Chains, rules, elements and sets (even of datatypes nft/ does not model) added by hand go away."""
     desired = rich_ruleset()
     runner.apply(diff(desired, None))
     nft_in(netns, "add", "chain", "inet", "cfnft", "intruder")
     nft_in(netns, "add", "rule", "inet", "cfnft", "ctr-a", "accept")
     nft_in(netns, "add", "element", "inet", "cfnft", "deny-always", "{ 203.0.113.0/24 }")
+    nft_in(netns, "add", "set", "inet", "cfnft", "macs", "{ type ether_addr; elements = { 02:00:00:00:00:01 }; }")
+    nft_in(netns, "add", "chain", "inet", "cfnft", "noted", '{ comment "by hand"; }')
+    nft_in(netns, "add", "rule", "inet", "cfnft", "noted", "ether saddr @macs drop")
     runner.apply(diff(desired, runner.read(TABLE)))
     actual = assert_converged(runner, desired)
     assert actual.elements == as_kernel_keeps(desired.elements)
