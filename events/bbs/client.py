@@ -30,6 +30,12 @@ from events.bbs.sse import BbsEvent, SseParser, decode_bbs_event
 
 PROTOBUF = "application/x-protobuf"
 
+# ActualLRP.state values (bbs models/actual_lrp.go).
+UNCLAIMED = "UNCLAIMED"
+CLAIMED = "CLAIMED"
+RUNNING = "RUNNING"
+CRASHED = "CRASHED"
+
 ACTUAL_LRPS = "/v1/actual_lrps/list"
 DESIRED_LRPS = "/v1/desired_lrps/list.r3"
 TASKS = "/v1/tasks/list.r3"

@@ -49,6 +49,7 @@ from google.protobuf.message import DecodeError, Message
 
 from events.bbs import bbs_pb2 as pb
 from events.bbs import client as routes
+from events.bbs.client import CLAIMED, CRASHED, RUNNING, UNCLAIMED
 from events.bbs.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from events.bbs.sse import encode_bbs_event
 from events.simserver import HttpsSite
@@ -57,11 +58,6 @@ from events.tls import CF_TLS12_CIPHERS, TlsFiles, server_context
 APPS_DOMAIN = "cf-apps"
 TASKS_DOMAIN = "cf-tasks"
 STAGING_DOMAIN = "cf-app-staging"
-
-UNCLAIMED = "UNCLAIMED"
-CLAIMED = "CLAIMED"
-RUNNING = "RUNNING"
-CRASHED = "CRASHED"
 
 ORDINARY = pb.ActualLRP.ORDINARY
 EVACUATING = pb.ActualLRP.EVACUATING
@@ -112,9 +108,9 @@ class _Cell:
     next_host_port: int = 61000
 
     def allocate(self) -> IPv4Address:
-        hosts = self.subnet.num_addresses - 2
-        for step in range(1, hosts + 1):
-            offset = (self.last - 1 + step) % (hosts - 1) + 2  # .2 ... .254; .1 is the gateway
+        usable = self.subnet.num_addresses - 3  # .2 ... .254: .1 is the gateway, .255 broadcast
+        for step in range(1, usable + 1):
+            offset = (self.last - 2 + step) % usable + 2
             candidate = self.subnet.network_address + offset
             if candidate not in self.in_use:
                 self.in_use.add(candidate)

@@ -1,0 +1,382 @@
+"""`BbsWatcher`: Diego BBS's LRPs turned into container states per cell and app instance sets on NATS.
+
+Concurrency: `run()` is one task. Per connection it opens the lrp_instances event stream, and a
+reader task moves decoded events into a queue; `run()` alone lists, applies events to the
+`LrpView` and publishes, so the view has one writer. `resync()` puts a marker in that queue.
+
+Per connection (the stream has no replay, so every (re)connect re-lists):
+1. subscribe to `/v1/events/lrp_instances.r1` (all cells) and start queueing its events;
+2. list desired LRPs and actual LRPs, replace the view with them;
+3. apply the events that queued up meanwhile (the view skips ones older than the listing);
+4. publish the difference to what is on NATS: new and changed objects, explicit deletions for
+   objects that are gone (null container, empty address list);
+5. then per event: apply, republish the containers of the touched process guid and the touched
+   apps' instance sets.
+Before the first listing, `StatePublisher.load_published` tells what an earlier run left on NATS,
+so a restarted watcher publishes only differences and deletes what vanished while it was away.
+
+What is published (see events/bbs/view.py for the rules):
+- `cfnft.state.container.<cell>.<instance guid>`: a RUNNING LRP instance with an overlay address,
+  EVACUATING copies (on their old cell until BBS removes them) and SUSPECT ones included;
+- `cfnft.state.app.<app guid>`: addresses of all those instances of the app, on all cells;
+  during an evacuation both the old and the new instance are in it, since both are live.
+Containers are published only for LRPs. Tasks and staging tasks are BBS tasks, and BBS never
+learns a task container's address (cf-facts.md §3.5-3.6: tasks have a cell, no net info), while
+a container state needs one. Their containers are registered on their cell by the CNI plugin,
+which has the address, the network properties and the rules from Garden (cf-facts.md §4). This
+watcher therefore neither lists nor follows tasks, and owns only container subjects whose
+container has workload `app`: it never deletes a task or staging container someone else published.
+
+Versions: BBS's modification tags are (epoch guid, index) pairs, comparable only within one
+record, and a container or app set spans records. Each message's version is the publisher's
+clock in nanoseconds, forced to grow within this process. Two replicas publish the same content;
+the state stream keeps the last, and StatePublisher sends nothing when the content is unchanged.
+
+Failures: a list or stream failure (refused, reset, HTTP 5xx, BBS's `error` field, undecodable
+data) drops the connection and publishes nothing: the last published state stays, so cells keep
+enforcing it. The watcher backs off (exponential with jitter, capped), logs one line per attempt
+with the reason, and counts it. TLS failures are the one exception to retrying forever: after
+`max_tls_failures` in a row (a refused client certificate is configuration, not weather) `run()`
+raises `BbsWatcherGaveUp` so the supervisor can report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.errors import Error as NatsError
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from events import subjects
+from events.bbs.client import BbsClient, EventStream
+from events.bbs.errors import BbsError, BbsTlsError
+from events.bbs.sse import BbsEvent
+from events.bbs.view import Affected, ContainerKey, LrpView
+from events.messages import AppInstancesMessage, ContainerMessage
+from events.models import Container, Workload
+from events.publisher import StatePublisher
+from events.tls import TlsFiles, client_context
+
+log = logging.getLogger(__name__)
+
+_CONTAINER_PREFIX = f"{subjects.STATE_PREFIX}.container."
+_APP_PREFIX = f"{subjects.STATE_PREFIX}.app."
+
+
+class BbsWatcherConfig(BaseModel):
+    """How to reach BBS and how patiently. Field docstrings are the reference documentation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    url: str = "https://bbs.service.cf.internal:8889"
+    """BBS's API URL."""
+    ca_file: Path
+    """PEM CA that signed BBS's server certificate."""
+    cert_file: Path
+    """PEM client certificate BBS accepts (signed by the CA BBS trusts)."""
+    key_file: Path
+    """PEM private key of `cert_file`."""
+    server_name: str | None = None
+    """Name BBS's certificate must carry, when `url` names an address (e.g. bbs.service.cf.internal)."""
+    request_timeout: float = Field(default=10.0, gt=0)
+    """Seconds for one list call, and for an event stream to be answered."""
+    backoff_initial: float = Field(default=0.5, gt=0)
+    """Seconds before the first retry after a failure; doubles per failure in a row."""
+    backoff_max: float = Field(default=30.0, gt=0)
+    """Upper bound of the retry delay."""
+    max_tls_failures: int = Field(default=5, ge=1)
+    """TLS handshake failures in a row after which the watcher gives up (`BbsWatcherGaveUp`)."""
+
+
+class BbsWatcherGaveUp(Exception):
+    """The watcher stopped retrying: BBS keeps refusing the TLS handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class BbsWatcherMetrics:
+    """The watcher's Prometheus metrics, prefixed `cfnft_watcher_bbs_`."""
+
+    events: Counter
+    relists: Counter
+    errors: Counter
+    published: Counter
+    connected: Gauge
+    containers: Gauge
+    apps: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> BbsWatcherMetrics:
+        """Register the metrics in `registry` (a registry holds each name once: one watcher per registry)."""
+        p = "cfnft_watcher_bbs"
+        return cls(
+            events=Counter(f"{p}_events_total", "Events received from BBS", ["event"], registry=registry),
+            relists=Counter(f"{p}_relists_total", "Full listings of desired and actual LRPs", registry=registry),
+            errors=Counter(f"{p}_errors_total", "Failures talking to BBS or NATS", ["kind"], registry=registry),
+            published=Counter(f"{p}_published_total", "State messages sent to NATS", ["kind"], registry=registry),
+            connected=Gauge(f"{p}_connected", "1 while following BBS's event stream in sync", registry=registry),
+            containers=Gauge(f"{p}_containers", "Container states currently published", registry=registry),
+            apps=Gauge(f"{p}_apps", "Apps with a non-empty instance set currently published", registry=registry),
+        )
+
+
+class _Resync:
+    """Queue marker: re-list now."""
+
+
+_RESYNC = _Resync()
+_QueueItem = BbsEvent | BbsError | _Resync
+
+
+class BbsWatcher:
+    """Follows BBS and publishes LRP container states and app instance sets (module docstring).
+
+    watcher = BbsWatcher(config, StatePublisher(nc))
+    task = asyncio.create_task(watcher.run())
+    await watcher.in_sync.wait()     # the first listing is published
+    """
+
+    def __init__(
+        self,
+        config: BbsWatcherConfig,
+        publisher: StatePublisher,
+        *,
+        metrics: BbsWatcherMetrics | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.in_sync = asyncio.Event()
+        """Set once the first listing has been published."""
+        self._publisher = publisher
+        self._metrics = metrics or BbsWatcherMetrics.create()
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._view = LrpView()
+        self._version = 0
+        self._queue: asyncio.Queue[_QueueItem] | None = None
+        # What is on NATS that we own: container subject -> process guid (None: found at startup),
+        # and apps whose published instance set is not empty.
+        self._live: dict[str, str | None] = {}
+        self._live_by_process: dict[str | None, set[str]] = {}
+        self._live_apps: set[str] = set()
+        self._known_problems: set[str] = set()
+        self._loaded = False
+
+    def resync(self) -> None:
+        """Re-list BBS now and publish the difference (an operator's resync request)."""
+        if self._queue is not None:
+            self._queue.put_nowait(_RESYNC)
+
+    async def run(self) -> None:
+        """Watch until cancelled. Raises TlsConfigError for unreadable TLS files and
+        BbsWatcherGaveUp after `max_tls_failures` refused handshakes in a row."""
+        cfg = self.config
+        ssl_context = client_context(TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
+        async with BbsClient(cfg.url, ssl_context, server_name=cfg.server_name, timeout=cfg.request_timeout) as bbs:
+            failures = tls_failures = 0
+            while True:
+                try:
+                    if not self._loaded:
+                        await self._load_published()
+                    await self._follow(bbs)
+                except (BbsError, NatsError, asyncio.TimeoutError) as err:
+                    if self._queue is not None:  # it was in sync: this is a new streak of failures
+                        failures = tls_failures = 0
+                    self._queue = None
+                    self._metrics.connected.set(0)
+                    self._metrics.errors.labels(kind=err.kind if isinstance(err, BbsError) else "nats").inc()
+                    failures += 1
+                    tls_failures = tls_failures + 1 if isinstance(err, BbsTlsError) else 0
+                    if tls_failures >= cfg.max_tls_failures:
+                        raise BbsWatcherGaveUp(f"giving up after {tls_failures} TLS failures in a row: {err}") from err
+                    delay = self._backoff(failures)
+                    log.error("%s; keeping the last published state, retrying in %.2f s", _describe(err), delay)
+                    await asyncio.sleep(delay)
+                finally:
+                    self._queue = None
+
+    async def _follow(self, bbs: BbsClient) -> None:
+        """One connection: subscribe, list, publish, then apply events until the stream fails."""
+        async with bbs.lrp_instance_events() as stream:
+            queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+            reader = asyncio.create_task(_read(stream, queue), name="bbs-event-reader")
+            try:
+                await self._relist(bbs, queue)
+                self._queue = queue
+                self._metrics.connected.set(1)
+                while True:
+                    items = [await queue.get()]
+                    while not queue.empty():
+                        items.append(queue.get_nowait())
+                    affected = Affected()
+                    for item in items:
+                        if isinstance(item, BbsEvent):
+                            affected.merge(self._apply(item))
+                            continue
+                        await self._publish_affected(affected)  # what came before is true: keep it
+                        affected = Affected()
+                        if isinstance(item, BbsError):
+                            raise item
+                        await self._relist(bbs, queue)
+                    await self._publish_affected(affected)
+            finally:
+                reader.cancel()
+
+    def _backoff(self, failures: int) -> float:
+        cap = min(self.config.backoff_max, self.config.backoff_initial * 2 ** max(failures - 1, 0))
+        return self._rng.uniform(cap / 2, cap)
+
+    async def _load_published(self) -> None:
+        """Learn which container and app subjects an earlier run of a BBS watcher left live on NATS."""
+        containers = await self._publisher.load_published(_CONTAINER_PREFIX + ">")
+        apps = await self._publisher.load_published(_APP_PREFIX + ">")
+        for subject, data in containers.items():
+            try:
+                message = ContainerMessage.model_validate_json(data)
+            except ValidationError:
+                continue  # not ours to judge; the reconcilers report it
+            if message.container is not None and message.container.workload is Workload.APP:
+                self._own(subject, None)
+        for subject, data in apps.items():
+            try:
+                app = AppInstancesMessage.model_validate_json(data)
+            except ValidationError:
+                continue
+            if app.addresses:
+                self._live_apps.add(app.app_guid)
+        self._loaded = True
+        log.info("found %d LRP containers and %d app instance sets on NATS", len(self._live), len(self._live_apps))
+
+    async def _relist(self, bbs: BbsClient, queue: asyncio.Queue[_QueueItem]) -> None:
+        """List desired and actual LRPs, apply the events queued meanwhile, publish the difference."""
+        desired = await bbs.desired_lrps()
+        actual = await bbs.actual_lrps()
+        self._metrics.relists.inc()
+        problems = self._view.reset(desired, actual)
+        while not queue.empty():
+            item = queue.get_nowait()
+            if isinstance(item, BbsError):
+                raise item  # events were lost: this listing cannot be brought up to date
+            if isinstance(item, BbsEvent):
+                problems += self._view.apply(item)[1]
+        self._report(problems, replace=True)
+        await self._publish_all()
+        log.info(
+            "listed %d desired and %d actual LRPs: %d containers, %d apps with instances",
+            len(desired),
+            len(actual),
+            len(self._live),
+            len(self._live_apps),
+        )
+
+    def _apply(self, event: BbsEvent) -> Affected:
+        self._metrics.events.labels(event=event.name).inc()
+        affected, problems = self._view.apply(event)
+        self._report(problems)
+        return affected
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    async def _publish_all(self) -> None:
+        containers = self._view.all_containers()
+        for (cell_id, handle), (process_guid, container) in containers.items():
+            await self._publish_container(cell_id, handle, process_guid, container)
+        for app_guid in sorted(self._view.apps()):
+            await self._publish_app(app_guid)
+        for app_guid in sorted(self._live_apps - self._view.apps()):
+            await self._publish_app(app_guid)
+        wanted = {subjects.container(cell_id, handle) for cell_id, handle in containers}
+        for subject in sorted(set(self._live) - wanted):
+            await self._delete_container(subject)
+        self.in_sync.set()
+        self._update_gauges()
+
+    async def _publish_affected(self, affected: Affected) -> None:
+        wanted: set[str] = set()
+        for process_guid in sorted(affected.process_guids):
+            for (cell_id, handle), container in self._view.containers(process_guid).items():
+                wanted.add(subjects.container(cell_id, handle))
+                await self._publish_container(cell_id, handle, process_guid, container)
+        for app_guid in sorted(affected.apps):
+            await self._publish_app(app_guid)
+        gone = {s for pg in affected.process_guids for s in self._live_by_process.get(pg, ())} - wanted
+        for subject in sorted(gone):
+            await self._delete_container(subject)
+        self._update_gauges()
+
+    async def _publish_container(self, cell_id: str, handle: str, process_guid: str, container: Container) -> None:
+        message = ContainerMessage(version=self._next_version(), cell_id=cell_id, handle=handle, container=container)
+        if await self._publisher.publish(message):
+            self._metrics.published.labels(kind="container").inc()
+        self._own(message.subject(), process_guid)
+
+    async def _delete_container(self, subject: str) -> None:
+        cell_id, handle = _container_key(subject)
+        message = ContainerMessage(version=self._next_version(), cell_id=cell_id, handle=handle, container=None)
+        if await self._publisher.publish(message):
+            self._metrics.published.labels(kind="container").inc()
+        process_guid = self._live.pop(subject)
+        self._live_by_process[process_guid].discard(subject)
+        if not self._live_by_process[process_guid]:
+            del self._live_by_process[process_guid]
+
+    async def _publish_app(self, app_guid: str) -> None:
+        addresses = self._view.app_addresses(app_guid)
+        if not addresses and app_guid not in self._live_apps:
+            return  # never published, nothing to delete
+        message = AppInstancesMessage(version=self._next_version(), app_guid=app_guid, addresses=addresses)
+        if await self._publisher.publish(message):
+            self._metrics.published.labels(kind="app").inc()
+        if addresses:
+            self._live_apps.add(app_guid)
+        else:
+            self._live_apps.discard(app_guid)
+
+    def _own(self, subject: str, process_guid: str | None) -> None:
+        previous = self._live.get(subject, process_guid)
+        if subject in self._live and previous != process_guid:
+            self._live_by_process[previous].discard(subject)
+        self._live[subject] = process_guid
+        self._live_by_process.setdefault(process_guid, set()).add(subject)
+
+    def _next_version(self) -> int:
+        self._version = max(self._version + 1, self._clock())
+        return self._version
+
+    def _update_gauges(self) -> None:
+        self._metrics.containers.set(len(self._live))
+        self._metrics.apps.set(len(self._live_apps))
+
+    def _report(self, problems: list[str], *, replace: bool = False) -> None:
+        """Log each problem in BBS's data once while it persists (`replace`: these are all of them now)."""
+        for text in problems:
+            if text not in self._known_problems:
+                log.warning("%s", text)
+        self._known_problems = set(problems) if replace else self._known_problems | set(problems)
+
+
+async def _read(stream: EventStream, queue: asyncio.Queue[_QueueItem]) -> None:
+    """Move events into `queue`; the stream's failure goes in last."""
+    try:
+        async for event in stream:
+            queue.put_nowait(event)
+    except BbsError as err:
+        queue.put_nowait(err)
+
+
+def _container_key(subject: str) -> ContainerKey:
+    cell_id, handle = subject.removeprefix(_CONTAINER_PREFIX).split(".", 1)
+    return cell_id, handle
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, BbsError):
+        return str(err)
+    return f"NATS: {type(err).__name__}: {err}"
