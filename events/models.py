@@ -141,9 +141,9 @@ class Container(_Model):
 
     handle: NonEmpty
     """Garden handle (= CNI container id): the LRP instance guid, or the task guid."""
-    ip: IPv4  # type: ignore[valid-type]
+    ip: IPv4
     """Overlay IPv4 address."""
-    ipv6: IPv6 | None = None  # type: ignore[valid-type]
+    ipv6: IPv6 | None = None
     """Overlay IPv6 address, if the container has one."""
     app_guid: NonEmpty
     """App guid (Diego's `policy_group_id`): the identity c2c policies name."""
@@ -330,7 +330,7 @@ class InternalSecurityGroup(_Model):
         return cls(
             guid=group.guid,
             name=group.name,
-            rules=json.dumps([r.internal_form() for r in group.rules]),  # type: ignore[arg-type]
+            rules=list(group.rules),
             staging_default=group.globally_enabled.staging,
             running_default=group.globally_enabled.running,
             staging_space_guids=sorted(group.staging_space_guids),
@@ -421,8 +421,8 @@ class EgressSource(_Model):
 class IPv4Range(_Model):
     """An inclusive IPv4 range `{"start": "192.0.2.1", "end": "192.0.2.9"}`."""
 
-    start: IPv4  # type: ignore[valid-type]
-    end: IPv4  # type: ignore[valid-type]
+    start: IPv4
+    end: IPv4
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -643,7 +643,7 @@ class CellConfig(_Model):
     false: only each container's `egress_rules` (fixed when it was created) apply, as in classic CF."""
     deny_networks: DenyNetworks = Field(default_factory=DenyNetworks)
     """Networks that are rejected even when a rule allows them."""
-    dns_servers: list[IP] = Field(default_factory=list)  # type: ignore[valid-type]
+    dns_servers: list[IP] = Field(default_factory=list)
     """Addresses containers may send DNS (tcp and udp port 53) to on their cell."""
     host_tcp_services: list[HostService] = Field(default_factory=list)
     """Services on the cell that containers may reach over TCP, as `address:port` (silk's form)."""
@@ -676,7 +676,7 @@ class CellState(_Model):
     security_groups: list[SecurityGroup] = Field(default_factory=list)
     c2c_policies: list[C2CPolicy] = Field(default_factory=list)
     egress_policies: list[EgressPolicy] = Field(default_factory=list)
-    app_instances: dict[str, list[IP]] = Field(default_factory=dict)  # type: ignore[valid-type]
+    app_instances: dict[str, list[IP]] = Field(default_factory=dict)
     """Overlay addresses of every instance of each app, on any cell (sources of c2c traffic)."""
     config: CellConfig = Field(default_factory=CellConfig)
 

@@ -141,14 +141,23 @@ def problems_from(error: ValidationError, at: Loc = ()) -> list[Problem]:
     return [Problem(at + _clean_loc(e["loc"]), _message(e)) for e in error.errors()]
 
 
+def validate_strict(model: type[M], data: object, at: Loc = ()) -> M:
+    """`model.model_validate(data)`, with StateError (our one-line problems) instead of pydantic's error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise StateError(problems_from(error, at)) from None
+
+
 def _without(data: Any, loc: Loc) -> Any:
     """A copy of `data` with the key at `loc` removed; only the containers along the path are copied."""
     head, rest = loc[0], loc[1:]
     if not rest:
         return {k: v for k, v in data.items() if k != head}
-    copy = dict(data) if isinstance(data, dict) else list(data)
-    copy[head] = _without(data[head], rest)
-    return copy
+    if isinstance(data, dict):
+        return {**data, head: _without(data[head], rest)}
+    assert isinstance(head, int)
+    return [*data[:head], _without(data[head], rest), *data[head + 1 :]]
 
 
 ItemParser = Callable[[object, Loc], tuple[Any, list[Problem]]]
@@ -171,7 +180,8 @@ def validate_unit(
             if key in data:
                 update[key], found = validate_items(parse, data[key], at + (key,))
                 problems += found
-        data = {k: v for k, v in data.items() if k not in update}
+        # The unit is checked with empty lists in their place, so a missing required list still counts.
+        data = {k: ([] if k in update else v) for k, v in data.items()}
     try:
         unit = model.model_validate(data)
     except ValidationError as error:

@@ -88,18 +88,27 @@ def parse_ip(value: object, version: int | None = None) -> IPv4Address | IPv6Add
     return addr
 
 
-def _ip_type(version: int | None, python_type: object) -> object:
-    return Annotated[
-        python_type,
-        PlainValidator(lambda v: parse_ip(v, version)),
-        PlainSerializer(str, return_type=str),
-        WithJsonSchema({"type": "string", "format": {4: "ipv4", 6: "ipv6", None: "ip-address"}[version]}),
-    ]
+_AS_TEXT = PlainSerializer(str, return_type=str)
 
-
-IPv4 = _ip_type(4, IPv4Address)
-IPv6 = _ip_type(6, IPv6Address)
-IP = _ip_type(None, IPv4Address | IPv6Address)
+IPv4 = Annotated[
+    IPv4Address,
+    PlainValidator(lambda v: parse_ip(v, 4)),
+    _AS_TEXT,
+    WithJsonSchema({"type": "string", "format": "ipv4"}),
+]
+IPv6 = Annotated[
+    IPv6Address,
+    PlainValidator(lambda v: parse_ip(v, 6)),
+    _AS_TEXT,
+    WithJsonSchema({"type": "string", "format": "ipv6"}),
+]
+IP = Annotated[
+    IPv4Address | IPv6Address,
+    PlainValidator(parse_ip),
+    _AS_TEXT,
+    WithJsonSchema({"type": "string", "format": "ip-address"}),
+]
+"""IP address fields, parsed with our own error messages and dumped as text."""
 
 
 # --- The canonical rule ---------------------------------------------------------------------------
@@ -182,7 +191,9 @@ class EgressRule:
         targets = [addr_range_text(d) for d in self.destinations]
         chunks = [",".join(targets[i : i + MAX_DESTINATIONS]) for i in range(0, len(targets), MAX_DESTINATIONS)]
         singles = [str(r.lo) for r in self.ports if r.lo == r.hi]
-        port_texts = ([",".join(singles)] if singles else []) + [f"{r.lo}-{r.hi}" for r in self.ports if r.lo != r.hi]
+        port_texts: list[str | None] = [f"{r.lo}-{r.hi}" for r in self.ports if r.lo != r.hi]
+        if singles:
+            port_texts.insert(0, ",".join(singles))
         return [
             SecurityGroupRule(
                 protocol=self.protocol,
@@ -214,7 +225,7 @@ class _Bad(ValueError):
 
 
 def _address(text: str) -> IPv4Address | IPv6Address:
-    if ":" not in text and any(len(o) > 1 and o.startswith("0") for o in text.split(".")):
+    if ":" not in text and any(o.isdigit() and len(o) > 1 and o.startswith("0") for o in text.split(".")):
         raise _Bad("leading zeros are not allowed in IPv4 addresses")
     if "%" in text:  # Python accepts IPv6 zone ids; CC does not.
         raise _Bad("not an IP address, CIDR or address range")
@@ -232,7 +243,7 @@ def _destination(piece: str) -> AddrRange:
         start, end = _address(parts[0]), _address(parts[1])
         if start.version != end.version:
             raise _Bad("range mixes IPv4 and IPv6")
-        if start > end:  # type: ignore[operator]
+        if int(start) > int(end):
             raise _Bad("start after end")
         return AddrRange(start, end)
     if "/" in piece:
@@ -441,14 +452,14 @@ class GardenIPRange(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start: IP  # type: ignore[valid-type]
-    end: IP  # type: ignore[valid-type]
+    start: IP
+    end: IP
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.start.version != self.end.version:
             raise ValueError(f"'{self.start}-{self.end}': range mixes IPv4 and IPv6")
-        if self.start > self.end:
+        if int(self.start) > int(self.end):
             raise ValueError(f"'{self.start}-{self.end}': start after end")
         return self
 
