@@ -112,6 +112,8 @@ Port = Annotated[StrictInt, Field(ge=PORT_MIN, le=PORT_MAX)]
 
 
 class _Model(BaseModel):
+    """Base of the document's models: unknown keys are errors, values are immutable, field docstrings document."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
