@@ -74,8 +74,9 @@ async def request_text(
             body = await response.text()
             status = response.status
     except aiohttp.ClientConnectorCertificateError as exc:
+        problem = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
         raise SourceError(
-            url, Reason.TLS, f"server certificate not trusted by our CA: {exc.certificate_error}"
+            url, Reason.TLS, f"server certificate rejected (check ca_cert and the URL's host): {problem}"
         ) from exc
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
         raise SourceError(url, Reason.TLS, f"TLS handshake failed: {_ssl_reason(exc)}") from exc
@@ -128,9 +129,11 @@ def _refused(exc: ssl.SSLError) -> str:
 
 
 def _ssl_reason(exc: BaseException) -> str:
-    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-    if isinstance(cause, ssl.SSLError) and cause.reason:
-        return cause.reason.lower().replace("_", " ")
+    # aiohttp's SSL errors subclass ssl.SSLError without its fields; OpenSSL's reason is on the cause.
+    for candidate in (exc, getattr(exc, "os_error", None), exc.__cause__):
+        reason = getattr(candidate, "reason", None)
+        if isinstance(candidate, ssl.SSLError) and isinstance(reason, str):
+            return reason.lower().replace("_", " ")
     return str(exc)
 
 

@@ -112,6 +112,16 @@ class StateView:
         return self.state[subjects.c2c_policies(app_guid)]["policies"]
 
 
+def shape(value: Any) -> Any:
+    """The structure of a JSON value without its values (the first item stands for a list's items),
+    to compare a simulator's output with a recorded payload."""
+    if isinstance(value, dict):
+        return {key: shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shape(item) for item in value[:1]]
+    return type(value).__name__
+
+
 async def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Wait until `condition()` holds (checked every 10 ms), failing with `what` after WAIT seconds."""
     loop = asyncio.get_running_loop()
