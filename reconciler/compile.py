@@ -25,6 +25,7 @@ contributes no element, a container whose group list is empty gets a bundle that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections import defaultdict
@@ -78,22 +79,23 @@ def lifecycle_of(workload: Workload) -> Lifecycle:
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """The effective egress of one or more containers: their allow rules and lifecycle."""
+    """The effective egress of one or more containers: their allow rules and lifecycle.
+
+    `name` is a digest of exactly that (stable across processes, unlike hash()), so containers
+    with the same effective rules share a chain, and a restart recomputes the same names."""
 
     lifecycle: Lifecycle
     rules: frozenset[EgressRule]
     sources: tuple[str, ...]  # security group / policy names, for the chain's comments
+    name: str
 
-    @property
-    def name(self) -> str:
-        digest = hashlib.blake2s(digestible(self.lifecycle, self.rules).encode(), digest_size=5).hexdigest()
-        return f"asg-{digest}"
-
-
-def digestible(lifecycle: Lifecycle, rules: Iterable[EgressRule]) -> str:
-    return lifecycle.value + "|" + ";".join(sorted(rule_sort_key(r) for r in rules))
+    @classmethod
+    def of(cls, lifecycle: Lifecycle, rules: frozenset[EgressRule], sources: tuple[str, ...]) -> Bundle:
+        text = lifecycle.value + "|" + ";".join(sorted(map(rule_sort_key, rules)))
+        return cls(lifecycle, rules, sources, "asg-" + hashlib.blake2s(text.encode(), digest_size=5).hexdigest())
 
 
+@functools.lru_cache(maxsize=65536)
 def rule_sort_key(r: EgressRule) -> str:
     dests = ",".join(f"{int(d.start)}-{int(d.end)}/{d.start.version}" for d in r.destinations)
     ports = ",".join(f"{p.lo}-{p.hi}" for p in r.ports)
@@ -104,24 +106,43 @@ def rule_sort_key(r: EgressRule) -> str:
 # Which rules apply to a container
 
 
-def effective_rules(state: CellState, c: Container) -> tuple[frozenset[EgressRule], tuple[str, ...]]:
-    """The allow rules of one container and the names of what contributed them."""
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """What contributes to one container's egress: which groups, which egress policies, or its own
+    static rules (dynamic ASGs off). Containers with equal `Applicable` share a bundle."""
+
+    lifecycle: Lifecycle
+    groups: tuple[int, ...]  # indexes into state.security_groups
+    policies: tuple[int, ...]  # indexes into state.egress_policies
+    static_rules: tuple[int, ...] = ()  # index of the container, when its own egress_rules apply
+
+
+def applicable(state: CellState, index: int, c: Container) -> Applicable:
+    lifecycle = lifecycle_of(c.workload)
+    policies = tuple(
+        i for i, p in enumerate(state.egress_policies) if p.applies_to(c.app_guid, c.space_guid, c.workload)
+    )
+    if not state.config.dynamic_asgs:
+        return Applicable(lifecycle, (), policies, (index,) if c.egress_rules else ())
+    groups = tuple(i for i, g in enumerate(state.security_groups) if g.applies_to(c.space_guid, c.workload))
+    return Applicable(lifecycle, groups, policies)
+
+
+def bundle_of(state: CellState, a: Applicable) -> Bundle:
+    """The allow rules of `a` and the names of what contributed them."""
     rules: set[EgressRule] = set()
     sources: list[str] = []
-    if state.config.dynamic_asgs:
-        for group in state.security_groups:
-            if group.applies_to(c.space_guid, c.workload):
-                rules.update(group.egress_rules())
-                sources.append(group.name)
-    else:
-        rules.update(r.egress_rule() for r in c.egress_rules)
-        if c.egress_rules:
-            sources.append("container egress_rules")
-    for policy in state.egress_policies:
-        if policy.applies_to(c.app_guid, c.space_guid, c.workload):
-            rules.add(policy.egress_rule())
-            sources.append(f"egress policy {policy.destination.name or policy.destination.id}")
-    return frozenset(rules), tuple(sorted(set(sources)))
+    for i in a.groups:
+        rules.update(state.security_groups[i].egress_rules())
+        sources.append(state.security_groups[i].name)
+    for i in a.static_rules:
+        rules.update(r.egress_rule() for r in state.containers[i].egress_rules)
+        sources.append("container egress_rules")
+    for i in a.policies:
+        policy = state.egress_policies[i]
+        rules.add(policy.egress_rule())
+        sources.append(f"egress policy {policy.destination.name or policy.destination.id}")
+    return Bundle.of(a.lifecycle, frozenset(rules), tuple(sorted(set(sources))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,48 +235,114 @@ def _allow_sets(rs: Ruleset, prefix: str, boxes: _RuleBoxes) -> list[tuple[str, 
 
 def compile_ruleset(state: CellState) -> Ruleset:
     """The complete desired content of `inet cfnft` for `state`."""
-    cfg = state.config
-    rs = Ruleset(TABLE)
-    overlay = str(cfg.overlay_network)
+    return Compiler().compile(state)
 
-    _skeleton(rs, cfg, state)
-    _deny_sets(rs, cfg)
 
-    # Egress: one chain per distinct bundle, shared by its containers.
-    bundles: dict[str, Bundle] = {}
-    memo: dict[tuple[str, str, Workload], Bundle] = {}
-    for c in state.containers:
-        k = (c.app_guid, c.space_guid, c.workload)
-        if k not in memo:
-            rules, sources = effective_rules(state, c)
-            memo[k] = Bundle(lifecycle_of(c.workload), rules, sources)
-        b = memo[k]
-        if b.name not in bundles:
-            bundles[b.name] = b
-            _bundle_chain(rs, b, cfg, overlay)
-        comment = _container_comment(c)
-        rs.add_element(Element("egress4", (AddrRange.single(c.ip),), f"jump {b.name}", comment))
-        if c.ipv6 is not None:
-            rs.add_element(Element("egress6", (AddrRange.single(c.ipv6),), f"jump {b.name}", comment))
+class Compiler:
+    """Compiles cell states, reusing the chain-and-set fragments whose inputs did not change.
 
-    # Ingress: one chain per local destination app.
-    instances = _instances(state)
-    by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
-    for p in state.c2c_policies:
-        by_destination[p.destination.id].append(p)
-    for app in sorted({c.app_guid for c in state.containers}):
-        _app_ingress_chain(rs, app, by_destination.get(app, []), instances, cfg)
-    for c in state.containers:
-        comment = _container_comment(c)
-        rs.add_element(Element("ingress4", (AddrRange.single(c.ip),), f"jump {app_chain(c.app_guid)}", comment))
-        if c.ipv6 is not None:
-            rs.add_element(Element("ingress6", (AddrRange.single(c.ipv6),), f"jump {app_chain(c.app_guid)}", comment))
-        for m in c.port_mappings:
-            chain = netin_chain(m.host_port)
-            rs.add_chain(Chain(chain))
-            rs.add_rule(Rule(chain, f"counter dnat ip to {c.ip}:{m.container_port}", comment))
-            rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
-    return rs
+    A fragment (one bundle's chain and sets, one app's c2c chain and set) is cached under a key
+    made of everything it is computed from, so the output is still a pure function of the state:
+    the cache only saves the work, and hands back the very same objects, which lets `nft.diff`
+    skip them by identity. Fragments not used by the latest compilation are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._fragments: dict[tuple, Ruleset] = {}
+        # Bundles by the identity of the objects they were computed from; the key's objects are
+        # kept alive in the value, so an id is never reused while its entry exists.
+        self._bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+
+    def _bundle(self, state: CellState, a: Applicable, used: dict) -> Bundle:
+        inputs = (
+            *(state.security_groups[i] for i in a.groups),
+            *(state.egress_policies[i] for i in a.policies),
+            *(state.containers[i] for i in a.static_rules),
+        )
+        key = (a.lifecycle, len(a.groups), len(a.policies), *map(id, inputs))
+        hit = self._bundles.get(key) or used.get(key)
+        bundle = hit[1] if hit is not None else bundle_of(state, a)
+        used[key] = (inputs, bundle)
+        return bundle
+
+    def compile(self, state: CellState) -> Ruleset:
+        cfg = state.config
+        rs = Ruleset(TABLE)
+        overlay = str(cfg.overlay_network)
+        used: dict[tuple, Ruleset] = {}
+
+        def fragment(key: tuple, build) -> None:
+            frag = self._fragments.get(key) or used.get(key)
+            if frag is None:
+                frag = Ruleset(TABLE)
+                build(frag)
+            used[key] = frag
+            _merge(rs, frag)
+
+        _skeleton(rs, cfg, state)
+        _deny_sets(rs, cfg)
+        deny = tuple(name for name in rs.sets if name.startswith("deny-"))
+        settings = (overlay, deny, cfg.asg_logging, cfg.c2c_logging, cfg.denied_logs_per_sec)
+
+        # Egress: one chain per distinct bundle, shared by its containers.
+        bundles: set[str] = set()
+        by_applicable: dict[Applicable, Bundle] = {}
+        used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+        for index, c in enumerate(state.containers):
+            a = applicable(state, index, c)
+            if a not in by_applicable:
+                by_applicable[a] = self._bundle(state, a, used_bundles)
+            b = by_applicable[a]
+            if b.name not in bundles:
+                bundles.add(b.name)
+                fragment(("bundle", b.name, b.sources, settings), lambda frag, b=b: _bundle_chain(frag, b, cfg, deny))
+            comment = _container_comment(c)
+            rs.add_element(Element("egress4", (AddrRange.single(c.ip),), f"jump {b.name}", comment))
+            if c.ipv6 is not None:
+                rs.add_element(Element("egress6", (AddrRange.single(c.ipv6),), f"jump {b.name}", comment))
+
+        # Ingress: one chain per local destination app.
+        instances = _instances(state)
+        by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
+        for p in state.c2c_policies:
+            by_destination[p.destination.id].append(p)
+        for app in sorted({c.app_guid for c in state.containers}):
+            policies = by_destination.get(app, [])
+            boxes = _c2c_boxes(policies, instances)
+            sources = tuple(sorted({p.source.id for p in policies}))
+            fragment(
+                ("app", app, boxes, sources, settings),
+                lambda frag, app=app, boxes=boxes, sources=sources: _app_ingress_chain(frag, app, boxes, sources, cfg),
+            )
+        for c in state.containers:
+            comment = _container_comment(c)
+            rs.add_element(Element("ingress4", (AddrRange.single(c.ip),), f"jump {app_chain(c.app_guid)}", comment))
+            if c.ipv6 is not None:
+                rs.add_element(
+                    Element("ingress6", (AddrRange.single(c.ipv6),), f"jump {app_chain(c.app_guid)}", comment)
+                )
+            for m in c.port_mappings:
+                chain = netin_chain(m.host_port)
+                rs.add_chain(Chain(chain))
+                rs.add_rule(Rule(chain, f"counter dnat ip to {c.ip}:{m.container_port}", comment))
+                rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
+        self._fragments = used
+        self._bundles = used_bundles
+        return rs
+
+
+def _merge(rs: Ruleset, frag: Ruleset) -> None:
+    """Add a fragment's objects to `rs`, sharing (not copying) its rule lists and element dicts."""
+    for name, chain in frag.chains.items():
+        if name in rs.chains:
+            raise ValueError(f"chain {name!r} defined twice")
+        rs.chains[name] = chain
+        rs.rules[name] = frag.rules[name]
+    for name, s in frag.sets.items():
+        if name in rs.sets:
+            raise ValueError(f"set {name!r} defined twice")
+        rs.sets[name] = s
+        rs.elements[name] = frag.elements[name]
 
 
 def _container_comment(c: Container) -> str:
@@ -386,16 +473,20 @@ def _deny_sets(rs: Ruleset, cfg: CellConfig) -> None:
                     rs.add_element(e)
 
 
-def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, overlay: str) -> None:
+def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, deny_sets: tuple[str, ...]) -> None:
     chain = b.name
     about = f"{b.lifecycle.value}: {', '.join(b.sources) or 'no security group'}"
     rs.add_chain(Chain(chain))
-    rs.add_rule(Rule(chain, f"ip daddr {overlay} counter accept", "to the overlay: the destination cell enforces c2c"))
+    rs.add_rule(
+        Rule(
+            chain, f"ip daddr {cfg.overlay_network} counter accept", "to the overlay: the destination cell enforces c2c"
+        )
+    )
     rs.add_rule(Rule(chain, "meta l4proto tcp ct state invalid counter drop", None))
     for lifecycle_name in ("always", b.lifecycle.value):
         for v in (4, 6):
             name = f"deny-{lifecycle_name}{v}"
-            if name in rs.sets:
+            if name in deny_sets:
                 rs.add_rule(Rule(chain, f"{_IP[v]} daddr @{name} counter reject", f"deny_networks.{lifecycle_name}"))
     logged = [r for r in b.rules if r.log or cfg.asg_logging]
     plain = [r for r in b.rules if not (r.log or cfg.asg_logging)]
@@ -408,29 +499,31 @@ def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, overlay: str) -> None
     rs.add_rule(Rule(chain, "counter reject", "default deny"))
 
 
-def _app_ingress_chain(
-    rs: Ruleset,
-    app: str,
-    policies: list[C2CPolicy],
-    instances: dict[str, set[ipaddress.IPv4Address]],
-    cfg: CellConfig,
-) -> None:
-    chain = app_chain(app)
-    rs.add_chain(Chain(chain))
-    rs.add_rule(Rule(chain, "ct status dnat counter accept", "port mappings from the cell (gorouter, ssh)"))
-    boxes: list[Box] = []
+def _c2c_boxes(policies: list[C2CPolicy], instances: dict[str, set[ipaddress.IPv4Address]]) -> tuple[Box, ...]:
+    """Source address x protocol x port boxes allowed into an app, in a canonical order."""
+    boxes: set[Box] = set()
     for p in policies:
         proto = PROTO_TCP if p.destination.protocol == "tcp" else PROTO_UDP
         ports = (p.destination.ports.start, p.destination.ports.end)
         for addr in instances.get(p.source.id, ()):
-            boxes.append(((int(addr), int(addr)), (proto, proto), ports))
+            boxes.add(((int(addr), int(addr)), (proto, proto), ports))
+    return tuple(sorted(boxes))
+
+
+def _app_ingress_chain(
+    rs: Ruleset, app: str, boxes: tuple[Box, ...], sources: tuple[str, ...], cfg: CellConfig
+) -> None:
+    chain = app_chain(app)
+    rs.add_chain(Chain(chain))
+    rs.add_rule(Rule(chain, "ct status dnat counter accept", "port mappings from the cell (gorouter, ssh)"))
     if boxes:
         rs.add_set(Set(chain, ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
         for e in _elements(chain, 4, boxes, _ADDR_PROTO_PORT_ORDER):
             rs.add_element(e)
         verdict = f"counter jump {LOG_C2C_ACCEPT}" if cfg.c2c_logging else "counter accept"
-        sources = ", ".join(sorted({p.source.id for p in policies}))
-        rs.add_rule(Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {sources}"))
+        rs.add_rule(
+            Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {', '.join(sources)}")
+        )
     if cfg.c2c_logging:
         rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-c2c-deny "', None))
     rs.add_rule(Rule(chain, "counter reject", f"app={app}: default deny"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.models import CellConfig
+from events.problems import problems_from
 
 
 class ConfigError(Exception):
@@ -65,7 +66,4 @@ def load_config(path: Path) -> ReconcilerConfig:
     try:
         return ReconcilerConfig.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"{path}: {key}: {msg}") from None
+        raise ConfigError(f"{path}: {problems_from(e)[0]}") from None

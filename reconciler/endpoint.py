@@ -111,7 +111,6 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
         container = req.full_container()
         if socket_path is not None:
             pending.forget(socket_path, container.handle)  # this ADD is newer than any DEL left pending
-        drain()
         _drop_stale_holders(rec, container)
         gen = rec.register(container)
         log.info(
@@ -133,7 +132,6 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
 
     async def unregister(request: web.Request) -> web.Response:
         handle = request.match_info["handle"]
-        drain()
         gen = rec.unregister(handle)
         try:
             await rec.wait_committed(gen, float(request.query.get("timeout_seconds", "5")))
@@ -170,7 +168,6 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
         return web.json_response({"removed": removed})
 
     async def status(request: web.Request) -> web.Response:
-        drain()
         return web.json_response(rec.status())
 
     async def drain_periodically(app: web.Application):

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from events import subjects
 from events.messages import Message, StateMessage
+from events.problems import problems_from
 from events.publisher import ensure_state_stream
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,9 @@ class StateFeed:
 
 def _one_line(e: Exception) -> str:
     if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        return f"{where}: {first['msg']}{more}"
+        problems = problems_from(e)
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"{problems[0]}{more}"
     return str(e)
 
 
