@@ -57,18 +57,29 @@ class SseParser:
         self._name = ""
         self._data: list[str] = []
         self._has_fields = False
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
+        if not chunk:
+            return []
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across reads
+        self._after_cr = False
         self._buffer += chunk
         events: list[SseEvent] = []
-        while True:
-            line, rest = _split_line(self._buffer)
-            if line is None:
-                return events
+        while (end := _LINE_END.search(self._buffer)) is not None:
+            i = end.start()
+            line, rest = self._buffer[:i], self._buffer[i + 1 :]
+            if self._buffer[i] == 0x0D:
+                if rest.startswith(b"\n"):
+                    rest = rest[1:]
+                elif not rest:
+                    self._after_cr = True
             self._buffer = rest
             event = self._line(line.decode("utf-8", errors="replace"))
             if event is not None:
                 events.append(event)
+        return events
 
     def _line(self, line: str) -> SseEvent | None:
         if line == "":
@@ -93,23 +104,6 @@ class SseParser:
         event = SseEvent(self._id, self._name, "\n".join(self._data)) if self._has_fields else None
         self._id, self._name, self._data, self._has_fields = None, "", [], False
         return event
-
-
-def _split_line(buffer: bytes) -> tuple[bytes | None, bytes]:
-    """The first complete line of `buffer` and what follows it, or (None, buffer) if none is complete.
-
-    A CR at the very end is not yet a line end: the next chunk may start with the LF of a CRLF.
-    """
-    end = _LINE_END.search(buffer)
-    if end is None:
-        return None, buffer
-    i = end.start()
-    if buffer[i] == 0x0D:
-        if i + 1 == len(buffer):
-            return None, buffer
-        if buffer[i + 1] == 0x0A:
-            return buffer[:i], buffer[i + 2 :]
-    return buffer[:i], buffer[i + 1 :]
 
 
 class EventName(StrEnum):
