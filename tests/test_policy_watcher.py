@@ -3,6 +3,7 @@ state stream as a subscriber (an ordered JetStream consumer, last message per su
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from events.policy.spaces import ContainerSpaces, StaticSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher
-from tests.cfsim import Pki, StateView, make_pki, wait_until
+from tests.cfsim import WAIT, Pki, StateView, make_pki, wait_until
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
 WEB = [{"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "443", "description": "web"}]
@@ -294,3 +295,21 @@ async def test_spaces_come_from_the_containers_in_nats(
         await view.wait_for(lambda s: subjects.security_group("g-web") in s, "web, once space-9 has a container")
         await publisher.publish(ContainerMessage(version=2, cell_id="cell-a", handle="h1", container=None))
         await view.wait_for(lambda s: s[subjects.security_group("g-web")]["security_group"] is None, "web deleted")
+
+
+async def test_container_spaces_are_ready_only_when_complete(nats_client: NATS) -> None:
+    """The space set is declared ready only once every container message in the stream was read, so
+    the first listing cannot publish the groups of unread spaces as deleted."""
+    publisher = StatePublisher(nats_client)
+    spaces = {f"space-{n}" for n in range(300)}
+    for n, space in enumerate(sorted(spaces)):
+        container = Container(
+            handle=f"h{n}", ip=f"10.255.{n // 200}.{n % 200 + 2}", app_guid="a", space_guid=space, workload="app"
+        )
+        await publisher.publish(ContainerMessage(version=1, cell_id="cell-a", handle=f"h{n}", container=container))
+    await publisher.publish(ContainerMessage(version=2, cell_id="cell-a", handle="h0", container=None))
+    async with ContainerSpaces(nats_client) as known:
+        if known.ready.is_set():
+            assert known.spaces() == spaces - {"space-0"}
+        await asyncio.wait_for(known.ready.wait(), WAIT)
+        assert known.spaces() == spaces - {"space-0"}

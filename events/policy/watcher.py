@@ -25,6 +25,7 @@ policy server has no per-object version).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -132,7 +133,6 @@ class PolicyWatcher(PollingWatcher):
         self._c2c_stamp: int | None = None
         self._asg_stamp: int | None = None
         self._asg_spaces: frozenset[str] | None = None
-        self._waiting_for_spaces_logged = False
         self._c2c_dropped = DroppedEntries("c2c", METRICS)
         self._egress_dropped = DroppedEntries("egress", METRICS)
         self._asg_dropped = DroppedEntries("asg", METRICS)
@@ -222,10 +222,14 @@ class PolicyWatcher(PollingWatcher):
     async def _asg_cycle(self, full: bool) -> None:
         METRICS.polls.labels("asg").inc()
         if not self._spaces.ready.is_set():
-            if not self._waiting_for_spaces_logged:
-                log.info("asg: waiting for the container state before listing security groups")
-                self._waiting_for_spaces_logged = True
-            return
+            log.info("asg: waiting for the complete container state before listing security groups")
+            ready = asyncio.ensure_future(self._spaces.ready.wait())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait((ready, stop), return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            stop.cancel()
+            if not self._spaces.ready.is_set():
+                return
         spaces = self._spaces.spaces()
         stamp = None
         if self.config.asg_change_check:
