@@ -18,7 +18,7 @@ from events.models import Container
 from events.policy.simulator import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 from events.policy.spaces import ContainerSpaces, StaticSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
-from events.poller import FatalSourceError
+from events.poller import Backoff, FatalSourceError
 from events.publisher import StatePublisher
 from tests.cfsim import WAIT, Pki, StateView, make_pki, wait_until
 
@@ -98,17 +98,32 @@ async def test_unchanged_policies_last_updated_means_no_fetch(
 ) -> None:
     """Only the cheap check is repeated while nothing changes; a change costs exactly one fetch."""
     sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+    fetches, published = metric("fetches_total", kind="c2c"), metric("published_messages_total", kind="c2c")
     async with watcher(sim, pki, nats_client, asgs=False):
         await view.wait_for(lambda s: subjects.c2c_policies("app-b") in s, "the first policy")
         checks = sim.requests[PolicyRoute.POLICIES_LAST_UPDATED]
+        polls = metric("polls_total", kind="c2c")
         await wait_until(lambda: sim.requests[PolicyRoute.POLICIES_LAST_UPDATED] >= checks + 10, "ten more checks")
         assert sim.requests[PolicyRoute.POLICIES] == 1
+        assert metric("polls_total", kind="c2c") >= polls + 10
+        assert metric("fetches_total", kind="c2c") == fetches + 1
+        assert metric("published_messages_total", kind="c2c") == published + 1
+        assert metric("source_up", kind="c2c") == 1 and metric("last_success_timestamp_seconds", kind="c2c") > 0
 
         sim.add_c2c_policy(C2CPolicySpec("app-c", "app-b"))
         await view.wait_for(lambda s: len(s[subjects.c2c_policies("app-b")]["policies"]) == 2, "the second policy")
         checks = sim.requests[PolicyRoute.POLICIES_LAST_UPDATED]
         await wait_until(lambda: sim.requests[PolicyRoute.POLICIES_LAST_UPDATED] >= checks + 5, "five more checks")
         assert sim.requests[PolicyRoute.POLICIES] == 2
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    backoff = Backoff(initial=1.0, maximum=5.0)
+    delays = [backoff.next_delay() for _ in range(6)]
+    for delay, cap in zip(delays, [1, 2, 4, 5, 5, 5], strict=True):
+        assert cap / 2 <= delay <= cap
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
 
 
 async def test_resync_fetches_although_nothing_changed(
@@ -172,6 +187,23 @@ async def test_paging_follows_next_with_a_real_limit(
     assert [q.get("from") for q in listing] == [None, "3", "5", "7"]
     assert {q["limit"] for q in listing} == {"2"}
     assert {q["space_guids"] for q in listing} == {"space-1"}
+
+
+async def test_asg_change_check_skips_unchanged_listings(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """With `asg_change_check`, a listing happens only when security_groups_last_updated or the spaces move."""
+    sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
+    async with watcher(sim, pki, nats_client, asg_change_check=True, poll_interval=60):
+        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the group")
+        checks = sim.requests[PolicyRoute.SECURITY_GROUPS_LAST_UPDATED]
+        await wait_until(lambda: sim.requests[PolicyRoute.SECURITY_GROUPS_LAST_UPDATED] >= checks + 10, "more checks")
+        assert sim.requests[PolicyRoute.SECURITY_GROUPS] == 1
+        sim.update_security_group("g-dns", name="dns-2")
+        await view.wait_for(
+            lambda s: s[subjects.security_group("g-dns")]["security_group"]["name"] == "dns-2", "rename"
+        )
+        assert sim.requests[PolicyRoute.SECURITY_GROUPS] == 2
 
 
 async def test_a_bad_rule_is_dropped_and_the_group_still_published(

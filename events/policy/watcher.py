@@ -31,7 +31,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -50,7 +49,7 @@ from events.models import (
 )
 from events.policy.client import API, PolicyServerClient
 from events.policy.spaces import SpaceSource, StaticSpaces
-from events.poller import Backoff, DroppedEntries, PollingWatcher, PollLoop, WatcherMetrics
+from events.poller import Backoff, Cycle, DroppedEntries, PollingWatcher, PollLoop, WatcherMetrics
 from events.publisher import StatePublisher
 from events.tls import TlsFiles, client_context
 
@@ -152,7 +151,7 @@ class PolicyWatcher(PollingWatcher):
             self._session = None
 
     def _loops(self) -> Sequence[PollLoop]:
-        def loop(kind: str, cycle: Any, interval: float) -> PollLoop:
+        def loop(kind: str, cycle: Cycle, interval: float) -> PollLoop:
             return PollLoop(
                 kind,
                 cycle,
@@ -231,9 +230,14 @@ class PolicyWatcher(PollingWatcher):
             if not self._spaces.ready.is_set():
                 return
         spaces = self._spaces.spaces()
-        stamp = None
+        stamp: int | None = None
         if self.config.asg_change_check:
-            stamp = await self._api.security_groups_last_updated()
+            try:
+                stamp = await self._api.security_groups_last_updated()
+            except SourceError as exc:
+                if exc.reason.is_config_problem:
+                    raise
+                log.debug("asg: change check failed, listing anyway: %s", exc)
             if not full and stamp is not None and stamp == self._asg_stamp and spaces == self._asg_spaces:
                 return
         groups = await self._list_security_groups(spaces)
