@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Self
 
 from nats.errors import Error as NatsError
 from prometheus_client import Counter, Gauge
@@ -224,7 +225,7 @@ class PollingWatcher:
         for loop in self._loops_running:
             loop.wake(full=True)
 
-    async def __aenter__(self) -> PollingWatcher:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self.run(), name=type(self).__name__)
         return self
 
@@ -234,11 +235,6 @@ class PollingWatcher:
         self.stop()
         if self._task is not None:
             await self._task
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The background task of `async with` (to await a FatalSourceError)."""
-        return self._task
 
 
 class DroppedEntries:
