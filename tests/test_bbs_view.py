@@ -159,3 +159,22 @@ def test_task_and_staging_workloads_come_from_network_properties() -> None:
     )
     assert parse_desired(desired).network is None
     assert "bogus" in parse_desired(desired).problems[0]
+
+
+def test_instance_whose_ids_cannot_name_a_subject_is_skipped() -> None:
+    """A cell id or guid with a '.' would break the subject `cfnft.state.container.<cell>.<handle>`."""
+    desired = pb.DesiredLRP(
+        process_guid="app-1-v1", network=pb.Network(properties={"app_id": "app-1", "space_id": "space-1"})
+    )
+    lrp = pb.ActualLRP(
+        actual_lrp_key=pb.ActualLRPKey(process_guid="app-1-v1"),
+        actual_lrp_instance_key=pb.ActualLRPInstanceKey(instance_guid="guid-1", cell_id="cell.a"),
+        actual_lrp_net_info=pb.ActualLRPNetInfo(instance_address="10.255.1.2"),
+        state="RUNNING",
+    )
+    view = LrpView()
+    view.reset([desired], [lrp])
+    assert view.all_containers() == {}
+    assert parse_desired(
+        pb.DesiredLRP(process_guid="x", network=pb.Network(properties={"app_id": "a.b", "space_id": "s"}))
+    ).problems == ("app guid 'a.b' cannot be used in a NATS subject (empty, or has '.', '*', '>' or space)",)

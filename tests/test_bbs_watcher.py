@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry
 from events import subjects
 from events.bbs.client import RUNNING
 from events.bbs.simulator import EVACUATING, SUSPECT, BbsRoute, BbsSimulator, egress_rule
-from events.bbs.watcher import BbsWatcher, BbsWatcherConfig, BbsWatcherGaveUp, BbsWatcherMetrics
+from events.bbs.watcher import BbsWatcher, BbsWatcherConfig, BbsWatcherMetrics
 from events.messages import ContainerMessage
 from events.models import Container, Workload
+from events.poller import FatalSourceError
 from events.publisher import StatePublisher, ensure_state_stream
 from events.tls import TlsFiles
 from tests.test_bbs_client import SERVER_NAME, Pki, make_pki
@@ -388,7 +389,7 @@ async def test_wrong_client_certificate_is_reported_and_retries_are_bounded(
     caplog.set_level(logging.ERROR, logger="events.bbs.watcher")
     running = await start_watcher(pki.client_of_other_ca, wait=False, max_tls_failures=3)
     async with asyncio.timeout(10):
-        with pytest.raises(BbsWatcherGaveUp, match="rejected our client certificate"):
+        with pytest.raises(FatalSourceError, match="rejected our client certificate"):
             await running.task
     lines = [r.getMessage() for r in caplog.records if r.name == "events.bbs.watcher"]
     assert len(lines) == 2, lines  # the third failure is the one raised

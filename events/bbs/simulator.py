@@ -710,6 +710,8 @@ class BbsSimulator:
                 if message is None:
                     break
                 await response.write(encode_bbs_event(event_id, message))  # one event per chunk, like BBS
+        except ConnectionResetError:
+            pass  # the subscriber went away
         finally:
             if subscriber in subscribers:
                 subscribers.remove(subscriber)

@@ -32,6 +32,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from google.protobuf import json_format
 from pydantic import ValidationError
 
+from events import subjects
 from events.bbs import bbs_pb2 as pb
 from events.bbs.client import RUNNING
 from events.bbs.sse import BbsEvent
@@ -76,6 +77,10 @@ def parse_desired(desired: pb.DesiredLRP) -> ParsedDesired:
     space_guid = props.get("space_id", "")
     if not app_guid or not space_guid:
         return ParsedDesired(desired.process_guid, tag, None, ("no app or space guid in network.properties",))
+    try:
+        subjects.token(app_guid, "app guid")
+    except ValueError as err:
+        return ParsedDesired(desired.process_guid, tag, None, (str(err),))
     problems: list[str] = []
     try:
         workload = Workload(props.get("container_workload") or Workload.APP)
@@ -275,6 +280,7 @@ def _container(lrp: pb.ActualLRP, network: LrpNetwork) -> Container | None:
     if lrp.state != RUNNING or not net.instance_address or not guid or not cell_id:
         return None
     try:
+        subjects.container(cell_id, guid)  # both must be usable as NATS subject tokens
         return Container(
             handle=guid,
             ip=ip_address(net.instance_address),

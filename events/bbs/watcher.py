@@ -37,18 +37,19 @@ data) drops the connection and publishes nothing: the last published state stays
 enforcing it. The watcher backs off (exponential with jitter, capped), logs one line per attempt
 with the reason, and counts it. TLS failures are the one exception to retrying forever: after
 `max_tls_failures` in a row (a refused client certificate is configuration, not weather) `run()`
-raises `BbsWatcherGaveUp` so the supervisor can report it.
+raises `FatalSourceError`, as the policy and CC watchers do, so the supervisor can report it.
+Anything unexpected (a bug) is logged with its traceback, counted, and retried the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from nats.errors import Error as NatsError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -61,6 +62,7 @@ from events.bbs.sse import BbsEvent
 from events.bbs.view import Affected, ContainerKey, LrpView
 from events.messages import AppInstancesMessage, ContainerMessage
 from events.models import Container, Workload
+from events.poller import Backoff, FatalSourceError
 from events.publisher import StatePublisher
 from events.tls import TlsFiles, client_context
 
@@ -92,11 +94,7 @@ class BbsWatcherConfig(BaseModel):
     backoff_max: float = Field(default=30.0, gt=0)
     """Upper bound of the retry delay."""
     max_tls_failures: int = Field(default=5, ge=1)
-    """TLS handshake failures in a row after which the watcher gives up (`BbsWatcherGaveUp`)."""
-
-
-class BbsWatcherGaveUp(Exception):
-    """The watcher stopped retrying: BBS keeps refusing the TLS handshake."""
+    """TLS handshake failures in a row after which the watcher gives up (`FatalSourceError`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +147,6 @@ class BbsWatcher:
         *,
         metrics: BbsWatcherMetrics | None = None,
         clock: Callable[[], int] = time.time_ns,
-        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.in_sync = asyncio.Event()
@@ -157,7 +154,6 @@ class BbsWatcher:
         self._publisher = publisher
         self._metrics = metrics or BbsWatcherMetrics.create()
         self._clock = clock
-        self._rng = rng or random.Random()
         self._view = LrpView()
         self._version = 0
         self._queue: asyncio.Queue[_QueueItem] | None = None
@@ -168,39 +164,85 @@ class BbsWatcher:
         self._live_apps: set[str] = set()
         self._known_problems: set[str] = set()
         self._loaded = False
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_error = ""
 
     def resync(self) -> None:
         """Re-list BBS now and publish the difference (an operator's resync request)."""
         if self._queue is not None:
             self._queue.put_nowait(_RESYNC)
 
+    def stop(self) -> None:
+        """Make `run()` return (the published state stays as it is)."""
+        self._stopping.set()
+
+    async def __aenter__(self) -> BbsWatcher:
+        self._task = asyncio.create_task(self.run(), name="BbsWatcher")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        if self._task is not None:
+            await self._task
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The background task of `async with` (to await a FatalSourceError)."""
+        return self._task
+
     async def run(self) -> None:
-        """Watch until cancelled. Raises TlsConfigError for unreadable TLS files and
-        BbsWatcherGaveUp after `max_tls_failures` refused handshakes in a row."""
+        """Watch until `stop()`. Raises TlsConfigError for unreadable TLS files, and FatalSourceError
+        after `max_tls_failures` refused handshakes in a row."""
+        watch = asyncio.create_task(self._watch(), name="BbsWatcher.watch")
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait((watch, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not watch.done():
+                watch.cancel()
+            await asyncio.gather(watch, stopping, return_exceptions=True)
+        if not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
+
+    async def _watch(self) -> None:
         cfg = self.config
         ssl_context = client_context(TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
+        backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         async with BbsClient(cfg.url, ssl_context, server_name=cfg.server_name, timeout=cfg.request_timeout) as bbs:
-            failures = tls_failures = 0
+            tls_failures = 0
             while True:
                 try:
                     if not self._loaded:
                         await self._load_published()
                     await self._follow(bbs)
                 except (BbsError, NatsError, asyncio.TimeoutError) as err:
-                    if self._queue is not None:  # it was in sync: this is a new streak of failures
-                        failures = tls_failures = 0
-                    self._queue = None
-                    self._metrics.connected.set(0)
-                    self._metrics.errors.labels(kind=err.kind if isinstance(err, BbsError) else "nats").inc()
-                    failures += 1
+                    kind = err.kind if isinstance(err, BbsError) else "nats"
                     tls_failures = tls_failures + 1 if isinstance(err, BbsTlsError) else 0
+                    delay = self._failed(backoff, kind, _describe(err))
                     if tls_failures >= cfg.max_tls_failures:
-                        raise BbsWatcherGaveUp(f"giving up after {tls_failures} TLS failures in a row: {err}") from err
-                    delay = self._backoff(failures)
-                    log.error("%s; keeping the last published state, retrying in %.2f s", _describe(err), delay)
-                    await asyncio.sleep(delay)
+                        raise FatalSourceError(
+                            f"bbs: giving up after {tls_failures} TLS failures in a row: {err}"
+                        ) from err
+                except Exception as err:
+                    # A bug must not end the watch: log it with its traceback, count it, back off, retry.
+                    log.exception("unexpected failure following BBS")
+                    delay = self._failed(backoff, "internal", f"unexpected {err!r}")
                 finally:
                     self._queue = None
+                log.error("%s; keeping the last published state, retrying in %.2f s", self._last_error, delay)
+                await asyncio.sleep(delay)
+
+    def _failed(self, backoff: Backoff, kind: str, text: str) -> float:
+        if self._queue is not None:  # it had been in sync: a new streak of failures starts
+            backoff.reset()
+        self._metrics.connected.set(0)
+        self._metrics.errors.labels(kind=kind).inc()
+        self._last_error = text
+        return backoff.next_delay()
 
     async def _follow(self, bbs: BbsClient) -> None:
         """One connection: subscribe, list, publish, then apply events until the stream fails."""
@@ -228,10 +270,7 @@ class BbsWatcher:
                     await self._publish_affected(affected)
             finally:
                 reader.cancel()
-
-    def _backoff(self, failures: int) -> float:
-        cap = min(self.config.backoff_max, self.config.backoff_initial * 2 ** max(failures - 1, 0))
-        return self._rng.uniform(cap / 2, cap)
+                await asyncio.gather(reader, return_exceptions=True)
 
     async def _load_published(self) -> None:
         """Learn which container and app subjects an earlier run of a BBS watcher left live on NATS."""
@@ -265,6 +304,7 @@ class BbsWatcher:
             if isinstance(item, BbsError):
                 raise item  # events were lost: this listing cannot be brought up to date
             if isinstance(item, BbsEvent):
+                self._metrics.events.labels(event=item.name).inc()
                 problems += self._view.apply(item)[1]
         self._report(problems, replace=True)
         await self._publish_all()
