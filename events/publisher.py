@@ -66,12 +66,15 @@ class StatePublisher:
             subject_filter, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
         )
         try:
+            # num_pending leaves out what was already delivered to this client, so it can read 0
+            # with messages waiting here: go by what has been delivered as well.
             info = await sub.consumer_info()
-            pending = info.num_pending
-            while pending > 0:
-                msg = await sub.next_msg(timeout=5)
-                found[msg.subject] = msg.data
-                pending = msg.metadata.num_pending
+            if info.num_pending or info.delivered.consumer_seq:
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    found[msg.subject] = msg.data
+                    if msg.metadata.num_pending == 0:
+                        break
         finally:
             await sub.unsubscribe()
         for subject, data in found.items():
