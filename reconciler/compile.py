@@ -13,11 +13,13 @@ Packet path through the table (README "The nft table" shows a real listing):
   input (base)     overlay source -> host-access: DNS, host services, else reject
   prerouting (nat) host port -> netin-<port>: DNAT to container address:port
 
-Containers whose effective egress rules are identical share one `asg-<bundle>` chain and its
-sets; the bundle name is a hash of its content, so an edit that changes what a container may
-reach moves it to another bundle (one map element) and never rewrites other containers'.
-Everything the kernel looks up per packet is a verdict map or a (concatenated, interval) set,
-so the per-packet cost does not grow with rules, containers or policies.
+Containers to which the same security groups (and egress policies) apply share one
+`asg-<bundle>` chain, named after those contributors. Each security group's rules live in sets
+of its own (`sg-<guid>-ports4`, ...), shared by every bundle it is part of, so editing a group
+changes only that group's elements, and adding a container is one map element. Everything the
+kernel looks up per packet is a verdict map or a (concatenated, interval) set: the per-packet
+cost does not grow with the number of rules, containers or policies, only with the handful of
+groups that apply to a container (one set lookup each).
 
 A missing referent never opens anything: a c2c policy whose source app has no known address
 contributes no element, a container whose group list is empty gets a bundle that rejects.
@@ -78,21 +80,32 @@ def lifecycle_of(workload: Workload) -> Lifecycle:
 
 
 @dataclass(frozen=True, slots=True)
-class Bundle:
-    """The effective egress of one or more containers: their allow rules and lifecycle.
+class RuleSource:
+    """One contributor of allow rules, with sets of its own: a security group (`sg-<guid>`, shared
+    by every bundle it applies to), or a bundle's egress policies or static rules."""
 
-    `name` is a digest of exactly that (stable across processes, unlike hash()), so containers
-    with the same effective rules share a chain, and a restart recomputes the same names."""
+    prefix: str
+    label: str
+    rules: frozenset[EgressRule]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """The effective egress of one or more containers: what contributes their allow rules.
+
+    `name` is a digest of the contributors (the lifecycle, the security group guids, the egress
+    policies, or the static rules themselves), not of the rules: editing a group keeps its
+    bundles' names and chains, and changes only the elements of that group's own sets. The
+    digest is stable across processes (unlike hash()), so a restart writes nothing."""
 
     lifecycle: Lifecycle
-    rules: frozenset[EgressRule]
-    sources: tuple[str, ...]  # security group / policy names, for the chain's comments
+    sources: tuple[RuleSource, ...]
     name: str
 
     @classmethod
-    def of(cls, lifecycle: Lifecycle, rules: frozenset[EgressRule], sources: tuple[str, ...]) -> Bundle:
-        text = lifecycle.value + "|" + ";".join(sorted(map(rule_sort_key, rules)))
-        return cls(lifecycle, rules, sources, "asg-" + hashlib.blake2s(text.encode(), digest_size=5).hexdigest())
+    def of(cls, lifecycle: Lifecycle, sources: tuple[RuleSource, ...], identity: str) -> Bundle:
+        text = f"{lifecycle.value}|{identity}"
+        return cls(lifecycle, sources, "asg-" + hashlib.blake2s(text.encode(), digest_size=5).hexdigest())
 
 
 @functools.lru_cache(maxsize=65536)
@@ -129,20 +142,33 @@ def applicable(state: CellState, index: int, c: Container) -> Applicable:
 
 
 def bundle_of(state: CellState, a: Applicable) -> Bundle:
-    """The allow rules of `a` and the names of what contributed them."""
-    rules: set[EgressRule] = set()
-    sources: list[str] = []
-    for i in a.groups:
-        rules.update(state.security_groups[i].egress_rules())
-        sources.append(state.security_groups[i].name)
+    """The rule sources of `a`: one per security group, plus the bundle's own static rules and
+    egress policies, which are named after the bundle (they have no guid of their own)."""
+    identity: list[str] = []
+    groups = []
+    for i in sorted(a.groups, key=lambda i: state.security_groups[i].guid):
+        group = state.security_groups[i]
+        groups.append(RuleSource(f"sg-{group.guid}", group.name, frozenset(group.egress_rules())))
+        identity.append(f"group:{group.guid}")
+    static: set[EgressRule] = set()
     for i in a.static_rules:
-        rules.update(r.egress_rule() for r in state.containers[i].egress_rules)
-        sources.append("container egress_rules")
+        static.update(r.egress_rule() for r in state.containers[i].egress_rules)
+    if static:
+        identity.append("static:" + ";".join(sorted(map(rule_sort_key, static))))
+    policies: set[EgressRule] = set()
+    names = []
     for i in a.policies:
         policy = state.egress_policies[i]
-        rules.add(policy.egress_rule())
-        sources.append(f"egress policy {policy.destination.name or policy.destination.id}")
-    return Bundle.of(a.lifecycle, frozenset(rules), tuple(sorted(set(sources))))
+        policies.add(policy.egress_rule())
+        names.append(policy.destination.name or policy.destination.id or "egress policy")
+        identity.append("policy:" + policy.model_dump_json())
+    name = Bundle.of(a.lifecycle, (), "|".join(sorted(identity))).name
+    own = []
+    if static:
+        own.append(RuleSource(f"{name}-static", "container egress_rules", frozenset(static)))
+    if policies:
+        own.append(RuleSource(f"{name}-egress", "egress policies: " + ", ".join(sorted(names)), frozenset(policies)))
+    return Bundle(a.lifecycle, (*own, *groups), name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +274,7 @@ class Compiler:
     """
 
     def __init__(self) -> None:
-        self._fragments: dict[tuple, Ruleset] = {}
+        self._fragments: dict[tuple, tuple[Ruleset, object]] = {}
         # Bundles by the identity of the objects they were computed from; the key's objects are
         # kept alive in the value, so an id is never reused while its entry exists.
         self._bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
@@ -269,15 +295,20 @@ class Compiler:
         cfg = state.config
         rs = Ruleset(TABLE)
         overlay = str(cfg.overlay_network)
-        used: dict[tuple, Ruleset] = {}
+        used: dict[tuple, tuple[Ruleset, object]] = {}
 
-        def fragment(key: tuple, build) -> None:
-            frag = self._fragments.get(key) or used.get(key)
-            if frag is None:
+        def fragment(key: tuple, build):
+            """Merge the fragment for `key` (built by `build(frag)` unless cached) and return
+            what `build` returned; a key already merged by this compilation is not merged again."""
+            if key in used:
+                return used[key][1]
+            hit = self._fragments.get(key)
+            if hit is None:
                 frag = Ruleset(TABLE)
-                build(frag)
-            used[key] = frag
-            _merge(rs, frag)
+                hit = (frag, build(frag))
+            used[key] = hit
+            _merge(rs, hit[0])
+            return hit[1]
 
         _skeleton(rs, cfg, state)
         _deny_sets(rs, cfg)
@@ -295,7 +326,14 @@ class Compiler:
             b = by_applicable[a]
             if b.name not in bundles:
                 bundles.add(b.name)
-                fragment(("bundle", b.name, b.sources, settings), lambda frag, b=b: _bundle_chain(frag, b, cfg, deny))
+                matches = tuple(
+                    (src.label, fragment(("rules", src, cfg.asg_logging), lambda f, src=src: _source_sets(f, src, cfg)))
+                    for src in b.sources
+                )
+                fragment(
+                    ("bundle", b.name, b.lifecycle, matches, settings),
+                    lambda f, b=b, m=matches: _bundle_chain(f, b, m, cfg, deny),
+                )
             comment = _container_comment(c)
             rs.add_element(Element("egress4", (AddrRange.single(c.ip),), f"jump {b.name}", comment))
             if c.ipv6 is not None:
@@ -324,7 +362,7 @@ class Compiler:
             for m in c.port_mappings:
                 chain = netin_chain(m.host_port)
                 rs.add_chain(Chain(chain))
-                rs.add_rule(Rule(chain, f"counter dnat ip to {c.ip}:{m.container_port}", comment))
+                rs.add_rule(Rule(chain, f"meta l4proto tcp counter dnat ip to {c.ip}:{m.container_port}", comment))
                 rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
         self._fragments = used
         self._bundles = used_bundles
@@ -441,8 +479,10 @@ def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
     rs.add_rule(
         Rule(
             "prerouting",
-            "fib daddr type local tcp dport vmap @port-mappings",
-            "host ports to containers (gorouter, ssh)",
+            f"ip saddr != {overlay} fib daddr type local tcp dport vmap @port-mappings",
+            # As silk marks only what arrives from the underlay: a container does not reach another
+            # app through its cell's host port (the c2c chain accepts any DNATed connection).
+            "host ports to containers (gorouter, ssh), not from containers",
         )
     )
 
@@ -473,9 +513,24 @@ def _deny_sets(rs: Ruleset, cfg: CellConfig) -> None:
                     rs.add_element(e)
 
 
-def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, deny_sets: tuple[str, ...]) -> None:
+def _source_sets(rs: Ruleset, src: RuleSource, cfg: CellConfig) -> tuple[tuple[str, bool], ...]:
+    """The sets of one rule source; returns its (match expression, logged) pairs, logged first."""
+    logged = [r for r in src.rules if r.log or cfg.asg_logging]
+    plain = [r for r in src.rules if not (r.log or cfg.asg_logging)]
+    return (
+        *((match, True) for _, match in _allow_sets(rs, f"{src.prefix}-log", _RuleBoxes.of(logged))),
+        *((match, False) for _, match in _allow_sets(rs, src.prefix, _RuleBoxes.of(plain))),
+    )
+
+
+def _bundle_chain(
+    rs: Ruleset,
+    b: Bundle,
+    matches: tuple[tuple[str, tuple[tuple[str, bool], ...]], ...],
+    cfg: CellConfig,
+    deny_sets: tuple[str, ...],
+) -> None:
     chain = b.name
-    about = f"{b.lifecycle.value}: {', '.join(b.sources) or 'no security group'}"
     rs.add_chain(Chain(chain))
     rs.add_rule(
         Rule(
@@ -488,12 +543,12 @@ def _bundle_chain(rs: Ruleset, b: Bundle, cfg: CellConfig, deny_sets: tuple[str,
             name = f"deny-{lifecycle_name}{v}"
             if name in deny_sets:
                 rs.add_rule(Rule(chain, f"{_IP[v]} daddr @{name} counter reject", f"deny_networks.{lifecycle_name}"))
-    logged = [r for r in b.rules if r.log or cfg.asg_logging]
-    plain = [r for r in b.rules if not (r.log or cfg.asg_logging)]
-    for _, match in _allow_sets(rs, f"{chain}-log", _RuleBoxes.of(logged)):
-        rs.add_rule(Rule(chain, f"{match} counter jump {LOG_ASG_ACCEPT}", about))
-    for _, match in _allow_sets(rs, chain, _RuleBoxes.of(plain)):
-        rs.add_rule(Rule(chain, f"{match} counter accept", about))
+    for logged_pass in (True, False):  # logged rules first, so a logged rule logs even if another allows
+        for label, pairs in matches:
+            for match, logged in pairs:
+                if logged is logged_pass:
+                    verdict = f"counter jump {LOG_ASG_ACCEPT}" if logged else "counter accept"
+                    rs.add_rule(Rule(chain, f"{match} {verdict}", f"{b.lifecycle.value}: {label}"))
     if cfg.asg_logging:
         rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-asg-deny "', None))
     rs.add_rule(Rule(chain, "counter reject", "default deny"))

@@ -40,7 +40,7 @@ from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
 from nft import NftError, diff
 from nft.objects import Ruleset
-from reconciler.compile import TABLE, compile_ruleset
+from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
 from reconciler.feed import StateFeed
 from reconciler.metrics import ReconcilerMetrics
@@ -65,6 +65,7 @@ class Reconciler:
         self.committed_generation = 0
         self._changed_at: dict[int, float] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.compiler = Compiler()
         self._actual: Ruleset | None = None
         self._desired: Ruleset | None = None
         self._readback = True
@@ -173,7 +174,7 @@ class Reconciler:
     async def _converge(self) -> bool:
         """One pass: compile, diff, commit. Returns whether the kernel was written."""
         state = self.store.snapshot()
-        desired = compile_ruleset(state)
+        desired = self.compiler.compile(state)
         if self._readback or self._actual is None:
             self._actual = await self.runner.read_async(TABLE)
             self._readback = False

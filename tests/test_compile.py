@@ -94,14 +94,13 @@ def test_containers_with_the_same_groups_share_one_bundle():
 
 def test_overlapping_rules_become_disjoint_elements_covering_the_same_ports():
     rs = compiled(base_doc())
-    bundle = egress_target(rs, "10.255.1.2").split()[-1]
-    keys = set(rs.elements[f"{bundle}-ports4"])
+    keys = set(rs.elements["sg-web-ports4"])
     tcp = IntRange.single(6)
     wide = AddrRange(_ip("198.51.100.0"), _ip("198.51.100.255"))
     narrow = AddrRange(_ip("198.51.100.16"), _ip("198.51.100.31"))
     assert (wide, tcp, IntRange(80, 90)) in keys
     assert (narrow, tcp, IntRange(91, 100)) in keys
-    icmp = rs.elements[f"{bundle}-icmp4"]
+    icmp = rs.elements["sg-web-icmp4"]
     assert list(icmp) == [(AddrRange(_ip("203.0.113.0"), _ip("203.0.113.255")), IntRange(0, 255), IntRange(0, 255))]
 
 
@@ -110,7 +109,7 @@ def test_deny_networks_are_checked_before_any_allow():
     bundle = egress_target(rs, "10.255.1.2").split()[-1]
     texts = [r.text for r in rs.rules[bundle]]
     deny = next(i for i, t in enumerate(texts) if "@deny-always4" in t)
-    first_allow = next(i for i, t in enumerate(texts) if f"@{bundle}-" in t)
+    first_allow = next(i for i, t in enumerate(texts) if "@sg-" in t)
     assert deny < first_allow
     assert texts[-1] == "counter reject"
 
@@ -138,7 +137,7 @@ def test_container_without_any_group_gets_a_rejecting_bundle():
     doc["security_groups"] = []
     rs = compiled(doc)
     bundle = egress_target(rs, "10.255.1.2").split()[-1]
-    assert not any(f"@{bundle}-" in r.text for r in rs.rules[bundle])
+    assert not any("@sg-" in r.text or f"@{bundle}-" in r.text for r in rs.rules[bundle])
     assert rs.rules[bundle][-1].text == "counter reject"
 
 
@@ -151,9 +150,11 @@ def test_static_egress_rules_apply_only_without_dynamic_asgs():
     b_dyn = egress_target(dynamic, "10.255.1.2").split()[-1]
     b_static = egress_target(static, "10.255.1.2").split()[-1]
     assert (AddrRange.single(_ip("192.0.2.9")), IntRange.single(6), IntRange.single(443)) in static.elements[
-        f"{b_static}-ports4"
+        f"{b_static}-static-ports4"
     ]
-    assert all(k[0].start != _ip("192.0.2.9") for k in dynamic.elements[f"{b_dyn}-ports4"])
+    assert not any("static" in name for name in dynamic.sets)
+    assert not any(name.startswith("sg-") for name in static.sets), "groups are ignored without dynamic ASGs"
+    assert any("@sg-web-ports4" in r.text for r in dynamic.rules[b_dyn])
 
 
 def test_egress_policy_applies_to_its_app_and_lifecycle_only():
@@ -174,8 +175,8 @@ def test_egress_policy_applies_to_its_app_and_lifecycle_only():
     b_api = egress_target(rs, "10.255.1.4").split()[-1]
     b_web = egress_target(rs, "10.255.1.2").split()[-1]
     key = (AddrRange(_ip("192.0.2.50"), _ip("192.0.2.60")), IntRange.single(6), IntRange.single(5432))
-    assert key in rs.elements[f"{b_api}-ports4"]
-    assert key not in rs.elements[f"{b_web}-ports4"]
+    assert key in rs.elements[f"{b_api}-egress-ports4"]
+    assert f"{b_web}-egress-ports4" not in rs.elements
 
 
 def test_ipv6_destinations_only_for_containers_with_an_ipv6_address():
@@ -185,7 +186,8 @@ def test_ipv6_destinations_only_for_containers_with_an_ipv6_address():
     rs = compiled(doc)
     assert set(k[0].start for k in rs.elements["egress6"]) == {_ip("fd00:255:1::2")}
     bundle = egress_target(rs, "10.255.1.2").split()[-1]
-    assert f"{bundle}-ports6" in rs.sets
+    assert "sg-dns-ports6" in rs.sets
+    assert any("@sg-dns-ports6" in r.text for r in rs.rules[bundle])
 
 
 def test_logged_rules_go_through_the_log_chain():
@@ -194,7 +196,7 @@ def test_logged_rules_go_through_the_log_chain():
     rs = compiled(doc)
     bundle = egress_target(rs, "10.255.1.2").split()[-1]
     assert any(r.text.endswith("counter jump log-asg-accept") for r in rs.rules[bundle])
-    assert f"{bundle}-log-ports4" in rs.sets
+    assert "sg-web-log-ports4" in rs.sets
 
 
 def test_compile_does_not_depend_on_input_order():
