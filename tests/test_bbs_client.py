@@ -21,9 +21,10 @@ import pytest
 import trustme
 
 from events.bbs import bbs_pb2 as pb
-from events.bbs.client import BbsClient, EventStream
+from events.bbs.client import RUNNING, BbsClient, EventStream
 from events.bbs.errors import BbsApiError, BbsTlsError, BbsUnavailableError
-from events.bbs.simulator import EVACUATING, RUNNING, BbsRoute, BbsSimulator
+from events.bbs.simcontrol import add_control_routes
+from events.bbs.simulator import EVACUATING, BbsRoute, BbsSimulator
 from events.bbs.sse import BbsEvent, EventName
 from events.tls import TlsFiles, client_context
 
@@ -299,3 +300,37 @@ async def test_evacuating_copy_is_listed_beside_its_replacement(sim: BbsSimulato
     assert evacuating.actual_lrp_net_info.instance_address == old.actual_lrp_net_info.instance_address
     sim.start_instance(pg, 0, "cell-b")
     assert [(lrp.presence, lrp.actual_lrp_instance_key.cell_id) for lrp in await bbs.actual_lrps()] == [(0, "cell-b")]
+
+
+async def test_json_control_endpoint_drives_the_scenario(pki: Pki) -> None:
+    """The demo's shell interface: scenario methods as POST /sim/<method>, the state as GET /sim/state."""
+    simulator = BbsSimulator(pki.server)
+    add_control_routes(simulator)
+    async with simulator, aiohttp.ClientSession() as session:
+        ctx = client_context(pki.client)
+
+        async def post(method: str, body: object) -> tuple[int, dict[str, object]]:
+            async with session.post(
+                f"{simulator.url}/sim/{method}", json=body, ssl=ctx, server_hostname=SERVER_NAME
+            ) as resp:
+                return resp.status, await resp.json()
+
+        rule = {"protocol": "tcp", "destination": "10.0.11.0/24", "ports": "443", "description": "web", "log": True}
+        status, body = await post(
+            "push_app",
+            {"app_guid": "app-1", "space_guid": "s", "org_guid": "o", "cells": ["cell-a"], "egress_rules": [rule]},
+        )
+        assert status == 200 and isinstance(body["result"], str) and body["result"].startswith("app-1-")
+        assert await post("crash", {"process_guid": body["result"], "index": 0}) == (200, {"result": None})
+        assert (await post("fail", {"route": "/v1/actual_lrps/list", "times": 1}))[0] == 200
+        assert (await post("reboot_cell", {}))[0] == 404
+        status, error = await post("scale", {"process_guid": "nope", "instances": 2})
+        assert status == 400 and "no desired LRP nope" in str(error["error"])
+
+        async with session.get(f"{simulator.url}/sim/state", ssl=ctx, server_hostname=SERVER_NAME) as resp:
+            state = await resp.json()
+    assert state["desired_lrps"][0]["egress_rules"] == [
+        {"protocol": "tcp", "destinations": ["10.0.11.0/24"], "ports": [443], "log": True}
+    ]
+    assert [lrp["state"] for lrp in state["actual_lrps"]] == ["UNCLAIMED"]
+    assert simulator.requests[BbsRoute.ACTUAL_LRPS] == 0

@@ -168,7 +168,9 @@ class BbsSimulator:
         self._task_subscribers: list[_Subscriber] = []
         self._faults: dict[BbsRoute | None, _Fault] = {}
         self._delays: dict[BbsRoute | None, float] = {}
-        self._site = HttpsSite(self._app(), server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
+        self.app = self._app()
+        """The aiohttp application; routes may be added until `start()` (see events/bbs/simcontrol.py)."""
+        self._site = HttpsSite(self.app, server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
 
     @property
     def url(self) -> str:
