@@ -334,3 +334,10 @@ async def test_json_control_endpoint_drives_the_scenario(pki: Pki) -> None:
     ]
     assert [lrp["state"] for lrp in state["actual_lrps"]] == ["UNCLAIMED"]
     assert simulator.requests[BbsRoute.ACTUAL_LRPS] == 0
+
+
+async def test_slow_bbs_is_a_timeout(sim: BbsSimulator, pki: Pki) -> None:
+    sim.delay(BbsRoute.DESIRED_LRPS, 0.5)
+    async with BbsClient(sim.url, client_context(pki.client), server_name=SERVER_NAME, timeout=0.05) as client:
+        with pytest.raises(BbsUnavailableError, match="timed out"):
+            await client.desired_lrps()
