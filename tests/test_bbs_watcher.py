@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,11 +212,12 @@ async def test_scale_up_and_down(
     sim: BbsSimulator, nats_client: NatsClient, start_watcher: Callable[..., Awaitable[Running]]
 ) -> None:
     pg = sim.push_app("app-1", "space-1", "org-1", cells=["cell-a"])
-    await start_watcher()
+    running = await start_watcher()
     await converged(nats_client, sim)
 
     sim.scale(pg, 3, cells=["cell-b", "cell-c"])
     containers, apps = live(await converged(nats_client, sim))
+    assert running.metric("events_total", event="desired_lrp_changed") == 1
     assert sorted(s.split(".")[3] for s in containers) == ["cell-a", "cell-b", "cell-c"]
     assert len(apps["app-1"]) == 3
 
@@ -442,3 +444,24 @@ async def test_unreadable_tls_files_fail_at_start(
     watcher = BbsWatcher(config, StatePublisher(nats_client), metrics=BbsWatcherMetrics.create(CollectorRegistry()))
     with pytest.raises(Exception, match="missing.pem"):
         await watcher.run()
+
+
+async def test_bbs_down_at_start_then_up(pki: Pki, nats_client: NatsClient) -> None:
+    """Nothing listens where BBS should be: the watcher counts the refusals, publishes nothing, and
+    syncs as soon as BBS comes up."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sim = BbsSimulator(pki.server, port=port)
+    sim.push_app("app-1", "space-1", "org-1", cells=["cell-a"])
+    registry = CollectorRegistry()
+    config = watcher_config(f"https://127.0.0.1:{port}", pki.client)
+    async with BbsWatcher(config, StatePublisher(nats_client), metrics=BbsWatcherMetrics.create(registry)) as watcher:
+        async with asyncio.timeout(10):
+            while (registry.get_sample_value("cfnft_watcher_bbs_errors_total", {"kind": "unavailable"}) or 0) < 3:
+                await asyncio.sleep(0.02)
+        assert not watcher.in_sync.is_set()
+        assert live(await read_state(nats_client)) == ({}, {})
+        async with sim:
+            await converged(nats_client, sim)
+            assert registry.get_sample_value("cfnft_watcher_bbs_connected") == 1
