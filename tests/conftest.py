@@ -19,8 +19,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from tests.natsfix import NatsServer, find_nats_server
-from tests.netlab import Lab, missing_prerequisites, sweep_stale_labs
+from cfnft.lab.natsserver import NatsServer, find_nats_server
+from cfnft.lab.netlab import Lab, missing_prerequisites, sweep_stale_labs
 
 _LAB_FIXTURES = {"lab", "two_cell_lab"}
 _NATS_FIXTURES = {"nats_server", "nats_client"}

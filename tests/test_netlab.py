@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import (
+from cfnft.lab.netlab import (
     NETNS_DIR,
     REGISTRY_DIR,
     Lab,

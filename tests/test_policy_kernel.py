@@ -19,7 +19,7 @@ import pytest
 from events.models import load_cell_state
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, compile_ruleset
-from tests.netlab import Lab, Outcome, assert_reachability, probe_many
+from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 
 OPEN, REJECTED, REFUSED = Outcome.OPEN, Outcome.REJECTED, Outcome.REFUSED
 WEB, API, STAGER = "app-web", "app-api", "app-stager"

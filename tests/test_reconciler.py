@@ -27,8 +27,8 @@ from nft import NftRunner
 from reconciler.compile import TABLE
 from reconciler.config import NatsConfig, ReconcilerConfig
 from reconciler.daemon import Reconciler
-from tests.natsfix import wait_connection
-from tests.netlab import Lab, Outcome, assert_reachability
+from cfnft.lab.natsserver import wait_connection
+from cfnft.lab.netlab import Lab, Outcome, assert_reachability
 
 OPEN, REJECTED = Outcome.OPEN, Outcome.REJECTED
 WEB, API = "app-web", "app-api"
@@ -81,7 +81,7 @@ async def eventually(predicate, timeout=10.0, what="condition"):
 
 def reachable(netns, target, outcome):
     """A predicate for `eventually`: the probe currently gives `outcome`."""
-    from tests.netlab import probe_many
+    from cfnft.lab.netlab import probe_many
 
     return lambda: probe_many(netns, [target], timeout=0.3)[0].outcome is outcome
 
@@ -277,7 +277,7 @@ def _ready(port):
 
 
 async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_changed(nats_server, cell_lab, tmp_path):
-    from tests.natsfix import _free_port
+    from cfnft.lab.natsserver import _free_port
 
     _, cell, ctrs = cell_lab
     web = ctrs["web0"][0]
