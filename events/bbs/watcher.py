@@ -18,8 +18,9 @@ so a restarted watcher publishes only differences and deletes what vanished whil
 What is published (see events/bbs/view.py for the rules):
 - `cfnft.state.container.<cell>.<instance guid>`: a RUNNING LRP instance with an overlay address,
   EVACUATING copies (on their old cell until BBS removes them) and SUSPECT ones included;
-- `cfnft.state.app.<app guid>`: addresses of all those instances of the app, on all cells;
-  during an evacuation both the old and the new instance are in it, since both are live.
+- `cfnft.state.app.<app guid>`: addresses of all those instances of the app, on all cells; an
+  evacuating copy keeps its address in the set until BBS removes it, beside its replacement's
+  once that runs (both are live).
 Containers are published only for LRPs. Tasks and staging tasks are BBS tasks, and BBS never
 learns a task container's address (cf-facts.md §3.5-3.6: tasks have a cell, no net info), while
 a container state needs one. Their containers are registered on their cell by the CNI plugin,
@@ -29,8 +30,9 @@ container has workload `app`: it never deletes a task or staging container someo
 
 Versions: BBS's modification tags are (epoch guid, index) pairs, comparable only within one
 record, and a container or app set spans records. Each message's version is the publisher's
-clock in nanoseconds, forced to grow within this process. Two replicas publish the same content;
-the state stream keeps the last, and StatePublisher sends nothing when the content is unchanged.
+clock in nanoseconds, forced to grow within this process. Two replicas may run: they publish the
+same whole-state content (a lagging one briefly repeats an older state until it sees the same
+event), and StatePublisher sends nothing when the content is unchanged.
 
 Failures: a list or stream failure (refused, reset, HTTP 5xx, BBS's `error` field, undecodable
 data) drops the connection and publishes nothing: the last published state stays, so cells keep
