@@ -255,3 +255,19 @@ def test_log_file_gets_one_line_per_invocation(socket_path: str, tmp_path: Path)
         ("ADD", "c-log", 11),
     ]
     assert all(isinstance(e["ms"], float) for e in entries)
+
+
+def test_the_plugin_imports_nothing_heavy() -> None:
+    """Start-up budget: the modules ADD/DEL load must not pull in pydantic, aiohttp, nats, the reconciler,
+    http.client/email/ssl (~30 ms) or dataclasses/inspect (~10 ms)."""
+    probe = (
+        "import sys; before = set(sys.modules); "
+        "import cni.main, cni.commands, cni.client, cni.garden, cni.result, cni.pending; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30)
+    loaded = proc.stdout.split()
+    heavy = ("pydantic", "aiohttp", "nats", "reconciler", "events", "nft", "http", "email", "ssl", "dataclasses",
+             "inspect", "asyncio", "cfnft")  # fmt: skip
+    assert [m for m in loaded if m.split(".")[0] in heavy] == []
+    assert "cni.main" in loaded
