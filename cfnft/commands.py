@@ -282,6 +282,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cfnft.bench.report import run as run_bench
+
+    return run_bench(args.scenario or ["cold", "incremental", "e2e", "cni"], args.json, args.quick)
+
+
 _HANDLERS = {
     "render": cmd_render,
     "apply": cmd_apply,
@@ -290,4 +296,5 @@ _HANDLERS = {
     "publish": cmd_publish,
     "resync": cmd_resync,
     "status": cmd_status,
+    "bench": cmd_bench,
 }

@@ -71,8 +71,11 @@ def cold_apply(state: CellState, repeat: int = 3, with_iptables: bool = True) ->
 
     def iptables() -> float:
         with namespace("ipt") as ns:
-            return _timed(lambda: subprocess.run(["ip", "netns", "exec", ns, "iptables-restore"], input=ipt,
-                                                 text=True, check=True))
+            return _timed(
+                lambda: subprocess.run(
+                    ["ip", "netns", "exec", ns, "iptables-restore"], input=ipt, text=True, check=True
+                )
+            )
 
     cfnft_s = statistics.median(ours() for _ in range(repeat))
     nft_f_s = statistics.median(raw() for _ in range(repeat))
@@ -86,8 +89,11 @@ def silk_iptables(state: CellState) -> str:
     compiler = Compiler()
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     body: list[str] = []
-    deny = {"always": state.config.deny_networks.always, "running": state.config.deny_networks.running,
-            "staging": state.config.deny_networks.staging}
+    deny = {
+        "always": state.config.deny_networks.always,
+        "running": state.config.deny_networks.running,
+        "staging": state.config.deny_networks.staging,
+    }
     by_app_policies: dict[str, list] = {}
     for p in state.c2c_policies:
         by_app_policies.setdefault(p.destination.id, []).append(p)
@@ -98,8 +104,10 @@ def silk_iptables(state: CellState) -> str:
         lines += [f":{netout} - [0:0]", f":{overlay} - [0:0]"]
         body.append(f"-A FORWARD -s {c.ip}/32 -o eth0 -j {netout}")
         body.append(f"-A FORWARD -j {overlay}")
-        chain = [f"-A {netout} -m state --state RELATED,ESTABLISHED -j ACCEPT",
-                 f"-A {netout} -p tcp -m state --state INVALID -j DROP"]
+        chain = [
+            f"-A {netout} -m state --state RELATED,ESTABLISHED -j ACCEPT",
+            f"-A {netout} -p tcp -m state --state INVALID -j DROP",
+        ]
         for kind in (lifecycle_of(c.workload).value, "always"):
             for net in deny.get(kind, []):
                 if net.version == 4:
@@ -111,8 +119,10 @@ def silk_iptables(state: CellState) -> str:
                 dst = f"-m iprange --dst-range {d.start}-{d.end}"
                 if rule.protocol in (Protocol.TCP, Protocol.UDP):
                     for p in rule.ports:
-                        chain.append(f"-A {netout} {dst} -p {rule.protocol.value} -m {rule.protocol.value} "
-                                     f"--destination-port {p.lo}:{p.hi} -j ACCEPT")
+                        chain.append(
+                            f"-A {netout} {dst} -p {rule.protocol.value} -m {rule.protocol.value} "
+                            f"--destination-port {p.lo}:{p.hi} -j ACCEPT"
+                        )
                 elif rule.protocol == Protocol.ICMP:
                     t = 255 if rule.icmp_type in (None, -1) else rule.icmp_type
                     code = 255 if rule.icmp_code in (None, -1) else rule.icmp_code
@@ -123,9 +133,11 @@ def silk_iptables(state: CellState) -> str:
         body += chain
         body.append(f"-A {overlay} -d {c.ip}/32 -m state --state RELATED,ESTABLISHED -j ACCEPT")
         for p in by_app_policies.get(c.app_guid, []):
-            body.append(f"-A {overlay} -d {c.ip}/32 -p {p.destination.protocol} --dport "
-                        f"{p.destination.ports.start}:{p.destination.ports.end} -m mark --mark 0x{_tag(p.source.id)} "
-                        f"-j ACCEPT")
+            body.append(
+                f"-A {overlay} -d {c.ip}/32 -p {p.destination.protocol} --dport "
+                f"{p.destination.ports.start}:{p.destination.ports.end} -m mark --mark 0x{_tag(p.source.id)} "
+                f"-j ACCEPT"
+            )
         body.append(f"-A {overlay} -d {c.ip}/32 -j REJECT --reject-with icmp-port-unreachable")
     return "\n".join(lines + body + ["COMMIT", ""])
 

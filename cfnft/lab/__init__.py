@@ -1,1 +1,2 @@
-"""A throwaway foundation for tests, benchmarks and the demo: network namespaces, CNI, listeners, probes, nats-server."""
+"""A throwaway foundation for tests, benchmarks and the demo: network namespaces, CNI attachment,
+listeners, probes, and a nats-server."""

@@ -1,0 +1,125 @@
+"""`cfnft bench`: run the scenarios, print one table (or JSON) with ratios against named baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+from cfnft.bench.generate import CellShape, full_cell
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    value: float
+    unit: str
+    target: str = ""
+    baseline: str = ""
+    ratio: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, *args, **kwargs) -> None:
+        self.rows.append(Row(*args, **kwargs))
+
+    def table(self) -> str:
+        head = f"{'scenario':<12} {'metric':<38} {'value':>12}  {'target':<14} {'vs baseline':<34}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            value = f"{r.value:,.1f} {r.unit}" if r.unit != "" else f"{r.value:,.0f}"
+            vs = f"{r.ratio:.2f}x {r.baseline}" if r.ratio is not None else ""
+            lines.append(f"{r.scenario:<12} {r.metric:<38} {value:>12}  {r.target:<14} {vs:<34} {r.note}")
+        return "\n".join(lines)
+
+
+def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
+    if os.geteuid() != 0:
+        print("cfnft bench: needs root (it creates network namespaces)", file=sys.stderr)
+        return 2
+    from events.models import load_cell_state
+
+    shape = CellShape()
+    doc = full_cell(shape)
+    state = load_cell_state(doc)
+    report = Report()
+    rules_each = _rules_per_container(state)
+    print(
+        f"full cell: {shape.containers} containers, {shape.groups} security groups / {shape.rules} rules "
+        f"({rules_each:.0f} apply to an average container), {shape.c2c_policies} c2c policies",
+        file=sys.stderr,
+    )
+
+    if "cold" in scenarios:
+        from cfnft.bench.kernel import cold_apply
+
+        r = cold_apply(state, repeat=1 if quick else 3)
+        report.add("cold", "compile (pure, no kernel)", r.compile_s * 1e3, "ms")
+        report.add(
+            "cold",
+            "cfnft apply: diff+render+commit",
+            r.cfnft_s * 1e3,
+            "ms",
+            "<=1.5x nft -f",
+            "nft -f same text",
+            r.cfnft_s / r.nft_f_s,
+        )
+        report.add("cold", "raw nft -f of the same ruleset", r.nft_f_s * 1e3, "ms")
+        if r.iptables_s is not None:
+            report.add(
+                "cold",
+                f"iptables-restore silk-style ({r.iptables_rules} rules)",
+                r.iptables_s * 1e3,
+                "ms",
+                ">=20x slower",
+                "cfnft apply",
+                r.iptables_s / r.cfnft_s,
+            )
+        report.add(
+            "cold", "table size: chains/rules/elements", r.chains, "", note=f"{r.rules} rules, {r.elements} elements"
+        )
+    if "incremental" in scenarios:
+        from cfnft.bench.incremental import incremental
+
+        adds, edits = incremental(doc, adds=30 if quick else 100, edits=5 if quick else 20)
+        report.add("incremental", "one container added, p50", adds.p50 * 1e3, "ms")
+        report.add("incremental", "one container added, p99", adds.p99 * 1e3, "ms", "<10 ms")
+        report.add("incremental", "one global ASG edit, p50", edits.p50 * 1e3, "ms")
+        report.add("incremental", "one global ASG edit, p99", edits.p99 * 1e3, "ms", "<20 ms")
+    if "e2e" in scenarios:
+        from cfnft.bench.e2e import end_to_end
+
+        lat, rss = end_to_end(doc, changes=40 if quick else 200)
+        report.add(
+            "e2e", "NATS publish -> kernel commit, p50", lat.p50 * 1e3, "ms", "<50 ms", "CF c2c poll 5 s", lat.p50 / 5.0
+        )
+        report.add("e2e", "NATS publish -> kernel commit, p99", lat.p99 * 1e3, "ms", "<250 ms")
+        report.add("e2e", "reconciler RSS at a full cell", rss / 2**20, "MiB", "<100 MiB")
+    if "cni" in scenarios:
+        from cfnft.bench.cni import cni_add_latency
+
+        lat = cni_add_latency(doc, containers=20 if quick else 100)
+        report.add("cni", "CNI ADD (ptp + cfnft-cni), p50", lat.p50 * 1e3, "ms")
+        report.add("cni", "CNI ADD (ptp + cfnft-cni), p99", lat.p99 * 1e3, "ms")
+
+    if as_json:
+        print(json.dumps({"shape": asdict(shape), "rows": [asdict(r) for r in report.rows]}, indent=2))
+    else:
+        print(report.table())
+    return 0
+
+
+def _rules_per_container(state) -> float:
+    from reconciler.compile import applicable
+
+    total = 0
+    for i, c in enumerate(state.containers):
+        a = applicable(state, i, c)
+        total += sum(len(state.security_groups[g].rules) for g in a.groups)
+    return total / max(1, len(state.containers))
