@@ -16,6 +16,7 @@ store keeps the last good version of that object, and everything else keeps flow
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
@@ -25,8 +26,9 @@ from nats.js.api import DeliverPolicy
 from pydantic import TypeAdapter, ValidationError
 
 from events import subjects
-from events.messages import Message, StateMessage
-from events.problems import problems_from
+from events.messages import Message, SecurityGroupMessage, StateMessage
+from events.models import SecurityGroup
+from events.problems import Problem, StateError, problems_from
 from events.publisher import ensure_state_stream
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,27 @@ log = logging.getLogger(__name__)
 _parse: TypeAdapter[Message] = TypeAdapter(StateMessage)
 
 
-def parse_state_message(subject: str, data: bytes) -> Message:
-    """Validate one state message and check that it sits on its own subject."""
-    msg = _parse.validate_json(data)
+def parse_state_message(subject: str, data: bytes) -> tuple[Message, list[Problem]]:
+    """Validate one state message and check that it sits on its own subject.
+
+    A security group with some bad rules is kept without them (the problems are returned), so
+    that one bad rule never takes away a group's good rules; any other invalid message raises."""
+    try:
+        msg, problems = _parse.validate_json(data), []
+    except ValidationError:
+        msg, problems = _lenient_security_group(data)
     if msg.subject() != subject:
         raise ValueError(f"message for {msg.subject()} arrived on {subject}")
-    return msg
+    return msg, problems
+
+
+def _lenient_security_group(data: bytes) -> tuple[Message, list[Problem]]:
+    raw = json.loads(data)
+    if not isinstance(raw, dict) or raw.get("kind") != "asg" or not isinstance(raw.get("security_group"), dict):
+        return _parse.validate_json(data), []  # raises the strict error again
+    group, problems = SecurityGroup.parse_lenient(raw["security_group"], ("security_group",))
+    msg = SecurityGroupMessage.model_validate({**raw, "security_group": group})
+    return msg, problems
 
 
 def filters(cell_id: str) -> list[str]:
@@ -104,12 +121,15 @@ class StateFeed:
         def handler_for(flt: str):
             async def handle(m: Msg) -> None:
                 try:
-                    msg = parse_state_message(m.subject, m.data)
-                except (ValidationError, ValueError) as e:
+                    msg, problems = parse_state_message(m.subject, m.data)
+                except (ValidationError, StateError, ValueError) as e:
                     reason = _one_line(e)
-                    log.error("skipping bad message on %s: %s", m.subject, reason)
+                    log.error("skipping bad message on %s: %s", m.subject, reason, extra={"subject": m.subject})
                     self._on_bad(m.subject, reason)
                 else:
+                    for problem in problems:
+                        log.error("message on %s: skipped %s", m.subject, problem, extra={"subject": m.subject})
+                        self._on_bad(m.subject, str(problem))
                     self._on_message(msg)
                 if flt in waiting and m.metadata.num_pending == 0:
                     settle(flt)
@@ -135,6 +155,8 @@ class StateFeed:
 
 
 def _one_line(e: Exception) -> str:
+    if isinstance(e, StateError):
+        return "; ".join(str(p) for p in e.problems)
     if isinstance(e, ValidationError):
         problems = problems_from(e)
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

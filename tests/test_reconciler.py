@@ -147,7 +147,7 @@ async def test_published_state_is_enforced_and_changes_take_effect_live(nats_ser
         doc["c2c_policies"] = []
         await publish(nats_server.url, doc)
         await eventually(reachable(web, ("tcp", str(api.ip), 8080), REJECTED), what="c2c policy removed")
-        assert rec.metrics.enforce_latency._sum.get() > 0
+        assert rec.metrics.registry.get_sample_value("cfnft_event_to_enforced_seconds_count") > 0
 
 
 async def test_table_flushed_or_deleted_from_outside_is_repaired(nats_server, cell_lab, tmp_path):
@@ -161,7 +161,7 @@ async def test_table_flushed_or_deleted_from_outside_is_repaired(nats_server, ce
         await eventually(reachable(web, ("tcp", "192.0.2.11", 80), REJECTED), timeout=5, what="deny after flush")
         cell.run(["nft", "delete", "table", "inet", "cfnft"])
         await eventually(reachable(web, ("tcp", "192.0.2.11", 80), REJECTED), timeout=5, what="repair after delete")
-        assert rec.metrics.drift_repairs._value.get() >= 2
+        assert rec.metrics.registry.get_sample_value("cfnft_drift_repairs_total") >= 2
 
 
 async def test_malformed_message_is_skipped_and_the_rest_keeps_working(nats_server, cell_lab, tmp_path):
@@ -181,9 +181,15 @@ async def test_malformed_message_is_skipped_and_the_rest_keeps_working(nats_serv
             ).security_groups[0],
         )
         await js.publish(good.subject(), good.model_dump_json().encode())
+        # One bad rule in a group costs that rule only: the group's good rule is enforced.
+        mixed = sg("mixed", "192.0.2.14")
+        mixed["rules"].insert(0, {"protocol": "tcp", "destination": "192.0.2.15", "ports": "90-80"})
+        raw = {"kind": "asg", "version": time.time_ns(), "guid": "mixed", "security_group": mixed}
+        await js.publish(subjects.security_group("mixed"), json.dumps(raw).encode())
         await nc.close()
         await eventually(reachable(web, ("tcp", "192.0.2.12", 80), OPEN), what="good message after a bad one")
-        assert rec.metrics.bad_messages._value.get() == 1
+        await eventually(reachable(web, ("tcp", "192.0.2.14", 80), OPEN), what="good rule of a group with a bad one")
+        assert rec.metrics.registry.get_sample_value("cfnft_bad_messages_total") == 2
 
 
 async def test_nats_outage_keeps_enforcing_and_catches_up(nats_server, cell_lab, tmp_path):
