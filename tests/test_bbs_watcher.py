@@ -118,6 +118,18 @@ async def read_state(nc: NatsClient, subject_filter: str = subjects.STATE_WILDCA
         await sub.unsubscribe()
 
 
+async def last(nc: NatsClient, subject: str) -> dict[str, Any]:
+    """The last message on one subject, read directly (no consumer, so no race with publishing)."""
+    msg = await nc.jetstream().get_last_msg(subjects.STATE_STREAM, subject)
+    assert msg.data is not None
+    return json.loads(msg.data)
+
+
+async def container_at(nc: NatsClient, cell_id: str, handle: str) -> dict[str, Any] | None:
+    """The published container of that handle on that cell; None once it was deleted."""
+    return (await last(nc, subjects.container(cell_id, handle)))["container"]
+
+
 def live(state: State) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
     """The LRP containers that exist and the non-empty app sets, from a NATS state."""
     containers = {
@@ -173,11 +185,11 @@ async def test_push_publishes_containers_on_their_cells(
     ]
     pg = sim.push_app("app-1", "space-1", "org-1", cells=["cell-a", "cell-b"], egress_rules=rules, ports=(8080, 9090))
     running = await start_watcher()
-    state = await converged(nats_client, sim)
+    await converged(nats_client, sim)
 
     first = sim.instance(pg, 0)
     subject = subjects.container("cell-a", first.actual_lrp_instance_key.instance_guid)
-    message = ContainerMessage.model_validate(state[subject])
+    message = ContainerMessage.model_validate(await last(nats_client, subject))
     assert message.cell_id == "cell-a"
     assert message.container == Container.model_validate(
         {
@@ -224,7 +236,7 @@ async def test_scale_up_and_down(
     third = sim.instance(pg, 2).actual_lrp_instance_key
     sim.scale(pg, 1)
     state = await converged(nats_client, sim)
-    assert state[subjects.container(third.cell_id, third.instance_guid)]["container"] is None  # explicit deletion
+    assert await container_at(nats_client, third.cell_id, third.instance_guid) is None  # explicit deletion
     assert len(live(state)[1]["app-1"]) == 1
 
 
@@ -240,17 +252,16 @@ async def test_crash_and_restart_gets_a_new_address(
     sim.crash(pg, 0)
     state = await converged(nats_client, sim)
     old_subject = subjects.container("cell-a", old.actual_lrp_instance_key.instance_guid)
-    assert state[old_subject]["container"] is None
+    assert (await last(nats_client, old_subject))["container"] is None
     assert old.actual_lrp_net_info.instance_address not in live(state)[1]["app-1"]
 
     sim.start_instance(pg, 0, "cell-b")
     new = sim.instance(pg, 0)
     state = await converged(nats_client, sim)
     assert new.actual_lrp_net_info.instance_address != old.actual_lrp_net_info.instance_address
-    assert state[subjects.container("cell-b", new.actual_lrp_instance_key.instance_guid)]["container"]["ip"] == (
-        new.actual_lrp_net_info.instance_address
-    )
-    assert state[old_subject]["container"] is None
+    restarted = await container_at(nats_client, "cell-b", new.actual_lrp_instance_key.instance_guid)
+    assert restarted is not None and restarted["ip"] == new.actual_lrp_net_info.instance_address
+    assert (await last(nats_client, old_subject))["container"] is None
 
     sim.crash(pg, 1, restartable=False)
     containers, apps = live(await converged(nats_client, sim))
@@ -274,7 +285,7 @@ async def test_evacuating_and_suspect_instances_stay_until_replaced(
     assert sim.instance(pg, 1, SUSPECT).actual_lrp_instance_key == lost.actual_lrp_instance_key
     for lrp in (draining, lost):
         key = lrp.actual_lrp_instance_key
-        assert state[subjects.container(key.cell_id, key.instance_guid)]["container"] is not None
+        assert await container_at(nats_client, key.cell_id, key.instance_guid) is not None
     assert len(live(state)[1]["app-1"]) == 2
 
     sim.start_instance(pg, 0, "cell-c")
@@ -282,7 +293,7 @@ async def test_evacuating_and_suspect_instances_stay_until_replaced(
     state = await converged(nats_client, sim)
     for lrp in (draining, lost):
         key = lrp.actual_lrp_instance_key
-        assert state[subjects.container(key.cell_id, key.instance_guid)]["container"] is None
+        assert await container_at(nats_client, key.cell_id, key.instance_guid) is None
     containers, apps = live(state)
     assert [s.split(".")[3] for s in containers] == ["cell-c", "cell-c"]
 
@@ -323,7 +334,7 @@ async def test_tasks_are_left_to_the_cells(
     state = await converged(nats_client, sim)
     assert running.metric("relists_total") >= 2
     for subject, container in registered.items():
-        assert ContainerMessage.model_validate(state[subject]).container == container
+        assert ContainerMessage.model_validate(await last(nats_client, subject)).container == container
     assert not [
         s
         for s, m in state.items()
@@ -417,9 +428,9 @@ async def test_restarted_watcher_publishes_only_differences(
 
     sim.remove_lrp(gone)
     second = await start_watcher()
-    state = await converged(nats_client, sim)
+    await converged(nats_client, sim)
     assert (await js.get_last_msg(subjects.STATE_STREAM, kept_subject)).seq == kept_seq
-    assert state[subjects.app_instances("app-2")]["addresses"] == []
+    assert (await last(nats_client, subjects.app_instances("app-2")))["addresses"] == []
     assert second.metric("published_total", kind="container") == 1  # the deletion of app-2's container
     assert second.metric("published_total", kind="app") == 1
 
