@@ -64,11 +64,11 @@ def _load_state(path: Path, lenient: bool):
 
 
 def _runner(netns: str | None):
-    from nft import NftError, NftRunner
+    from nft import NamespaceError, NftError, NftRunner
 
     try:
         return NftRunner(netns=netns)
-    except (NftError, OSError) as e:
+    except (NftError, NamespaceError, OSError) as e:
         raise OperationFailed(f"cannot use nftables{f' in netns {netns}' if netns else ''}: {e}") from None
 
 
