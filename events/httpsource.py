@@ -76,7 +76,7 @@ async def request_text(
     except aiohttp.ClientConnectorCertificateError as exc:
         problem = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
         raise SourceError(
-            url, Reason.TLS, f"server certificate rejected (check ca_cert and the URL's host): {problem}"
+            url, Reason.TLS, f"server certificate rejected (check ca_file and the URL's host): {problem}"
         ) from exc
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
         raise SourceError(url, Reason.TLS, f"TLS handshake failed: {_ssl_reason(exc)}") from exc
@@ -122,7 +122,7 @@ def _refused(exc: ssl.SSLError) -> str:
     reason = _ssl_reason(exc)
     if "ALERT" in reason.upper():
         return (
-            f"server refused our client certificate ({reason}): check client_cert/client_key "
+            f"server refused our client certificate ({reason}): check cert_file/key_file "
             "and that they are signed by the CA the server trusts"
         )
     return f"TLS error: {reason}"

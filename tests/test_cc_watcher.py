@@ -46,7 +46,7 @@ def config(cc: CloudControllerSimulator, pki: Pki, *, internal: bool = True, **o
         "api_url": cc.api_url,
         "uaa_url": cc.uaa_url,
         "client_secret": "s3cret",
-        "ca_cert": pki.ca,
+        "ca_file": pki.ca,
         "poll_interval": 0.02,
         # CC's stamp is in whole seconds: the confirming listing must come after that second ended.
         "latest_update_settle": 1.1,
@@ -56,9 +56,9 @@ def config(cc: CloudControllerSimulator, pki: Pki, *, internal: bool = True, **o
     if internal:
         settings |= {
             "internal_url": cc.internal_url,
-            "internal_ca_cert": pki.ca,
-            "internal_client_cert": pki.client,
-            "internal_client_key": pki.client,
+            "internal_ca_file": pki.ca,
+            "internal_cert_file": pki.client,
+            "internal_key_file": pki.client,
         }
     return CcWatcherConfig(**(settings | overrides))
 
@@ -249,8 +249,8 @@ async def test_a_refused_internal_client_certificate_stops_the_watcher(
         cc,
         pki,
         nats_client,
-        internal_client_cert=pki.other_client,
-        internal_client_key=pki.other_client,
+        internal_cert_file=pki.other_client,
+        internal_key_file=pki.other_client,
         max_config_failures=2,
     )
     with pytest.raises(FatalSourceError, match=r"refused our client certificate \(tlsv1 alert unknown ca\)"):
@@ -259,7 +259,7 @@ async def test_a_refused_internal_client_certificate_stops_the_watcher(
 
 
 def test_config_errors_name_the_key() -> None:
-    with pytest.raises(ValidationError, match="internal_url needs internal_ca_cert"):
+    with pytest.raises(ValidationError, match="internal_url needs internal_ca_file"):
         CcWatcherConfig(api_url="https://api", uaa_url="https://uaa", client_secret="x", internal_url="https://cc:9023")
     with pytest.raises(ValidationError, match="must be an https:// URL"):
         CcWatcherConfig(api_url="http://api", uaa_url="https://uaa", client_secret="x")

@@ -87,7 +87,7 @@ async def test_client_certificate_of_another_ca(
     assert error.reason is Reason.TLS
     assert str(error) == (
         f"{sim.url}{PATH}: server refused our client certificate (tlsv1 alert unknown ca): "
-        "check client_cert/client_key and that they are signed by the CA the server trusts"
+        "check cert_file/key_file and that they are signed by the CA the server trusts"
     )
 
 
@@ -103,7 +103,7 @@ async def test_server_certificate_not_trusted(
     error = await fail(session, sim.url + PATH, client_context(TlsFiles(stranger.ca, pki.client, pki.client)))
     assert error.reason is Reason.TLS
     assert error.detail == (
-        "server certificate rejected (check ca_cert and the URL's host): self-signed certificate in certificate chain"
+        "server certificate rejected (check ca_file and the URL's host): self-signed certificate in certificate chain"
     )
 
 

@@ -47,9 +47,9 @@ def config(sim: PolicyServerSimulator, pki: Pki, **overrides: Any) -> PolicyWatc
     """Fast intervals and backoff, so a test takes milliseconds per cycle."""
     settings: dict[str, Any] = {
         "url": sim.url,
-        "ca_cert": pki.ca,
-        "client_cert": pki.client,
-        "client_key": pki.client,
+        "ca_file": pki.ca,
+        "cert_file": pki.client,
+        "key_file": pki.client,
         "poll_interval": 0.02,
         "asg_poll_interval": 0.02,
         "backoff_initial": 0.01,
@@ -263,8 +263,8 @@ async def test_client_certificate_of_another_ca_stops_the_watcher_with_a_clear_e
         sim,
         pki,
         nats_client,
-        client_cert=pki.other_client,
-        client_key=pki.other_client,
+        cert_file=pki.other_client,
+        key_file=pki.other_client,
         asgs=False,
         max_config_failures=3,
     )

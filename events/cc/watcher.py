@@ -59,16 +59,16 @@ class CcWatcherConfig(BaseModel):
     """UAA client with `cloud_controller.admin_read_only` (the asg-syncer uses `network-policy`)."""
     client_secret: SecretStr
     """Its secret."""
-    ca_cert: Path | None = None
+    ca_file: Path | None = None
     """CA for the API and UAA certificates; the system trust store when unset."""
     internal_url: str | None = None
     """CC's internal API (mutual TLS), e.g. https://cloud-controller-ng.service.cf.internal:9023, for the
     cheap `asg_latest_update` check. Unset: list every cycle."""
-    internal_ca_cert: Path | None = None
+    internal_ca_file: Path | None = None
     """CA of the internal API's certificate."""
-    internal_client_cert: Path | None = None
+    internal_cert_file: Path | None = None
     """Our client certificate for the internal API."""
-    internal_client_key: Path | None = None
+    internal_key_file: Path | None = None
     """Its key."""
     poll_interval: float = Field(default=1.0, gt=0)
     """Seconds between cycles (the asg-syncer's default is 60)."""
@@ -97,9 +97,9 @@ class CcWatcherConfig(BaseModel):
 
     @model_validator(mode="after")
     def _internal_tls(self) -> Self:
-        files = (self.internal_ca_cert, self.internal_client_cert, self.internal_client_key)
+        files = (self.internal_ca_file, self.internal_cert_file, self.internal_key_file)
         if self.internal_url is not None and None in files:
-            raise ValueError("internal_url needs internal_ca_cert, internal_client_cert and internal_client_key")
+            raise ValueError("internal_url needs internal_ca_file, internal_cert_file and internal_key_file")
         return self
 
 
@@ -119,12 +119,12 @@ class CcWatcher(PollingWatcher):
         self.config = config
         self._publisher = publisher
         self._clock = clock
-        self._api_ssl = client_context(TlsFiles(config.ca_cert)) if config.ca_cert else ssl.create_default_context()
+        self._api_ssl = client_context(TlsFiles(config.ca_file)) if config.ca_file else ssl.create_default_context()
         self._internal_ssl: ssl.SSLContext | None = None
         if config.internal_url is not None:
-            assert config.internal_ca_cert is not None  # checked by the config model
+            assert config.internal_ca_file is not None  # checked by the config model
             self._internal_ssl = client_context(
-                TlsFiles(config.internal_ca_cert, config.internal_client_cert, config.internal_client_key)
+                TlsFiles(config.internal_ca_file, config.internal_cert_file, config.internal_key_file)
             )
         self._session: aiohttp.ClientSession | None = None
         self._client: CloudControllerClient | None = None

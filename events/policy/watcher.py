@@ -67,12 +67,12 @@ class PolicyWatcherConfig(BaseModel):
 
     url: str = "https://policy-server.service.cf.internal:4003"
     """Base URL of the policy server's internal API (BOSH `policy_server.internal_listen_port`)."""
-    ca_cert: Path
+    ca_file: Path
     """CA that signed the policy server's certificate."""
-    client_cert: Path
-    """Our client certificate (the server requires one signed by its `ca_cert`)."""
-    client_key: Path
-    """Key of `client_cert`."""
+    cert_file: Path
+    """Our client certificate (the server requires one signed by its `ca_file`)."""
+    key_file: Path
+    """Key of `cert_file`."""
     poll_interval: float = Field(default=1.0, gt=0)
     """Seconds between c2c checks (the vxlan-policy-agent's default is 5)."""
     asgs: bool = True
@@ -126,7 +126,7 @@ class PolicyWatcher(PollingWatcher):
         self._publisher = publisher
         self._spaces = spaces or StaticSpaces()
         self._clock = clock
-        self._ssl = client_context(TlsFiles(config.ca_cert, config.client_cert, config.client_key))
+        self._ssl = client_context(TlsFiles(config.ca_file, config.cert_file, config.key_file))
         self._session: aiohttp.ClientSession | None = None
         self._client: PolicyServerClient | None = None
         self._c2c_stamp: int | None = None
