@@ -336,9 +336,9 @@ def test_watcher_spec_defaults_are_the_models_defaults() -> None:
         ca_file=certs / "bbs/ca.crt", cert_file=certs / "bbs/client.crt", key_file=certs / "bbs/client.key"
     )
     assert configs["policy"] == PolicyWatcherConfig(
-        ca_cert=certs / "policy_server/ca.crt",
-        client_cert=certs / "policy_server/client.crt",
-        client_key=certs / "policy_server/client.key",
+        ca_file=certs / "policy_server/ca.crt",
+        cert_file=certs / "policy_server/client.crt",
+        key_file=certs / "policy_server/client.key",
     )
 
 
@@ -453,9 +453,9 @@ def test_watcher_carries_every_property_into_its_config() -> None:
     )
     assert configs["policy"] == PolicyWatcherConfig(
         url=f"https://{policy['hostname']}:{policy['internal_listen_port']}",
-        ca_cert=certs / "policy_server/ca.crt",
-        client_cert=certs / "policy_server/client.crt",
-        client_key=certs / "policy_server/client.key",
+        ca_file=certs / "policy_server/ca.crt",
+        cert_file=certs / "policy_server/client.crt",
+        key_file=certs / "policy_server/client.key",
         poll_interval=policy["poll_interval_seconds"],
         asgs=False,
         asg_poll_interval=policy["asg_poll_interval_seconds"],
@@ -466,11 +466,11 @@ def test_watcher_carries_every_property_into_its_config() -> None:
         uaa_url=cc["uaa_url"],
         client_id=cc["client_id"],
         client_secret=cc["client_secret"],
-        ca_cert=certs / "cloud_controller/ca.crt",
+        ca_file=certs / "cloud_controller/ca.crt",
         internal_url=cc["internal_url"],
-        internal_ca_cert=certs / "cloud_controller/internal_ca.crt",
-        internal_client_cert=certs / "cloud_controller/internal_client.crt",
-        internal_client_key=certs / "cloud_controller/internal_client.key",
+        internal_ca_file=certs / "cloud_controller/internal_ca.crt",
+        internal_cert_file=certs / "cloud_controller/internal_client.crt",
+        internal_key_file=certs / "cloud_controller/internal_client.key",
         poll_interval=cc["poll_interval_seconds"],
         request_timeout=cc["request_timeout_seconds"],
     )
