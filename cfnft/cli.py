@@ -20,6 +20,7 @@ one-shot (no NATS needed):
 
 daemons and operations:
   cfnft reconcile --config reconciler.json  run a cell's reconciler
+  cfnft watch --config watcher.json         run the BBS / policy server / Cloud Controller watchers
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
@@ -105,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", type=Path, metavar="PATH", help="CNI endpoint unix socket")
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="where the last known state is kept")
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics and health listener")
+
+    p = sub.add_parser(
+        "watch",
+        help="run the control-plane watchers (BBS, policy server, Cloud Controller)",
+        description="Turn Diego BBS LRP events, policy-server and Cloud Controller changes into whole-state "
+        "messages on cfnft.state.*. Runs every watcher the config file has a section for, or only those named. "
+        "A watcher that cannot reach its source keeps the last published state and retries; one that is refused "
+        "for good (bad certificate, bad credentials) ends the process with exit 1.",
+    )
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="watcher config (JSON; see README)")
+    p.add_argument(
+        "only", nargs="*", metavar="WATCHER", help="run only these of the configured watchers: bbs, policy, cc"
+    )
 
     p = sub.add_parser(
         "publish",

@@ -26,7 +26,7 @@ class OperationFailed(Exception):
 
 def run(args: argparse.Namespace) -> int:
     handler = _HANDLERS[args.command]
-    logs.setup(json_lines=args.command == "reconcile", level=args.log_level)
+    logs.setup(json_lines=args.command in ("reconcile", "watch"), level=args.log_level)
     try:
         return handler(args)
     except UsageError as e:
@@ -194,33 +194,35 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         raise OperationFailed(str(e)) from None
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from cfnft.watch import WatchConfigError, load_watch_config, run_watchers
+    from events.poller import FatalSourceError
+    from events.tls import TlsConfigError
+
+    unknown = set(args.only) - {"bbs", "policy", "cc"}
+    if unknown:
+        raise UsageError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
+    try:
+        cfg = load_watch_config(args.config)
+    except WatchConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        asyncio.run(run_watchers(cfg, set(args.only) or None))
+    except (FatalSourceError, TlsConfigError) as e:
+        raise OperationFailed(str(e)) from None
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------ NATS operations
 
 
 async def _connect(args: argparse.Namespace):
-    import nats
+    from events.connect import NatsConfig, NatsUnavailable, connect
 
-    from reconciler.config import NatsConfig
-
-    cfg = NatsConfig(**_nats_overrides(args))
-    tls = None
-    if cfg.ca_file:
-        import ssl
-
-        tls = ssl.create_default_context(cafile=str(cfg.ca_file))
-        if cfg.cert_file and cfg.key_file:
-            tls.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
     try:
-        return await nats.connect(
-            servers=cfg.servers,
-            tls=tls,
-            connect_timeout=cfg.connect_timeout_seconds,
-            user_credentials=str(cfg.creds_file) if cfg.creds_file else None,
-            max_reconnect_attempts=0,
-            allow_reconnect=False,
-        )
-    except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
-        raise OperationFailed(f"cannot connect to NATS {', '.join(cfg.servers)}: {e or type(e).__name__}") from None
+        return await connect(NatsConfig(**_nats_overrides(args)), "cfnft-cli", forever=False)
+    except NatsUnavailable as e:
+        raise OperationFailed(str(e)) from None
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -293,6 +295,7 @@ _HANDLERS = {
     "apply": cmd_apply,
     "check": cmd_check,
     "reconcile": cmd_reconcile,
+    "watch": cmd_watch,
     "publish": cmd_publish,
     "resync": cmd_resync,
     "status": cmd_status,

@@ -11,27 +11,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from events.connect import NatsConfig
 from events.models import CellConfig
 from events.problems import problems_from
 
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; str() is one line naming the file and key."""
-
-
-class NatsConfig(BaseModel):
-    """How to reach NATS."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS URLs")
-    ca_file: Path | None = Field(None, description="CA bundle to verify the NATS servers (enables TLS)")
-    cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
-    key_file: Path | None = Field(None, description="client key for mutual TLS")
-    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
-    user: str | None = Field(None, description="user name, with password")
-    password: str | None = Field(None, description="password, with user")
-    connect_timeout_seconds: float = Field(2.0, gt=0, description="timeout of one connection attempt")
 
 
 class ReconcilerConfig(BaseModel):

@@ -28,14 +28,13 @@ import json
 import logging
 import os
 import random
-import ssl
 import time
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client as NATS
 
 from events import subjects
+from events.connect import connect
 from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
 from nft import NftError, diff
@@ -268,13 +267,6 @@ class Reconciler:
     # ------------------------------------------------------------------ NATS
 
     async def _connect_nats(self) -> None:
-        cfg = self.config.nats
-        tls = None
-        if cfg.ca_file:
-            tls = ssl.create_default_context(cafile=str(cfg.ca_file))
-            if cfg.cert_file and cfg.key_file:
-                tls.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-
         async def disconnected() -> None:
             self.metrics.nats_connected.set(0)
             log.warning("NATS disconnected; enforcing the last known state")
@@ -284,29 +276,14 @@ class Reconciler:
             log.info("NATS reconnected; replaying the state stream")
             self._begin_replay()
 
-        delay = 0.2
-        while True:
-            try:
-                self.nc = await nats.connect(
-                    servers=cfg.servers,
-                    tls=tls,
-                    user_credentials=str(cfg.creds_file) if cfg.creds_file else None,
-                    user=cfg.user,
-                    password=cfg.password,
-                    connect_timeout=cfg.connect_timeout_seconds,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    disconnected_cb=disconnected,
-                    reconnected_cb=reconnected,
-                    name=f"cfnft-reconciler-{self.config.cell_id}",
-                )
-                break
-            except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
-                log.warning("cannot connect to NATS %s: %s; retrying in %.1fs", cfg.servers, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self.nc = await connect(
+            self.config.nats,
+            f"cfnft-reconciler-{self.config.cell_id}",
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
         self.metrics.nats_connected.set(1)
-        log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else cfg.servers)
+        log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else "")
 
     def _begin_replay(self) -> None:
         self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)

@@ -19,16 +19,17 @@ import time
 import nats
 import pytest
 
+from cfnft.lab.natsserver import wait_connection
+from cfnft.lab.netlab import Lab, Outcome, assert_reachability
 from cfnft.publish import publish_state
 from events import subjects
+from events.connect import NatsConfig
 from events.messages import SecurityGroupMessage
 from events.models import load_cell_state
 from nft import NftRunner
 from reconciler.compile import TABLE
-from reconciler.config import NatsConfig, ReconcilerConfig
+from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
-from cfnft.lab.natsserver import wait_connection
-from cfnft.lab.netlab import Lab, Outcome, assert_reachability
 
 OPEN, REJECTED = Outcome.OPEN, Outcome.REJECTED
 WEB, API = "app-web", "app-api"

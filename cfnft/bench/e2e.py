@@ -25,10 +25,11 @@ from cfnft.bench.incremental import Latencies
 from cfnft.bench.kernel import namespace
 from cfnft.lab.natsserver import NatsServer, free_port
 from cfnft.publish import publish_state
+from events.connect import NatsConfig
 from events.messages import C2CPoliciesMessage
 from events.models import C2CPolicy, load_cell_state
 from nft import NftRunner
-from reconciler.config import NatsConfig, ReconcilerConfig
+from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
 
 

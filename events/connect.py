@@ -1,0 +1,83 @@
+"""Connecting to NATS, the same way for every cfnft process (reconciler, watchers, CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client as NATS
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class NatsConfig(BaseModel):
+    """How to reach NATS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], description="NATS URLs")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the NATS servers (enables TLS)")
+    cert_file: Path | None = Field(None, description="client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="client key for mutual TLS")
+    creds_file: Path | None = Field(None, description="NATS credentials file (JWT + nkey)")
+    user: str | None = Field(None, description="user name, with password")
+    password: str | None = Field(None, description="password, with user")
+    connect_timeout_seconds: float = Field(2.0, gt=0, description="timeout of one connection attempt")
+
+
+class NatsUnavailable(Exception):
+    """A one-shot connection attempt failed; str() says where and why."""
+
+
+def _tls(cfg: NatsConfig) -> ssl.SSLContext | None:
+    if cfg.ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=str(cfg.ca_file))
+    if cfg.cert_file and cfg.key_file:
+        context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    return context
+
+
+async def connect(
+    cfg: NatsConfig,
+    name: str,
+    *,
+    forever: bool = True,
+    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """Connect to NATS. A daemon (`forever`) retries the first connection with backoff and then
+    reconnects forever; a one-shot command fails at once with NatsUnavailable."""
+    options = dict(
+        servers=cfg.servers,
+        tls=_tls(cfg),
+        user_credentials=str(cfg.creds_file) if cfg.creds_file else None,
+        user=cfg.user,
+        password=cfg.password,
+        connect_timeout=cfg.connect_timeout_seconds,
+        name=name,
+    )
+    if not forever:
+        try:
+            return await nats.connect(**options, max_reconnect_attempts=0, allow_reconnect=False)
+        except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
+            raise NatsUnavailable(f"cannot connect to NATS {', '.join(cfg.servers)}: {e or type(e).__name__}") from None
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                **options,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            )
+        except Exception as e:  # as above
+            log.warning("cannot connect to NATS %s: %s; retrying in %.1fs", cfg.servers, e or type(e).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
