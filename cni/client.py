@@ -11,7 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, NamedTuple
+
+from cni.record import Record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~5 ms of every start)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Unreachable(Exception):
@@ -22,11 +27,14 @@ class BadAnswer(Exception):
     """Something answered, but not with an HTTP response carrying JSON."""
 
 
-class Answer(NamedTuple):
+class Answer(Record):
     """An HTTP status and the decoded JSON body (an empty dict for an empty body)."""
 
-    status: int
-    body: dict[str, Any]
+    __slots__ = ("status", "body")
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
 
 
 class ReconcilerClient:

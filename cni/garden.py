@@ -26,11 +26,15 @@ Decisions (see cni/README.md):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 
 from cni.errors import CniError, Code
-from cni.result import ContainerAddresses
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~5 ms of every start)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from cni.result import ContainerAddresses
 
 UNOWNED = "none"
 WORKLOADS = ("app", "task", "staging")

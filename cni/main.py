@@ -13,12 +13,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
 
 from cni.config import PluginConfig, parse_plugin_config
 from cni.errors import CniError, Code
 from cni.invocation import LATEST_VERSION, decode_stdin, parse_invocation, read_command, stated_version, version_result
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~5 ms of every start)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 
 def run(environ: Mapping[str, str], stdin: bytes) -> tuple[dict[str, Any] | None, PluginConfig | None]:

@@ -63,7 +63,7 @@ def test_both_refuse_naming_the_key(keys: dict[str, Any], code: Code, key: str) 
 
 
 def test_the_model_documents_exactly_the_plugins_keys() -> None:
-    assert set(PluginConfigModel.model_fields) - {"type"} == set(PluginConfig._fields)
+    assert set(PluginConfigModel.model_fields) - {"type"} == set(PluginConfig.__slots__)
     assert all(f.description for name, f in PluginConfigModel.model_fields.items())
 
 
@@ -84,12 +84,15 @@ def test_there_are_examples_for_ptp_and_silk() -> None:
 @pytest.mark.skipif(shutil.which("ruby") is None, reason="rendering BOSH templates needs ruby")
 @pytest.mark.parametrize("example, connectivity", [("cfnft.conflist", "ptp"), ("cfnft-silk.conflist", "silk")])
 def test_examples_are_what_the_bosh_job_renders_by_default(example: str, connectivity: str) -> None:
-    request = {"job_dir": "jobs/cni", "properties": {"connectivity": connectivity},
-               "spec": {"id": "cell-0", "index": 0, "name": "diego-cell", "deployment": "cf", "address": "10.0.16.5",
-                        "ip": "10.0.16.5", "az": "z1", "bootstrap": True, "networks": {}}}  # fmt: skip
     root = EXAMPLES.parent.parent
-    proc = subprocess.run(["ruby", str(root / "tests" / "bosh" / "render.rb")], input=json.dumps(request), cwd=root,
+    spec = {"id": "cell-0", "index": 0, "name": "diego-cell", "deployment": "cf", "address": "10.0.16.5",
+            "ip": "10.0.16.5", "az": "z1", "bootstrap": True, "networks": {}}  # fmt: skip
+    request = {"render": {"job_dir": str(root / "jobs" / "cni"), "properties": {"connectivity": connectivity},
+                          "spec": spec}}  # fmt: skip
+    # tests/bosh/render.rb (the BOSH template tests' renderer): one JSON request per line, one answer per line.
+    proc = subprocess.run(["ruby", str(root / "tests" / "bosh" / "render.rb")], input=json.dumps(request) + "\n",
                           capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    rendered = json.loads(json.loads(proc.stdout)["rendered"]["config/cni/cfnft.conflist"])
+    answer = json.loads(proc.stdout.splitlines()[0]) if proc.stdout.strip() else {"error": proc.stderr}
+    assert "rendered" in answer, answer
+    rendered = json.loads(answer["rendered"]["config/cni/cfnft.conflist"])
     assert rendered == json.loads((EXAMPLES / example).read_text())
