@@ -24,14 +24,16 @@ from typing import Any
 import pytest
 
 from cfnft.cli import build_parser
+from cfnft.watch import WatchConfig, load_watch_config
 from cni.config import DEFAULT_SOCKET_PATH, DEFAULT_TIMEOUT_SECONDS, parse_plugin_config
 from cni.config_model import PluginConfigModel
 from cni.invocation import SUPPORTED_VERSIONS
 from events.bbs.watcher import BbsWatcherConfig
 from events.cc.watcher import CcWatcherConfig
+from events.connect import NatsConfig
 from events.models import CellConfig
 from events.policy.watcher import PolicyWatcherConfig
-from reconciler.config import ConfigError, NatsConfig, ReconcilerConfig, load_config
+from reconciler.config import ConfigError, ReconcilerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDERER = ROOT / "tests" / "bosh" / "render.rb"
@@ -235,11 +237,11 @@ def reconciler_config(rendered: Mapping[str, str], tmp_path: Path) -> Reconciler
     return load_config(path)
 
 
-def watcher_config(rendered: Mapping[str, str]) -> dict[str, Any]:
-    doc = json.loads(rendered["config/watcher.json"])
-    assert set(doc) <= {"nats", "bbs", "policy", "cc"}, f"unknown sections: {set(doc)}"
-    models = {"nats": NatsConfig, "bbs": BbsWatcherConfig, "policy": PolicyWatcherConfig, "cc": CcWatcherConfig}
-    return {section: models[section].model_validate(value) for section, value in doc.items()}
+def watcher_config(rendered: Mapping[str, str], tmp_path: Path) -> WatchConfig:
+    """Through the loader `cfnft watch --config` uses."""
+    path = tmp_path / "watcher.json"
+    path.write_text(rendered["config/watcher.json"])
+    return load_watch_config(path)
 
 
 def load_all(job: str, rendered: Mapping[str, str], tmp_path: Path) -> object:
@@ -247,7 +249,7 @@ def load_all(job: str, rendered: Mapping[str, str], tmp_path: Path) -> object:
         return cfnft_plugin(rendered)
     if job == "cfnft-reconciler":
         return reconciler_config(rendered, tmp_path)
-    return watcher_config(rendered)
+    return watcher_config(rendered, tmp_path)
 
 
 # --- the release's layout ----------------------------------------------------------------------
@@ -327,18 +329,20 @@ def test_reconciler_spec_defaults_are_the_models_defaults(tmp_path: Path) -> Non
     assert cfg == ReconcilerConfig(cell_id=INSTANCE_ID, nats=NatsConfig(servers=NATS_SERVERS))
 
 
-def test_watcher_spec_defaults_are_the_models_defaults() -> None:
-    configs = watcher_config(render("cfnft-watcher", MINIMAL["cfnft-watcher"]))
+def test_watcher_spec_defaults_are_the_models_defaults(tmp_path: Path) -> None:
+    """BBS and the policy server are watched by default, Cloud Controller is not."""
+    cfg = watcher_config(render("cfnft-watcher", MINIMAL["cfnft-watcher"]), tmp_path)
     certs = Path("/var/vcap/jobs/cfnft-watcher/config/certs")
-    assert set(configs) == {"nats", "bbs", "policy"}, "Cloud Controller is off by default"
-    assert configs["nats"] == NatsConfig(servers=NATS_SERVERS)
-    assert configs["bbs"] == BbsWatcherConfig(
-        ca_file=certs / "bbs/ca.crt", cert_file=certs / "bbs/client.crt", key_file=certs / "bbs/client.key"
-    )
-    assert configs["policy"] == PolicyWatcherConfig(
-        ca_file=certs / "policy_server/ca.crt",
-        cert_file=certs / "policy_server/client.crt",
-        key_file=certs / "policy_server/client.key",
+    assert cfg == WatchConfig(
+        nats=NatsConfig(servers=NATS_SERVERS),
+        bbs=BbsWatcherConfig(
+            ca_file=certs / "bbs/ca.crt", cert_file=certs / "bbs/client.crt", key_file=certs / "bbs/client.key"
+        ),
+        policy=PolicyWatcherConfig(
+            ca_file=certs / "policy_server/ca.crt",
+            cert_file=certs / "policy_server/client.crt",
+            key_file=certs / "policy_server/client.key",
+        ),
     )
 
 
@@ -437,13 +441,21 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
     assert rendered["config/certs/nats/nats.creds"].strip() == nats["creds"]
 
 
-def test_watcher_carries_every_property_into_its_config() -> None:
+def test_watcher_exposes_every_field_of_its_config_model() -> None:
+    rendered = json.loads(render("cfnft-watcher", full("cfnft-watcher"))["config/watcher.json"])
+    assert set(rendered) == set(WatchConfig.model_fields)
+    assert set(rendered["nats"]) == set(NatsConfig.model_fields)
+
+
+def test_watcher_carries_every_property_into_its_config(tmp_path: Path) -> None:
     props = full("cfnft-watcher")
     rendered = render("cfnft-watcher", props)
-    configs = watcher_config(rendered)
+    cfg = watcher_config(rendered, tmp_path)
+    assert cfg.metrics_listen == f"{props['metrics']['address']}:{props['metrics']['port']}"
+    assert cfg.nats.user == props["nats"]["user"] and cfg.nats.creds_file is not None
     certs = Path("/var/vcap/jobs/cfnft-watcher/config/certs")
     bbs, policy, cc = props["bbs"], props["policy_server"], props["cloud_controller"]
-    assert configs["bbs"] == BbsWatcherConfig(
+    assert cfg.bbs == BbsWatcherConfig(
         url=f"https://{bbs['api_location']}",
         ca_file=certs / "bbs/ca.crt",
         cert_file=certs / "bbs/client.crt",
@@ -451,7 +463,7 @@ def test_watcher_carries_every_property_into_its_config() -> None:
         server_name=bbs["server_name"],
         request_timeout=bbs["request_timeout_seconds"],
     )
-    assert configs["policy"] == PolicyWatcherConfig(
+    assert cfg.policy == PolicyWatcherConfig(
         url=f"https://{policy['hostname']}:{policy['internal_listen_port']}",
         ca_file=certs / "policy_server/ca.crt",
         cert_file=certs / "policy_server/client.crt",
@@ -461,7 +473,7 @@ def test_watcher_carries_every_property_into_its_config() -> None:
         asg_poll_interval=policy["asg_poll_interval_seconds"],
         request_timeout=policy["request_timeout_seconds"],
     )
-    assert configs["cc"] == CcWatcherConfig(
+    assert cfg.cc == CcWatcherConfig(
         api_url=cc["api_url"],
         uaa_url=cc["uaa_url"],
         client_id=cc["client_id"],
@@ -574,14 +586,17 @@ def test_reconciler_runs_cfnft_reconcile_as_root_with_its_config_and_data_dirs(t
     assert volumes == {str(PurePosixPath(props["socket_path"]).parent), props["state_dir"]}
 
 
-@pytest.mark.xfail(reason="`cfnft watch` (issue 4) is not in the CLI yet", strict=True, raises=SystemExit)
-def test_watcher_runs_cfnft_watch_with_its_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_watcher_runs_every_configured_watcher_unprivileged(tmp_path: Path) -> None:
     props = full("cfnft-watcher")
-    process = bpm_process("cfnft-watcher", render("cfnft-watcher", props), tmp_path)
-    assert "unsafe" not in process, "the watcher needs no privileges: it runs as vcap"
+    rendered = render("cfnft-watcher", props)
+    process = bpm_process("cfnft-watcher", rendered, tmp_path)
+    assert "unsafe" not in process and "capabilities" not in process, "the watcher needs no privileges"
+    assert process["executable"] == "/var/vcap/packages/cfnft/bin/python"
     assert process["args"][:2] == ["-m", "cfnft.cli"]
     args = build_parser().parse_args(process["args"][2:])
-    assert (args.command, args.config) == ("watch", Path("/var/vcap/jobs/cfnft-watcher/config/watcher.json"))
+    assert (args.command, args.log_level, args.only) == ("watch", props["log_level"], [])
+    assert args.config == Path("/var/vcap/jobs/cfnft-watcher/config/watcher.json")
+    assert "config/watcher.json" in rendered
 
 
 @pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher"])
@@ -590,6 +605,13 @@ def test_monit_starts_the_bpm_process_it_watches(job: str) -> None:
     assert f"check process {job}\n" in monit
     assert f"with pidfile /var/vcap/sys/run/bpm/{job}/{job}.pid" in monit
     assert f'start program "/var/vcap/jobs/bpm/bin/bpm start {job}"' in monit
+
+
+def test_monit_probes_the_watchers_health_listener(tmp_path: Path) -> None:
+    rendered = render("cfnft-watcher", full("cfnft-watcher"))
+    host, port = watcher_config(rendered, tmp_path).metrics_listen.rsplit(":", 1)
+    assert f"host {host}\n" in rendered["monit"] and f"port {port}\n" in rendered["monit"]
+    assert 'request "/healthz"' in rendered["monit"]
 
 
 def test_monit_and_post_start_probe_the_reconcilers_metrics_listener(tmp_path: Path) -> None:
