@@ -44,7 +44,7 @@ class EvaluationContext
     @raw_properties = properties
   end
 
-  def get_binding # rubocop:disable Naming/AccessorMethodName
+  def get_binding
     binding
   end
 
