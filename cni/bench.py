@@ -144,11 +144,11 @@ def measure_add_latency(
                 "CNI_PATH": str(Path(plugin).parent)}  # fmt: skip
     adds: list[float] = []
     deletes: list[float] = []
-    added: list[tuple[str, dict]] = []
+    added: list[tuple[str, dict[str, object]]] = []
     try:
         for i in range(n):
             handle = f"cfnft-bench-{i}"
-            prev = {
+            prev: dict[str, object] = {
                 "cniVersion": cni_version,
                 "interfaces": [{"name": f"veth{i}"}, {"name": "eth0", "sandbox": f"/run/netns/{handle}"}],
                 "ips": [{"address": f"{base + i}/32", "interface": 1}],
@@ -163,9 +163,9 @@ def measure_add_latency(
                 raise BenchError(f"ADD {handle} failed: {proc.stdout.decode(errors='replace')}")
             adds.append(ms)
     finally:
-        for handle, prev in added:
+        for handle, cached in added:
             env = path_env | {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": handle}
-            ms, proc = _timed([plugin], env, json.dumps(conf | {"prevResult": prev}).encode())
+            ms, proc = _timed([plugin], env, json.dumps(conf | {"prevResult": cached}).encode())
             if proc.returncode == 0:
                 deletes.append(ms)
     if len(deletes) != len(added):

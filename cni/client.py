@@ -124,7 +124,7 @@ def _parse(raw: bytes, what: str) -> Answer:
 
 
 def _dechunk(data: bytes, what: str) -> bytes:
-    out = []
+    out: list[bytes] = []
     while True:
         size_line, sep, rest = data.partition(b"\r\n")
         try:

@@ -92,7 +92,7 @@ def test_examples_are_what_the_bosh_job_renders_by_default(example: str, connect
     # tests/bosh/render.rb (the BOSH template tests' renderer): one JSON request per line, one answer per line.
     proc = subprocess.run(["ruby", str(root / "tests" / "bosh" / "render.rb")], input=json.dumps(request) + "\n",
                           capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
-    answer = json.loads(proc.stdout.splitlines()[0]) if proc.stdout.strip() else {"error": proc.stderr}
+    answer: dict[str, Any] = json.loads(proc.stdout.splitlines()[0]) if proc.stdout.strip() else {"error": proc.stderr}
     assert "rendered" in answer, answer
     rendered = json.loads(answer["rendered"]["config/cni/cfnft.conflist"])
     assert rendered == json.loads((EXAMPLES / example).read_text())

@@ -19,7 +19,7 @@ from cni import pending
 
 PLUGIN = Path(sys.executable).with_name("cfnft-cni")
 
-PREV_RESULT = {
+PREV_RESULT: dict[str, Any] = {
     "cniVersion": "1.0.0",
     "interfaces": [
         {"name": "veth0a1b2c3d", "mac": "aa:bb:cc:dd:ee:01"},
