@@ -599,6 +599,18 @@ def test_watcher_runs_every_configured_watcher_unprivileged(tmp_path: Path) -> N
     assert "config/watcher.json" in rendered
 
 
+@pytest.mark.parametrize("job", ["cni", "cfnft-reconciler"])
+@pytest.mark.parametrize("properties", ["minimal", "full"])
+def test_rendered_scripts_are_valid_bash(job: str, properties: str) -> None:
+    rendered = render(job, MINIMAL[job] if properties == "minimal" else full(job))
+    scripts = {path: text for path, text in rendered.items() if path.startswith("bin/")}
+    assert scripts, f"{job} renders no bin/ scripts"
+    for path, text in scripts.items():
+        assert text.startswith("#!/bin/bash\n"), f"{job} {path}: BOSH runs it directly; it needs its shebang first"
+        checked = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, f"{job} {path}: {checked.stderr}"
+
+
 @pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher"])
 def test_monit_starts_the_bpm_process_it_watches(job: str) -> None:
     monit = render(job, MINIMAL[job])["monit"]
