@@ -274,3 +274,19 @@ def test_unowned_container_is_enforced_with_no_c2c_identity(reconciler: Reconcil
     assert registered(reconciler)["executor-healthcheck-1"].app_guid == UNOWNED
     assert f"c2c-{UNOWNED}" in kernel_text(reconciler)
     assert TABLE.name == "cfnft"
+
+
+def test_garden_net_out_rules_are_the_egress_rules_without_dynamic_asgs(tmp_path: Path) -> None:
+    classic = saved_state().model_copy(update={"config": CellConfig(dynamic_asgs=False)})
+    r = ReconcilerThread(tmp_path / "classic", tmp_path / "c.sock", saved=classic).start()
+    try:
+        rule = {"protocol": 1, "networks": [{"start": "198.51.100.0", "end": "198.51.100.255"}],
+                "ports": [{"start": 8443, "end": 8443}]}  # fmt: skip
+        stdin = conf(r, metadata=METADATA, prevResult=PREV_RESULT, runtimeConfig={"netOutRules": [rule]})
+        rc, _, stderr = run(env_for("ADD", "c-1"), stdin)
+        assert rc == 0, stderr
+        dump = kernel_text(r)
+        assert "198.51.100.0/24 . 6 . 8443" in dump
+        assert "192.0.2.0/24" not in dump  # the space's security group is not used without dynamic ASGs
+    finally:
+        r.stop()
