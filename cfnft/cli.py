@@ -24,6 +24,7 @@ daemons and operations:
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
+  cfnft demo                                a two-cell foundation here, CF's promises shown with packets
   cfnft bench                               measure against nft -f, iptables-restore and the targets
 """
 
@@ -150,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", required=True)
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
+
+    p = sub.add_parser(
+        "demo",
+        help="a two-cell foundation on this machine, and CF's network promises shown with real packets",
+        description="Start nats-server, the BBS and policy-server simulators, their watchers, two cells (network "
+        "namespaces) with reconcilers and the real CNI chain; push two apps and walk through default deny, a DNS "
+        "security group, a c2c policy across cells, a dynamic ASG change on a running app and a flushed table "
+        "being repaired, printing each probe and how long the change took to take effect. Needs root. Removes "
+        "everything it created on exit, also on Ctrl-C.",
+    )
+    p.add_argument("--ci", action="store_true", help="non-interactive: exit 1 if any probe ends other than expected")
+    p.add_argument("--keep", action="store_true", help="stay up after the walk-through, for inspection, until Ctrl-C")
 
     p = sub.add_parser(
         "bench",

@@ -284,6 +284,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    if os.geteuid() != 0:
+        raise UsageError("needs root: it creates network namespaces and nftables tables (sudo .venv/bin/cfnft demo)")
+    from cfnft.demo import run as run_demo
+
+    if args.log_level == "info":
+        # The walk-through is the output; the components' own log lines would drown it.
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return asyncio.run(run_demo(ci=args.ci, keep=args.keep))
+    except KeyboardInterrupt:
+        print("cfnft demo: interrupted; everything it created has been removed", file=sys.stderr)
+        return 130
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from cfnft.bench.report import run as run_bench
 
@@ -300,4 +317,5 @@ _HANDLERS = {
     "resync": cmd_resync,
     "status": cmd_status,
     "bench": cmd_bench,
+    "demo": cmd_demo,
 }

@@ -427,6 +427,12 @@ class Lab:
         if not _NAME.match(name):
             raise LabError(f"{what} {name!r} must be 1-16 of [a-z0-9-], starting with a letter or digit")
 
+    def add_namespace(self, role: str) -> Netns:
+        """A bare namespace (loopback up) torn down with the lab: for a container that something
+        other than the lab attaches, e.g. a CNI chain under test."""
+        self._check_name(role, "namespace role")
+        return Netns(self, self._create_netns(role, router=False), role)
+
     def _create_netns(self, role: str, *, router: bool) -> str:
         if not self.lab_id:
             raise LabError("a Lab builds namespaces only inside `with Lab() as lab:` (which also tears them down)")

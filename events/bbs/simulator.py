@@ -324,16 +324,27 @@ class BbsSimulator:
 
     # ---- scenario: instances -------------------------------------------------------------------
 
-    def start_instance(self, process_guid: str, index: int, cell_id: str) -> str:
+    def start_instance(
+        self,
+        process_guid: str,
+        index: int,
+        cell_id: str,
+        *,
+        instance_guid: str | None = None,
+        instance_address: IPv4Address | None = None,
+    ) -> str:
         """A rep claims the ordinary instance at `index` on `cell_id` and starts it (RUNNING with a
         new instance guid and overlay address). An evacuating or suspect copy of that index is
-        removed, as StartActualLRP does. Returns the instance guid."""
+        removed, as StartActualLRP does. Returns the instance guid.
+
+        `instance_guid` and `instance_address` let a caller that really created the container (the
+        demo, through CNI) report the handle it used and the address the container got."""
         desired = self._desired_lrp(process_guid)
         before = self._slot(process_guid, index, ORDINARY)
         if before.state not in (UNCLAIMED, CRASHED):
             raise ValueError(f"{process_guid} index {index} is {before.state}, not startable")
         cell = self._cell(cell_id)
-        guid = str(uuid.uuid4())
+        guid = instance_guid or str(uuid.uuid4())
         claimed = _copy(before)
         claimed.state = CLAIMED
         claimed.actual_lrp_instance_key.CopyFrom(pb.ActualLRPInstanceKey(instance_guid=guid, cell_id=cell.id))
@@ -347,7 +358,9 @@ class BbsSimulator:
             ports.append(pb.PortMapping(container_port=container_port, host_port=cell.next_host_port))
             cell.next_host_port += 1
         running.actual_lrp_net_info.CopyFrom(
-            pb.ActualLRPNetInfo(address=cell.address, ports=ports, instance_address=str(cell.allocate()))
+            pb.ActualLRPNetInfo(
+                address=cell.address, ports=ports, instance_address=str(instance_address or cell.allocate())
+            )
         )
         running.metric_tags["process_instance_id"] = guid
         running.metric_tags["instance_id"] = str(index)
