@@ -28,7 +28,7 @@ from cfnft.publish import publish_state
 from cni import pending
 from cni.client import ReconcilerClient, Unreachable
 from events.models import load_cell_state
-from tests.cnirun import CniRuntime, PluginFailed, garden_injection
+from cfnft.lab.cnirun import CniRuntime, PluginFailed, garden_injection
 
 pytestmark = [pytest.mark.kernel, pytest.mark.nats]
 
