@@ -32,7 +32,7 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[dict[str, Any] | None
     conf = decode_stdin(stdin)
     invocation = parse_invocation(command, environ, conf)
     cfg = parse_plugin_config(conf)
-    from cni.client import ReconcilerClient  # after validation: bad input costs no socket module
+    from cni.client import ReconcilerClient  # after validation: VERSION and bad input load less
     from cni.commands import COMMANDS
 
     return COMMANDS[command](invocation, cfg, ReconcilerClient(cfg.socket_path)), cfg
