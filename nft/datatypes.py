@@ -7,8 +7,10 @@ asks libnftables for numeric output, so no symbolic name ever has to be translat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from socket import inet_ntoa
 
 from nft.objects import AddrRange, IntRange, KeyField
 
@@ -57,27 +59,64 @@ def datatype(name: str) -> Datatype:
 
 def check_key(set_name: str | None, types: tuple[str, ...], key: tuple[KeyField, ...], *, interval: bool) -> None:
     """Raises ValueError unless `key` fits a set of `types`; ranges need an interval set."""
-    owner = f"set {set_name!r} " if set_name else ""
-    shown = key_text(key) if all(isinstance(f, (AddrRange, IntRange)) for f in key) else repr(key)
     if len(key) != len(types):
-        raise ValueError(f"{owner}key {shown} has {len(key)} fields, the set's type has {len(types)}")
+        raise ValueError(f"{_owner(set_name)}key {_shown(key)} has {len(key)} fields, the set's type has {len(types)}")
     for index, (field, type_name) in enumerate(zip(key, types)):
-        dt = datatype(type_name)
-        where = f"{owner}key {shown} field {index} ({type_name})"
-        if dt.kind is FieldKind.INTEGER:
-            if not isinstance(field, IntRange):
-                raise ValueError(f"{where}: expected a number or number range, got {field}")
-            if field.lo < 0 or field.hi >= 1 << dt.bits:
-                raise ValueError(f"{where}: {field.lo}-{field.hi} out of range 0-{(1 << dt.bits) - 1}")
-            ranged = field.lo != field.hi
-        else:
-            if not isinstance(field, AddrRange):
-                raise ValueError(f"{where}: expected an address or address range, got {field}")
-            if field.start.version != (4 if dt.kind is FieldKind.IPV4 else 6):
-                raise ValueError(f"{where}: IPv{field.start.version} address in a {type_name} field")
-            ranged = field.start != field.end
-        if ranged and not interval:
-            raise ValueError(f"{where}: a range needs a set with flags interval")
+        reason = _field_problem(datatype(type_name), field, interval)
+        if reason:
+            raise ValueError(f"{_owner(set_name)}key {_shown(key)} field {index} ({type_name}): {reason}")
+
+
+def key_checker(types: tuple[str, ...], *, interval: bool) -> Callable[[tuple[KeyField, ...]], bool]:
+    """A fast yes/no form of `check_key` for one set, for checking thousands of elements; ask
+    `check_key` for the reason of a no. Raises ValueError for an unsupported datatype."""
+    fits = tuple(_field_fits(datatype(t), interval) for t in types)
+    if len(fits) == 1:
+        (only,) = fits
+        return lambda key: len(key) == 1 and only(key[0])
+    if len(fits) == 3:  # addr . proto . port and addr . type . code: most elements of a cell
+        first, second, third = fits
+        return lambda key: len(key) == 3 and first(key[0]) and second(key[1]) and third(key[2])
+    return lambda key: len(key) == len(fits) and all(fit(f) for fit, f in zip(fits, key))
+
+
+def _field_fits(dt: Datatype, interval: bool) -> Callable[[KeyField], bool]:
+    if dt.kind is FieldKind.INTEGER:
+        top = (1 << dt.bits) - 1
+        if interval:
+            return lambda f: type(f) is IntRange and 0 <= f.lo and f.hi <= top
+        return lambda f: type(f) is IntRange and 0 <= f.lo == f.hi <= top
+    version = 4 if dt.kind is FieldKind.IPV4 else 6
+    if interval:
+        return lambda f: type(f) is AddrRange and f.start.version == version
+    return lambda f: type(f) is AddrRange and f.start.version == version and f.start == f.end
+
+
+def _field_problem(dt: Datatype, field: KeyField, interval: bool) -> str | None:
+    if dt.kind is FieldKind.INTEGER:
+        if not isinstance(field, IntRange):
+            return f"expected a number or number range, got {field}"
+        if field.lo < 0 or field.hi >= 1 << dt.bits:
+            return f"{field.lo}-{field.hi} out of range 0-{(1 << dt.bits) - 1}"
+        ranged = field.lo != field.hi
+    else:
+        if not isinstance(field, AddrRange):
+            return f"expected an address or address range, got {field}"
+        if field.start.version != (4 if dt.kind is FieldKind.IPV4 else 6):
+            return f"IPv{field.start.version} address in a {dt.name} field"
+        ranged = field.start != field.end
+    if ranged and not interval:
+        return "a range needs a set with flags interval"
+    return None
+
+
+def _owner(set_name: str | None) -> str:
+    return f"set {set_name!r} " if set_name else ""
+
+
+def _shown(key: tuple[KeyField, ...]) -> str:
+    # Callers may pass anything as a key; the message shows it either way.
+    return key_text(key) if all(isinstance(f, (AddrRange, IntRange)) for f in key) else repr(key)
 
 
 def field_bounds(field: KeyField) -> tuple[int, int]:
@@ -89,17 +128,39 @@ def field_bounds(field: KeyField) -> tuple[int, int]:
 
 def field_text(field: KeyField) -> str:
     """nft's input syntax for one key field: `a`, `net/len` when exactly a CIDR, else `a-b`."""
-    if isinstance(field, IntRange):
+    if type(field) is IntRange:
         return str(field.lo) if field.lo == field.hi else f"{field.lo}-{field.hi}"
-    start, end = field.start, field.end
-    if start == end:
-        return str(start)
-    size = int(end) - int(start) + 1
-    # A CIDR block: the size is a power of two and the start is aligned to it.
-    if size & (size - 1) == 0 and int(start) & (size - 1) == 0:
-        return f"{start}/{start.max_prefixlen - size.bit_length() + 1}"
-    return f"{start}-{end}"
+    assert isinstance(field, AddrRange)
+    return _addr_text(field)
 
 
 def key_text(key: tuple[KeyField, ...]) -> str:
-    return " . ".join(field_text(f) for f in key)
+    # Once per element of a cold apply (tens of thousands): integer fields without a call.
+    parts = []
+    for f in key:
+        if type(f) is IntRange:
+            parts.append(str(f.lo) if f.lo == f.hi else f"{f.lo}-{f.hi}")
+        else:
+            assert isinstance(f, AddrRange)
+            parts.append(_addr_text(f))
+    return " . ".join(parts)
+
+
+def _addr_text(field: AddrRange) -> str:
+    start = field.start
+    lo, hi = int(start), int(field.end)
+    if start.version != 4:
+        # IPv6 is rare in a cell: ipaddress' own formatting will do.
+        first = str(start)
+        last = str(field.end)
+    else:
+        # inet_ntoa is several times faster than ipaddress' own formatting.
+        first = inet_ntoa(lo.to_bytes(4, "big"))
+        last = ""
+    if lo == hi:
+        return first
+    size = hi - lo + 1
+    # A CIDR block: the size is a power of two and the start is aligned to it.
+    if size & (size - 1) == 0 and lo & (size - 1) == 0:
+        return f"{first}/{start.max_prefixlen - size.bit_length() + 1}"
+    return f"{first}-{last or inet_ntoa(hi.to_bytes(4, 'big'))}"

@@ -11,6 +11,7 @@ kernel lists back compare equal however nft chooses to print them (`10.0.0.0/24`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class Rule:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.blake2s(self.text.encode(), digest_size=4).hexdigest()
+        return _fingerprint(self.text)
 
     @property
     def is_listed(self) -> bool:
@@ -105,18 +106,34 @@ class Rule:
         return self.kernel_fingerprint if self.is_listed else self.fingerprint
 
 
+@functools.lru_cache(maxsize=65536)
+def _fingerprint(text: str) -> str:
+    # Diff asks for the fingerprint of every rule of every changed chain on every pass.
+    return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class AddrRange:
     """An inclusive range of IP addresses of one family; a single address has start == end."""
 
     start: IPAddress
     end: IPAddress
+    # Keys are hashed by the ten thousand in every diff and transaction, and ipaddress hashes an
+    # address by formatting it as a hex string: computed from the numbers once, on first use.
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.start.version != self.end.version:
             raise ValueError(f"address range {self.start}-{self.end} mixes IPv4 and IPv6")
         if int(self.start) > int(self.end):
             raise ValueError(f"address range {self.start}-{self.end}: start after end")
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is None:
+            cached = hash((int(self.start), int(self.end)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @classmethod
     def single(cls, addr: IPAddress) -> AddrRange:
@@ -129,10 +146,18 @@ class IntRange:
 
     lo: int
     hi: int
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)  # as for AddrRange
 
     def __post_init__(self) -> None:
         if self.lo > self.hi:
             raise ValueError(f"range {self.lo}-{self.hi}: start after end")
+
+    def __hash__(self) -> int:
+        cached = self._hash
+        if cached is None:
+            cached = hash((self.lo, self.hi))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     @classmethod
     def single(cls, value: int) -> IntRange:

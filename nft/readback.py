@@ -173,7 +173,9 @@ class _Parser:
                 raise ReadbackError(where, str(e)) from None
         if not types:
             raise ReadbackError(where, "no type line")
-        s: Set | Map = Map(name, types, value_type, flags) if kind == "map" else Set(name, types, flags, counter)
+        if kind == "map" and not value_type:
+            raise ReadbackError(where, "no value type on the type line")
+        s: Set | Map = Map(name, types, value_type or "", flags) if kind == "map" else Set(name, types, flags, counter)
         rs.add_set(s)
         # A set of a datatype nft/ does not model is not ours: it is read without its elements,
         # which is all diff needs to delete it (or to re-create it with our definition).
