@@ -15,6 +15,9 @@ that every reference resolves when nft reads it and nothing is removed while sti
     8. delete sets and maps, then chains, that are not re-added
     9. delete table
 
+`recreate_table()` puts `add table` and `delete table` before all of that, so the batch replaces
+whatever the table held with exactly what the transaction adds, in one commit.
+
 Element deletions come before additions so that changing a map element's value is a delete then
 an add; they also come before step 4 so that a chain can be replaced once the map elements
 jumping to it are gone. Sets go before chains in step 8 because a removed map's elements may jump
@@ -24,13 +27,13 @@ to a removed chain, while nothing but (already flushed) rules can hold a set.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Union
 
-from nft.datatypes import CHAIN_VERDICTS, DATATYPES, VERDICTS, FieldKind, check_key, key_text
-from nft.objects import AddrRange, Chain, Element, IntRange, Map, Rule, Set, SetFlag, Table
+from nft.datatypes import CHAIN_VERDICTS, DATATYPES, VERDICTS, FieldKind, check_key, key_checker, key_text
+from nft.objects import AddrRange, Chain, Element, IntRange, KeyField, Map, Rule, Set, SetFlag, Table
 from nft.render import chain_spec, element_text, rule_statement, set_keyword, set_spec
 
 # nft identifiers: chain, set and table names. Names that are nft keywords ("accept", "counter",
@@ -69,6 +72,16 @@ class Op:
     obj: NftObject
 
 
+@dataclass(frozen=True, slots=True)
+class _Elements:
+    """Element operations of one verb on one set: queued by one `add_elements` call, or one
+    command of the plan. Their `Op`s are made only when someone asks for them."""
+
+    verb: Verb
+    set: str
+    elements: Collection[Element]
+
+
 class TransactionError(ValueError):
     """An object given to a transaction is invalid; says which call and why."""
 
@@ -86,16 +99,26 @@ class Transaction:
         tx.flush(Chain("ctr-3f2a9c"))
         tx.add(Rule("ctr-3f2a9c", "ip daddr . th dport @asg-web accept", comment="app=<guid>"))
         batch = tx.render()
+
+    The rendered batch is kept until the next call that queues something, so that a caller and
+    the runner may both render it and pay once.
     """
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self._ops: list[Op] = []
+        self._log: list[Op | _Elements] = []  # what was queued, in order
+        self._count = 0
         self._err: TransactionError | None = None
+        self._table_verbs: set[Verb] = set()
+        self._recreate = False
         self._added: dict[tuple[str, str], Chain | Set | Map] = {}  # by (kind, name); sets and maps share "set"
         self._deleted: set[tuple[str, str]] = set()
         self._chains_with_rules: set[str] = set()
-        self._element_ops: set[tuple[Verb, str, tuple[object, ...]]] = set()
+        # Element operations by (verb, set), in the order each pair first came, then by key: they
+        # render grouped this way, one command per set, and the keys tell duplicates.
+        self._elements: dict[tuple[Verb, str], dict[tuple[KeyField, ...], Element]] = {}
+        self._lines: list[tuple[str, Op | None]] | None = None
+        self._rendered: str | None = None
         if not _NAME.fullmatch(table.name):
             self._fail(Op(Verb.ADD, table), f"invalid table name {table.name!r}")
 
@@ -106,23 +129,54 @@ class Transaction:
 
     @property
     def is_empty(self) -> bool:
-        return not self._ops
+        return not self._count
 
     def __len__(self) -> int:
-        return len(self._ops)
+        return self._count
 
     @property
     def ops(self) -> list[Op]:
         """The operations in the order they were queued."""
-        return list(self._ops)
+        return [op for entry in self._log for op in _ops_of(entry)]
+
+    @property
+    def recreates_table(self) -> bool:
+        """True once `recreate_table` was called."""
+        return self._recreate
 
     def add_table(self) -> None:
         """Create the table if it does not exist."""
-        self._queue(Op(Verb.ADD, self.table))
+        if Verb.ADD not in self._table_verbs:
+            self._queue(Op(Verb.ADD, self.table))
 
     def delete_table(self) -> None:
         """Delete the table with everything in it; rendered last."""
-        self._queue(Op(Verb.DELETE, self.table))
+        op = Op(Verb.DELETE, self.table)
+        if self._recreate:
+            self._fail(op, _RECREATED)
+        elif Verb.DELETE not in self._table_verbs:
+            self._queue(op)
+
+    def recreate_table(self) -> None:
+        """Replace the whole table, whatever it holds and whether or not it exists, by what this
+        transaction adds. The batch starts `add table`, `delete table` (the add makes the delete
+        safe on a missing table), then adds the table again with everything queued: one commit,
+        so the old table enforces until the new one does.
+
+        Nothing can be deleted in such a transaction, before or after this call: the table starts
+        empty. Flushing a chain the transaction adds is fine. Typical use, after repeated failures:
+
+            tx = diff(desired, None)
+            tx.recreate_table()
+        """
+        if self._err is not None:
+            return
+        if any(isinstance(entry, Op) and entry.verb is Verb.DELETE for entry in self._log):
+            self._fail(Op(Verb.DELETE, self.table), "nothing can be deleted in a re-created table")
+            return
+        self._recreate = True
+        self._invalidate()
+        self.add_table()
 
     def add(self, obj: Chain | Rule | Set | Map | Element) -> None:
         """Add a chain, set, map, rule (appended to its chain) or element. Adding a chain, set or
@@ -134,10 +188,54 @@ class Transaction:
         else:
             self._queue(op)
 
+    def add_elements(self, s: Set | Map, elements: Iterable[Element]) -> None:
+        """Add many elements of the set or map `s`, as calling `add` for each would, checked in
+        bulk against `s`'s definition (which must be the one this transaction adds, if it adds
+        one). This is how whole sets are loaded: a cold start adds tens of thousands of elements."""
+        if self._err is not None:
+            return
+        reason = _check_set(s) or self._check_redefinition(s)
+        if not reason and ("set", s.name) in self._deleted and ("set", s.name) not in self._added:
+            reason = f"set {s.name!r} is deleted in this transaction"
+        if reason:
+            self._fail(Op(Verb.ADD, s), reason)
+            return
+        fits = key_checker(s.type, interval=SetFlag.INTERVAL in s.flags)
+        is_map = isinstance(s, Map)
+        valid_values: set[str] = set()
+        queued = self._elements.setdefault((Verb.ADD, s.name), {})
+        run: list[Element] = []
+        for element in elements:
+            key, value = element.key, element.value
+            if (
+                element.set == s.name
+                and type(key) is tuple
+                and fits(key)
+                and (value is not None) == is_map
+                and (value is None or value in valid_values or _check_value(value) is None)
+            ):
+                size = len(queued)
+                queued.setdefault(key, element)
+                if len(queued) > size:  # not a duplicate
+                    if value is not None:
+                        valid_values.add(value)
+                    run.append(element)
+                    continue
+            # Not the common case: the reason is the one `add` gives.
+            why = self._check_add(element) or _element_mismatch(s, element) or "a key is a tuple of key fields"
+            self._fail(Op(Verb.ADD, element), why)
+            break
+        if run:
+            self._log.append(_Elements(Verb.ADD, s.name, run))
+            self._count += len(run)
+            self._invalidate()
+        if not queued:
+            del self._elements[(Verb.ADD, s.name)]
+
     def delete(self, obj: Chain | Set | Map | Element) -> None:
         """Delete a chain (its rules go with it), set, map or element, which must exist."""
         op = Op(Verb.DELETE, obj)
-        reason = self._check_delete(obj)
+        reason = _RECREATED if self._recreate else self._check_delete(obj)
         if reason:
             self._fail(op, reason)
         else:
@@ -156,73 +254,110 @@ class Transaction:
 
     def plan(self) -> list[Op]:
         """The operations in execution order (see the module docstring). Raises the first validation error."""
+        return [op for command in self._commands() for op in _ops_of(command)]
+
+    def render(self) -> str:
+        """The whole batch as nft text for one libnftables call; "" for an empty transaction."""
+        if self._rendered is None:
+            if self._lines is not None:
+                texts = [text for text, _ in self._lines]
+            else:
+                # As render_lines, without an Op per element line: a cold start has tens of thousands.
+                texts = []
+                for command in self._commands():
+                    if isinstance(command, Op):
+                        texts.append(render_op(self._prefix, command))
+                    else:
+                        texts.append(self._element_header(command))
+                        text = _element_text(command.verb)
+                        texts.extend([f"\t{text(element)}," for element in command.elements])
+                        texts.append("}")
+            self._rendered = "\n".join(texts) + "\n" if texts else ""
+        return self._rendered
+
+    def render_lines(self) -> list[tuple[str, Op | None]]:
+        """Each line of `render()` with the operation it came from (None for the lines that open
+        and close an element command).
+
+        Element operations on one set are one command, one element per line, so that nft's error
+        location points at the element it refused."""
+        if self._lines is None:
+            lines: list[tuple[str, Op | None]] = []
+            for command in self._commands():
+                if isinstance(command, Op):
+                    lines.append((render_op(self._prefix, command), command))
+                else:
+                    lines.append((self._element_header(command), None))
+                    text = _element_text(command.verb)
+                    lines.extend([(f"\t{text(element)},", Op(command.verb, element)) for element in command.elements])
+                    lines.append(("}", None))
+            self._lines = lines
+        return self._lines
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.table.family} {self.table.name}"
+
+    def _element_header(self, command: _Elements) -> str:
+        return f"{command.verb} element {self._prefix} {command.set} {{"
+
+    def _commands(self) -> list[Op | _Elements]:
+        """The batch in execution order: single operations, and per set the element operations of
+        one verb (one nft command each). Raises the first validation error."""
         if self._err is not None:
             raise self._err
         replaced = self._added.keys() & self._deleted
         phases: list[list[Op]] = [[] for _ in _Phase]
         flushed: set[str] = set()
-        for op in self._ops:
-            obj = op.obj
+        for entry in self._log:
+            if not isinstance(entry, Op) or type(entry.obj) is Element:
+                continue  # elements come from self._elements, grouped by set
+            obj = entry.obj
             if isinstance(obj, Table):
-                phases[_Phase.ADD_TABLE if op.verb is Verb.ADD else _Phase.DELETE_TABLE].append(op)
-            elif isinstance(obj, Element):
-                phases[_Phase.ADD_ELEMENTS if op.verb is Verb.ADD else _Phase.DELETE_ELEMENTS].append(op)
+                phases[_Phase.ADD_TABLE if entry.verb is Verb.ADD else _Phase.DELETE_TABLE].append(entry)
             elif isinstance(obj, Rule):
-                phases[_Phase.ADD_RULES].append(op)
-            elif op.verb is Verb.ADD:
-                phases[_Phase.DEFINE].append(op)
-            elif op.verb is Verb.FLUSH:
+                phases[_Phase.ADD_RULES].append(entry)
+            elif entry.verb is Verb.ADD:
+                phases[_Phase.DEFINE].append(entry)
+            elif entry.verb is Verb.FLUSH:
                 assert isinstance(obj, Chain)
                 if obj.name not in flushed:
                     flushed.add(obj.name)
                     new = ("chain", obj.name) in self._added and ("chain", obj.name) not in self._deleted
-                    phases[_Phase.FLUSH_NEW if new else _Phase.FLUSH].append(op)
+                    phases[_Phase.FLUSH_NEW if new else _Phase.FLUSH].append(entry)
             else:
                 assert isinstance(obj, (Chain, Set, Map))
                 if isinstance(obj, Chain) and obj.name not in flushed:
                     flushed.add(obj.name)
                     phases[_Phase.FLUSH].append(Op(Verb.FLUSH, Chain(obj.name)))
                 is_replaced = (_kind(obj), obj.name) in replaced
-                phases[_Phase.DELETE_REPLACED if is_replaced else _Phase.REMOVE].append(op)
+                phases[_Phase.DELETE_REPLACED if is_replaced else _Phase.REMOVE].append(entry)
         phases[_Phase.DEFINE] = _sets_first(phases[_Phase.DEFINE])
         phases[_Phase.REMOVE] = _sets_first(phases[_Phase.REMOVE])
-        phases[_Phase.DELETE_ELEMENTS] = _grouped_by_set(phases[_Phase.DELETE_ELEMENTS])
-        phases[_Phase.ADD_ELEMENTS] = _grouped_by_set(phases[_Phase.ADD_ELEMENTS])
-        return [op for phase in phases for op in phase]
-
-    def render(self) -> str:
-        """The whole batch as nft text for one libnftables call; "" for an empty transaction."""
-        lines = [text for text, _ in self.render_lines()]
-        return "\n".join(lines) + "\n" if lines else ""
-
-    def render_lines(self) -> list[tuple[str, Op | None]]:
-        """Each line of the batch with the operation it came from (None for the lines that open
-        and close an element command).
-
-        Consecutive element operations on one set become one command, one element per line, so
-        that nft's error location points at the element it refused."""
-        prefix = f"{self.table.family} {self.table.name}"
-        lines: list[tuple[str, Op | None]] = []
-        for verb, group in batches(self.plan()):
-            first = group[0]
-            obj = first.obj
-            if isinstance(obj, Element):
-                lines.append((f"{verb} element {prefix} {obj.set} {{", None))
-                for op in group:
-                    element = op.obj
-                    assert isinstance(element, Element)
-                    text = element_text(element) if verb is Verb.ADD else key_text(element.key)
-                    lines.append((f"\t{text},", op))
-                lines.append(("}", None))
+        commands: list[Op | _Elements] = []
+        if self._recreate:
+            commands += [Op(Verb.ADD, self.table), Op(Verb.DELETE, self.table)]
+        for phase, ops in zip(_Phase, phases):
+            if phase is _Phase.DELETE_ELEMENTS or phase is _Phase.ADD_ELEMENTS:
+                verb = Verb.DELETE if phase is _Phase.DELETE_ELEMENTS else Verb.ADD
+                for (queued_verb, name), elements in self._elements.items():
+                    if queued_verb is verb:
+                        commands.append(_Elements(verb, name, elements.values()))
             else:
-                lines.append((render_op(prefix, first), first))
-        return lines
+                commands += ops
+        return commands
+
+    def _invalidate(self) -> None:
+        self._lines = None
+        self._rendered = None
 
     def _queue(self, op: Op) -> None:
         if self._err is not None:
             return
         obj = op.obj
-        if isinstance(obj, (Chain, Set, Map)) and op.verb is Verb.ADD:
+        if isinstance(obj, Table):
+            self._table_verbs.add(op.verb)
+        elif isinstance(obj, (Chain, Set, Map)) and op.verb is Verb.ADD:
             if self._added.get((_kind(obj), obj.name)) == obj:
                 return  # the same definition twice: nft's add is idempotent, queue it once
             self._added[(_kind(obj), obj.name)] = obj
@@ -231,12 +366,19 @@ class Transaction:
         elif isinstance(obj, Rule):
             self._chains_with_rules.add(obj.chain)
         elif isinstance(obj, Element):
-            self._element_ops.add((op.verb, obj.set, obj.key))
-        self._ops.append(op)
+            self._elements.setdefault((op.verb, obj.set), {})[obj.key] = obj
+        self._log.append(op)
+        self._count += 1
+        self._invalidate()
 
     def _fail(self, op: Op, reason: str) -> None:
         if self._err is None:
             self._err = TransactionError(op, reason)
+            self._invalidate()
+
+    def _element_queued(self, verb: Verb, element: Element) -> bool:
+        group = self._elements.get((verb, element.set))
+        return group is not None and element.key in group
 
     def _check_add(self, obj: object) -> str | None:
         if isinstance(obj, Chain):
@@ -252,7 +394,7 @@ class Transaction:
         if isinstance(obj, Element):
             if ("set", obj.set) in self._deleted and ("set", obj.set) not in self._added:
                 return f"set {obj.set!r} is deleted in this transaction"
-            if (Verb.ADD, obj.set, obj.key) in self._element_ops:
+            if self._element_queued(Verb.ADD, obj):
                 return "element added twice in one transaction"
             return self._check_element(obj)
         return f"cannot add a {type(obj).__name__}"
@@ -268,9 +410,9 @@ class Transaction:
                 return f"{kind} {obj.name!r} deleted twice"
             return None
         if isinstance(obj, Element):
-            if (Verb.ADD, obj.set, obj.key) in self._element_ops:
+            if self._element_queued(Verb.ADD, obj):
                 return "element was added in this transaction; delete it before adding it"
-            if (Verb.DELETE, obj.set, obj.key) in self._element_ops:
+            if self._element_queued(Verb.DELETE, obj):
                 return "element deleted twice in one transaction"
             return self._check_element(obj, deleting=True)
         return f"cannot delete a {type(obj).__name__}"
@@ -288,15 +430,41 @@ class Transaction:
             return "a key is a non-empty tuple of AddrRange/IntRange"
         target = self._added.get(("set", element.set))
         if isinstance(target, (Set, Map)):
-            try:
-                check_key(target.name, target.type, element.key, interval=SetFlag.INTERVAL in target.flags)
-            except ValueError as e:
-                return str(e)
-            if not deleting and isinstance(target, Map) != (element.value is not None):
-                return "a map element needs a value and a set element must have none"
+            reason = _element_mismatch(target, element, deleting=deleting)
+            if reason:
+                return reason
         if not deleting and element.value is not None:
             return _check_value(element.value)
         return None
+
+
+_RECREATED = "the table is re-created in this transaction: there is nothing to delete"
+
+
+def _element_mismatch(s: Set | Map, element: Element, *, deleting: bool = False) -> str:
+    """Why `element` does not fit `s` ("" if it does)."""
+    if element.set != s.name:
+        return f"element of set {element.set!r} given for {set_keyword(s)} {s.name!r}"
+    try:
+        check_key(s.name, s.type, element.key, interval=SetFlag.INTERVAL in s.flags)
+    except ValueError as e:
+        return str(e)
+    if not deleting and isinstance(s, Map) != (element.value is not None):
+        return "a map element needs a value and a set element must have none"
+    return ""
+
+
+def _ops_of(entry: Op | _Elements) -> Iterable[Op]:
+    return (entry,) if isinstance(entry, Op) else (Op(entry.verb, element) for element in entry.elements)
+
+
+def _element_text(verb: Verb) -> Callable[[Element], str]:
+    """What an element command lists per element: everything for an add, the key for a delete."""
+    return element_text if verb is Verb.ADD else _key_only
+
+
+def _key_only(element: Element) -> str:
+    return key_text(element.key)
 
 
 def render_op(prefix: str, op: Op) -> str:
@@ -316,37 +484,8 @@ def render_op(prefix: str, op: Op) -> str:
     raise TypeError(f"no single command for {op}")
 
 
-def batches(plan: list[Op]) -> Iterator[tuple[Verb, list[Op]]]:
-    """The plan with consecutive element operations on one set joined: one nft command each."""
-    group: list[Op] = []
-    for op in plan:
-        obj = op.obj
-        if (
-            group
-            and isinstance(obj, Element)
-            and op.verb is group[0].verb
-            and isinstance(group[0].obj, Element)
-            and group[0].obj.set == obj.set
-        ):
-            group.append(op)
-            continue
-        if group:
-            yield group[0].verb, group
-        group = [op]
-    if group:
-        yield group[0].verb, group
-
-
 def _sets_first(ops: list[Op]) -> list[Op]:
     return [op for op in ops if isinstance(op.obj, (Set, Map))] + [op for op in ops if isinstance(op.obj, Chain)]
-
-
-def _grouped_by_set(ops: list[Op]) -> list[Op]:
-    by_set: dict[str, list[Op]] = {}
-    for op in ops:
-        assert isinstance(op.obj, Element)
-        by_set.setdefault(op.obj.set, []).append(op)
-    return [op for group in by_set.values() for op in group]
 
 
 def _kind(obj: Chain | Set | Map) -> str:

@@ -376,3 +376,190 @@ def test_identical_definition_twice_is_queued_once() -> None:
     tx.add(Chain("ctr-a"))
     tx.add(Chain("ctr-a"))
     assert tx.err is None and tx.render() == "add chain inet cfnft ctr-a\n"
+
+
+# --- add_elements: the bulk form of add(element) ---------------------------------------------
+
+PORTS = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True)
+DISPATCH = Map("ctr-dispatch", ("ipv4_addr",))
+
+
+def web(cidr: str, port: int, comment: str | None = None) -> Element:
+    return Element("asg-web", (net(cidr), IntRange.single(6), IntRange.single(port)), comment=comment)
+
+
+def test_add_elements_is_add_for_each() -> None:
+    """Same batch, same ops, same order as one add() per element, into a set and a map."""
+    elements = [web("10.0.0.0/8", 443, "web"), web("192.0.2.0/24", 80), web("198.51.100.7/32", 22)]
+    entries = [Element("ctr-dispatch", (one(f"10.255.1.{i}"),), f"jump ctr-{i}", f"app {i}") for i in range(3)]
+    one_by_one, bulk = Transaction(TABLE), Transaction(TABLE)
+    for tx in (one_by_one, bulk):
+        tx.add(PORTS)
+        tx.add(DISPATCH)
+    for e in elements + entries:
+        one_by_one.add(e)
+    bulk.add_elements(PORTS, elements[:1])
+    bulk.add_elements(DISPATCH, entries)
+    bulk.add_elements(PORTS, iter(elements[1:]))
+    assert bulk.err is None
+    assert bulk.render() == one_by_one.render()
+    assert [(op.verb, op.obj) for op in bulk.plan()] == [(op.verb, op.obj) for op in one_by_one.plan()]
+    assert len(bulk) == len(one_by_one) == 8
+    assert [op.obj for op in bulk.ops][2:] == elements[:1] + entries + elements[1:]
+
+
+@pytest.mark.parametrize(
+    ("target", "element", "message"),
+    [
+        pytest.param(PORTS, Element("asg-other", web("10.0.0.0/8", 1).key), "given for set 'asg-web'", id="set"),
+        pytest.param(PORTS, Element("asg-web", (net("10.0.0.0/8"),)), "has 1 fields", id="arity"),
+        pytest.param(
+            PORTS,
+            Element("asg-web", (net("10.0.0.0/8"), IntRange.single(6), IntRange.single(70000))),
+            "out of range 0-65535",
+            id="port-range",
+        ),
+        pytest.param(
+            PORTS,
+            Element("asg-web", (net("2001:db8::/32"), IntRange.single(6), IntRange.single(80))),
+            "IPv6 address in a ipv4_addr field",
+            id="family",
+        ),
+        pytest.param(DISPATCH, Element("ctr-dispatch", (net("10.0.0.0/8"),), "drop"), "flags interval", id="range"),
+        pytest.param(DISPATCH, Element("ctr-dispatch", (one("10.0.0.1"),)), "needs a value", id="no-value"),
+        pytest.param(DISPATCH, Element("ctr-dispatch", (one("10.0.0.1"),), "jump bad name"), "map value", id="value"),
+        pytest.param(PORTS, Element("asg-web", ()), "non-empty tuple", id="empty-key"),
+        pytest.param(PORTS, web("10.1.0.0/16", 80), "added twice", id="duplicate"),
+    ],
+)
+def test_add_elements_refuses_what_add_refuses(target: Set | Map, element: Element, message: str) -> None:
+    """The first bad element makes the transaction invalid, with the error add() gives, naming it;
+    the elements before it were queued, those after it were not."""
+    tx = Transaction(TABLE)
+    tx.add(target)
+    good = web("10.1.0.0/16", 80) if isinstance(target, Set) else Element("ctr-dispatch", (one("10.9.9.9"),), "drop")
+    tx.add_elements(target, [good, element, good])
+    assert tx.err is not None and message in str(tx.err), tx.err
+    assert tx.err.op.obj is element
+    assert len(tx) == 2
+    with pytest.raises(TransactionError, match=message):
+        tx.render()
+
+
+def test_add_elements_checks_the_set_it_is_given() -> None:
+    tx = Transaction(TABLE)
+    tx.add(Set("asg-web", ("ipv4_addr",)))
+    tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+    assert tx.err is not None and "added twice with different definitions" in str(tx.err)
+    tx = Transaction(TABLE)
+    tx.delete(PORTS)
+    tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+    assert tx.err is not None and "deleted in this transaction" in str(tx.err)
+    tx = Transaction(TABLE)
+    tx.add_elements(Set("asg-x", ("ether_addr",)), [])
+    assert tx.err is not None and "unsupported key datatype" in str(tx.err)
+
+
+def test_add_elements_then_add_or_delete_the_same_key() -> None:
+    """Keys queued in bulk count for later single calls: a second add and a delete after the add are refused."""
+    for verb in ("add", "delete"):
+        tx = Transaction(TABLE)
+        tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+        getattr(tx, verb)(web("10.0.0.0/8", 80))
+        assert tx.err is not None and "added" in str(tx.err)
+
+
+# --- the rendered batch is kept until something new is queued --------------------------------
+
+
+def test_render_is_kept_until_the_next_call() -> None:
+    tx = Transaction(TABLE)
+    tx.add(Chain("ctr-a"))
+    first = tx.render()
+    assert tx.render() is first
+    lines = tx.render_lines()
+    assert tx.render_lines() is lines
+    tx.add(R1)
+    assert tx.render() != first and tx.render().endswith(rule_comment(R1) + '"\n')
+    tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+    assert "add element inet cfnft asg-web {" in tx.render()
+    assert tx.render() == "".join(text + "\n" for text, _ in tx.render_lines())
+    tx.add(Rule("ctr-a", "accept;"))
+    with pytest.raises(TransactionError):
+        tx.render()
+
+
+def test_render_lines_pair_each_line_with_its_operation() -> None:
+    tx = Transaction(TABLE)
+    tx.add_table()
+    tx.add(PORTS)
+    tx.add_elements(PORTS, [web("10.0.0.0/8", 80), web("192.0.2.0/24", 443)])
+    tx.delete(Element("asg-old", (one("10.0.0.1"),)))
+    lines = tx.render_lines()
+    assert "".join(text + "\n" for text, _ in lines) == tx.render()
+    assert [op.obj if op else None for _, op in lines] == [
+        TABLE,
+        None,
+        Element("asg-old", (one("10.0.0.1"),)),
+        None,
+        PORTS,
+        None,
+        web("10.0.0.0/8", 80),
+        web("192.0.2.0/24", 443),
+        None,
+    ]
+
+
+# --- recreate_table: the whole table replaced in one commit ----------------------------------
+
+
+def test_recreate_table_deletes_first() -> None:
+    """add + delete + add table, then the transaction's usual order; also when called first."""
+    for call_first in (False, True):
+        tx = Transaction(TABLE)
+        if call_first:
+            tx.recreate_table()
+        tx.add(PORTS)
+        tx.add(Chain("ctr-a"))
+        tx.add(R1)
+        tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+        if not call_first:
+            tx.recreate_table()
+        assert tx.err is None and tx.recreates_table
+        assert tx.render().splitlines() == [
+            "add table inet cfnft",
+            "delete table inet cfnft",
+            "add table inet cfnft",
+            "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; }",
+            "add chain inet cfnft ctr-a",
+            f'add rule inet cfnft ctr-a {R1.text} comment "{rule_comment(R1)}"',
+            "add element inet cfnft asg-web {",
+            "\t10.0.0.0/8 . 6 . 80,",
+            "}",
+        ]
+
+
+def test_recreate_table_alone_leaves_an_empty_table() -> None:
+    tx = Transaction(TABLE)
+    tx.recreate_table()
+    tx.recreate_table()
+    assert not tx.is_empty
+    assert tx.render() == "add table inet cfnft\ndelete table inet cfnft\nadd table inet cfnft\n"
+
+
+@pytest.mark.parametrize(
+    "calls",
+    [
+        pytest.param([("delete", Chain("ctr-a")), ("recreate_table",)], id="delete-before"),
+        pytest.param([("recreate_table",), ("delete", Chain("ctr-a"))], id="delete-after"),
+        pytest.param([("recreate_table",), ("delete", Element("asg-web", (one("10.0.0.1"),)))], id="element-after"),
+        pytest.param([("delete_table",), ("recreate_table",)], id="delete-table-before"),
+        pytest.param([("recreate_table",), ("delete_table",)], id="delete-table-after"),
+    ],
+)
+def test_recreate_table_refuses_deletions(calls: list[tuple]) -> None:
+    """A re-created table starts empty: a deletion in the same transaction is a mistake."""
+    tx = Transaction(TABLE)
+    for name, *args in calls:
+        getattr(tx, name)(*args)
+    assert tx.err is not None and "re-created" in str(tx.err)
