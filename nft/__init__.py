@@ -7,7 +7,7 @@ Nothing here knows about Cloud Foundry. Typical use:
     runner.apply(tx)                            # one atomic libnftables call
 """
 
-from nft.diff import diff
+from nft.diff import diff, same_structure
 from nft.errors import NamespaceError, NftError, ReadbackError
 from nft.fake import FakeNft
 from nft.interface import NftInterface
@@ -63,4 +63,5 @@ __all__ = [
     "diff",
     "render_key",
     "render_ruleset",
+    "same_structure",
 ]

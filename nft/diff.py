@@ -7,6 +7,11 @@ element by element (keys as numbers, values, comments). A changed definition mea
 re-create, and every chain whose kernel rules use the old object is refilled with it.
 
 `diff(x, read_back(apply(x)))` is empty: everything compared here is what nft lists back.
+
+Cost: a caller that keeps the desired ruleset it committed and diffs the next one against it pays
+only for what changed, when the two share their unchanged parts. A rule list or element dict that
+is the very same object on both sides is equal without a look inside, so such parts must never be
+changed in place once a ruleset holding them was handed to `diff`.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
     if actual is None:
         tx.add_table()
         for name in sorted(desired.sets):
-            tx.add(desired.sets[name])
-            for element in desired.elements.get(name, {}).values():
-                tx.add(element)
+            s = desired.sets[name]
+            tx.add(s)
+            tx.add_elements(s, desired.elements.get(name, {}).values())
         for name in sorted(desired.chains):
             tx.add(desired.chains[name])
             for rule in desired.rules.get(name, []):
@@ -52,10 +57,14 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
                 gone.add(name)
                 tx.delete(have)
             tx.add(want)
-            for element in wanted_elements.values():
-                tx.add(element)
-        else:
-            _diff_elements(tx, wanted_elements, actual.elements.get(name, {}), replaced_chains)
+            tx.add_elements(want, wanted_elements.values())
+            continue
+        had_elements = actual.elements.get(name, {})
+        # The same dict: the compiler reused an unchanged fragment. A map's elements still have to
+        # let go of a chain being replaced, so only then are they looked at one by one.
+        if wanted_elements is had_elements and (isinstance(want, Set) or not replaced_chains):
+            continue
+        _diff_elements(tx, want, wanted_elements, had_elements, replaced_chains)
     for name in sorted(actual.sets.keys() - desired.sets.keys()):
         tx.delete(actual.sets[name])
 
@@ -68,7 +77,7 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
             tx.add(want_chain)
         else:
             had_rules = actual.rules.get(name, [])
-            if _rule_identities(wanted_rules) == _rule_identities(had_rules) and not (_references(had_rules) & gone):
+            if _same_rules(wanted_rules, had_rules) and not (gone and _references(had_rules) & gone):
                 continue
             tx.flush(want_chain)
         for rule in wanted_rules:
@@ -84,6 +93,8 @@ def same_chain(a: Chain, b: Chain) -> bool:
 
 def same_set(a: Set | Map, b: Set | Map) -> bool:
     """Same kind, key type, flags (in any order) and counter or value type."""
+    if a is b or a == b:
+        return True
     if type(a) is not type(b) or a.type != b.type or sorted_flags(a.flags) != sorted_flags(b.flags):
         return False
     if isinstance(a, Map) and isinstance(b, Map):
@@ -100,26 +111,86 @@ def same_element(a: Element, b: Element) -> bool:
     return value_a == value_b and clean_comment(a.comment) == clean_comment(b.comment)
 
 
+def same_structure(desired: Ruleset, actual: Ruleset | None) -> bool:
+    """Whether `actual` has exactly the chains (with their definitions), rules (as `diff`
+    compares them) and set and map definitions of `desired`, elements left out.
+
+    Cheap, and meant for a read without elements (`read(table, elements=False)`): False means that
+    `diff(desired, <full read>)` would change something; True says nothing about elements."""
+    if actual is None or desired.chains.keys() != actual.chains.keys() or desired.sets.keys() != actual.sets.keys():
+        return False
+    for name, chain in desired.chains.items():
+        if not same_chain(chain, actual.chains[name]):
+            return False
+        if not _same_rules(desired.rules.get(name, []), actual.rules.get(name, [])):
+            return False
+    return all(same_set(s, actual.sets[name]) for name, s in desired.sets.items())
+
+
 def _diff_elements(
     tx: Transaction,
+    s: Set | Map,
     wanted: dict[tuple[KeyField, ...], Element],
     had: dict[tuple[KeyField, ...], Element],
     replaced_chains: set[str],
 ) -> None:
+    if replaced_chains:
+        _diff_elements_releasing(tx, s, wanted, had, replaced_chains)
+        return
+    stale = 0
     for key, element in had.items():
         want = wanted.get(key)
-        # An element whose verdict names a replaced chain must let go of it before the chain is deleted.
+        if want is None or (want is not element and not same_element(want, element)):
+            tx.delete(element)
+            stale += 1
+    if not stale and len(wanted) == len(had):
+        return  # every key we had is still wanted, unchanged, and there are no others
+    tx.add_elements(
+        s,
+        [
+            element
+            for key, element in wanted.items()
+            if (have := had.get(key)) is None or (have is not element and not same_element(element, have))
+        ],
+    )
+
+
+def _diff_elements_releasing(
+    tx: Transaction,
+    s: Set | Map,
+    wanted: dict[tuple[KeyField, ...], Element],
+    had: dict[tuple[KeyField, ...], Element],
+    replaced_chains: set[str],
+) -> None:
+    """As `_diff_elements`, and every element whose verdict names a replaced chain is deleted and
+    re-added, so that it lets go of the old chain before the chain is deleted."""
+    for key, element in had.items():
+        want = wanted.get(key)
         if want is None or not same_element(want, element) or _value_target(element) in replaced_chains:
             tx.delete(element)
-    for key, element in wanted.items():
-        have = had.get(key)
-        if have is None or not same_element(element, have) or _value_target(have) in replaced_chains:
-            tx.add(element)
+    tx.add_elements(
+        s,
+        [
+            element
+            for key, element in wanted.items()
+            if (have := had.get(key)) is None
+            or not same_element(element, have)
+            or _value_target(have) in replaced_chains
+        ],
+    )
 
 
 def _value_target(element: Element) -> str | None:
     words = element.value.split() if element.value else []
     return words[1] if len(words) == 2 and words[0] in ("jump", "goto") else None
+
+
+def _same_rules(wanted: list[Rule], had: list[Rule]) -> bool:
+    """The kernel would list the same rules: by fingerprint and human comment, in order."""
+    # Equal objects (the compiler's or a previous desired ruleset's) settle it without hashing text.
+    if wanted is had or wanted == had:
+        return True
+    return len(wanted) == len(had) and _rule_identities(wanted) == _rule_identities(had)
 
 
 def _rule_identities(rules: list[Rule]) -> list[tuple[str | None, str | None]]:

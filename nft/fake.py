@@ -75,9 +75,10 @@ class FakeNft:
         if lines:
             self._run(tx, lines, "nft check")
 
-    def read(self, table: Table) -> Ruleset | None:
+    def read(self, table: Table, *, elements: bool = True) -> Ruleset | None:
+        """A copy of the table; with `elements=False` its sets and maps are empty, as the runner's."""
         current = self._tables.get(table)
-        return _copy(current) if current is not None else None
+        return _copy(current, with_elements=elements) if current is not None else None
 
     def read_counters(self, table: Table) -> Counters | None:
         """Zero counters for every rule we wrote and every element of a set with `counter`."""
@@ -105,8 +106,8 @@ class FakeNft:
     async def check_async(self, tx: Transaction) -> None:
         self.check(tx)
 
-    async def read_async(self, table: Table) -> Ruleset | None:
-        return self.read(table)
+    async def read_async(self, table: Table, *, elements: bool = True) -> Ruleset | None:
+        return self.read(table, elements=elements)
 
     async def read_counters_async(self, table: Table) -> Counters | None:
         return self.read_counters(table)
@@ -328,14 +329,14 @@ def _overlap(keys: list[tuple[KeyField, ...]], fresh: set[tuple[KeyField, ...]])
     return None
 
 
-def _copy(rs: Ruleset) -> Ruleset:
+def _copy(rs: Ruleset, *, with_elements: bool = True) -> Ruleset:
     """A copy deep enough to change independently (the objects themselves are frozen)."""
     return Ruleset(
         rs.table,
         dict(rs.chains),
         {name: list(rules) for name, rules in rs.rules.items()},
         dict(rs.sets),
-        {name: dict(elements) for name, elements in rs.elements.items()},
+        {name: dict(elements) if with_elements else {} for name, elements in rs.elements.items()},
     )
 
 

@@ -25,7 +25,7 @@ from nft.readback import parse_listing
 from nft.transaction import Transaction
 
 if TYPE_CHECKING:
-    import nftables
+    import nftables  # type: ignore[import-untyped]  # Debian's binding ships no type information
 
 
 class NftRunner:
@@ -62,14 +62,19 @@ class NftRunner:
         if batch:
             self._worker.call(self._run_batch, batch, True)
 
-    def read(self, table: Table) -> Ruleset | None:
-        """The table as the kernel holds it, or None if it does not exist."""
-        listed = self._worker.call(self._read, table)
+    def read(self, table: Table, *, elements: bool = True) -> Ruleset | None:
+        """The table as the kernel holds it, or None if it does not exist.
+
+        With `elements=False` every set and map comes back empty (nft's terse listing, `nft -t`):
+        chains, rules with their fingerprints, and set definitions, at a fraction of the cost of
+        a full read of a big table. Enough to tell whether anyone changed the table's structure
+        (`nft.same_structure`); never diff such a read, which would re-add every element."""
+        listed = self._worker.call(self._read, table, elements)
         return listed[0] if listed is not None else None
 
     def read_counters(self, table: Table) -> Counters | None:
         """Packet and byte counters of the table's rules and set elements, or None without the table."""
-        listed = self._worker.call(self._read, table)
+        listed = self._worker.call(self._read, table, True)
         return listed[1] if listed is not None else None
 
     def list_tables(self) -> list[str]:
@@ -86,12 +91,12 @@ class NftRunner:
         if batch:
             await self._worker.call_async(self._run_batch, batch, True)
 
-    async def read_async(self, table: Table) -> Ruleset | None:
-        listed = await self._worker.call_async(self._read, table)
+    async def read_async(self, table: Table, *, elements: bool = True) -> Ruleset | None:
+        listed = await self._worker.call_async(self._read, table, elements)
         return listed[0] if listed is not None else None
 
     async def read_counters_async(self, table: Table) -> Counters | None:
-        listed = await self._worker.call_async(self._read, table)
+        listed = await self._worker.call_async(self._read, table, True)
         return listed[1] if listed is not None else None
 
     # Everything below runs on the worker thread.
@@ -124,11 +129,11 @@ class NftRunner:
         if rc != 0:
             raise NftError.from_batch(rc, err, batch, what="nft check" if dry_run else "nft transaction")
 
-    def _read(self, table: Table) -> tuple[Ruleset, Counters] | None:
+    def _read(self, table: Table, elements: bool) -> tuple[Ruleset, Counters] | None:
         nft = self._nft()
         # Numbers for protocols, ICMP types and priorities: set elements then hold nothing but
         # numbers, addresses and ranges. Handles pair rules with their kernel identity.
-        flags = ("numeric_proto", "numeric_symbol", "numeric_prio", "handle")
+        flags = ("numeric_proto", "numeric_symbol", "numeric_prio", "handle") + (() if elements else ("terse",))
         for flag in flags:
             getattr(nft, f"set_{flag}_output")(True)
         command = f"list table {table.family} {table.name}"

@@ -27,6 +27,7 @@ from nft import (
     Table,
     diff,
     render_ruleset,
+    same_structure,
 )
 
 TABLE = Table(Family.INET, "cfnft")
@@ -261,3 +262,142 @@ def test_diff_of_large_ruleset_is_empty_against_itself() -> None:
         desired.add_element(web(f"11.{i // 250}.{i % 250}.0/24", 1000 + i % 7))
     actual = copy.deepcopy(desired)
     assert diff(desired, actual).is_empty
+
+
+# --- unchanged parts shared between two rulesets are equal by identity -----------------------
+
+
+class Sealed(dict):
+    """An element dict that fails the test if diff looks inside it."""
+
+    def _looked(self, *args: object) -> None:
+        raise AssertionError("diff looked inside a shared element dict")
+
+    items = values = keys = get = __iter__ = __getitem__ = __contains__ = _looked  # type: ignore[assignment]
+
+
+class SealedRules(list):
+    """A rule list that fails the test if diff looks inside it."""
+
+    def _looked(self, *args: object) -> None:
+        raise AssertionError("diff looked inside a shared rule list")
+
+    __iter__ = __getitem__ = __eq__ = _looked  # type: ignore[assignment]
+
+
+def sharing(previous: Ruleset) -> Ruleset:
+    """What a compiler that reuses unchanged fragments hands over next: new containers, same parts."""
+    return Ruleset(
+        previous.table,
+        dict(previous.chains),
+        dict(previous.rules),
+        dict(previous.sets),
+        dict(previous.elements),
+    )
+
+
+def sealed_base() -> Ruleset:
+    rs = base()
+    rs.elements["asg-web"] = Sealed(rs.elements["asg-web"])
+    rs.rules["ctr-a"] = SealedRules(rs.rules["ctr-a"])
+    return rs
+
+
+def test_shared_parts_are_not_looked_into() -> None:
+    previous = sealed_base()
+    assert diff(sharing(previous), previous).is_empty
+
+
+def test_one_new_element_next_to_shared_parts() -> None:
+    """The daemon's common case: one container more, everything else the same objects."""
+    previous = sealed_base()
+    desired = sharing(previous)
+    desired.elements["ctr-dispatch"] = dict(previous.elements["ctr-dispatch"])
+    desired.add_element(Element("ctr-dispatch", (one("10.255.1.4"),), "jump ctr-b", "app b 2"))
+    assert diff(desired, previous).render().splitlines() == [
+        "add element inet cfnft ctr-dispatch {",
+        '\t10.255.1.4 comment "app b 2" : jump ctr-b,',
+        "}",
+    ]
+
+
+def test_shared_map_still_lets_go_of_a_replaced_chain() -> None:
+    """A chain that becomes a base chain is deleted and re-added; the map elements jumping to it
+    are deleted before and re-added after, even though the map's dict is the same object."""
+    actual = base()
+    actual.add_chain(Chain("ctr-c"))
+    actual.add_element(Element("ctr-dispatch", (one("10.255.1.4"),), "jump ctr-b"))
+    desired = sharing(actual)
+    desired.chains["ctr-b"] = Chain("ctr-b", ChainType.FILTER, Hook.OUTPUT, 0, Policy.ACCEPT)
+    desired.elements["ctr-dispatch"] = actual.elements["ctr-dispatch"]
+    del desired.chains["ctr-c"], desired.rules["ctr-c"]
+    desired.sets["ctr-dispatch"] = DISPATCH
+    lines = diff(desired, actual).render().splitlines()
+    assert lines.index("\t10.255.1.3,") < lines.index("delete chain inet cfnft ctr-b")
+    assert lines.index("delete chain inet cfnft ctr-b") < lines.index('\t10.255.1.3 comment "app b" : jump ctr-b,')
+
+
+def test_shared_rules_still_refill_when_their_set_is_replaced() -> None:
+    previous = base()
+    desired = sharing(previous)
+    desired.sets["asg-web"] = Set(WEB.name, WEB.type, WEB.flags, counter=False)
+    lines = diff(desired, previous).render().splitlines()
+    assert lines[:2] == ["flush chain inet cfnft ctr-a", "delete set inet cfnft asg-web"]
+    assert any(line.startswith("add rule inet cfnft ctr-a ip daddr") for line in lines)
+
+
+def test_equal_but_separate_parts_compare_by_content() -> None:
+    """Rebuilt (not shared) parts with the same content diff empty; a changed element in a rebuilt dict shows."""
+    assert diff(base(), base()).is_empty
+    desired = base()
+    desired.add_element(web("192.0.2.0/24", 80, "now commented"))
+    assert diff(desired, base()).render().splitlines() == [
+        "delete element inet cfnft asg-web {",
+        "\t192.0.2.0/24 . 6 . 80,",
+        "}",
+        "add element inet cfnft asg-web {",
+        '\t192.0.2.0/24 . 6 . 80 comment "now commented",',
+        "}",
+    ]
+
+
+# --- same_structure: what the drift probe compares on a read without elements ----------------
+
+
+def test_same_structure() -> None:
+    fake = kernel_with(base())
+    structure = fake.read(TABLE, elements=False)
+    assert structure is not None and not any(structure.elements.values())
+    assert same_structure(base(), structure)
+    assert not same_structure(base(), None)
+    more_elements = base()
+    more_elements.add_element(web("198.51.100.0/24", 8080))
+    assert same_structure(more_elements, structure), "elements are not compared"
+
+
+def structure_changes() -> list[tuple[str, Ruleset]]:
+    changed_rule, extra_chain, extra_set, new_policy, new_set_type, new_comment = (base() for _ in range(6))
+    changed_rule.rules["ctr-b"][0] = Rule("ctr-b", "counter drop", "app b")
+    extra_chain.add_chain(Chain("ctr-c"))
+    extra_set.add_set(Set("asg-extra", ("ipv4_addr",)))
+    new_policy.chains["cfnft-forward"] = Chain("cfnft-forward", ChainType.FILTER, Hook.FORWARD, 5, Policy.DROP)
+    new_set_type.sets["asg-web"] = Set(WEB.name, WEB.type, WEB.flags, counter=False)
+    new_comment.rules["ctr-b"][0] = Rule("ctr-b", "counter reject", "app b renamed")
+    return [
+        ("rule", changed_rule),
+        ("chain", extra_chain),
+        ("set", extra_set),
+        ("policy", new_policy),
+        ("set-definition", new_set_type),
+        ("rule-comment", new_comment),
+    ]
+
+
+def test_structure_changes_are_seen_both_ways() -> None:
+    """Each change is seen whether it is in what we want or in what the kernel holds."""
+    for what, changed in structure_changes():
+        kernel = kernel_with(base()).read(TABLE, elements=False)
+        assert not same_structure(changed, kernel), what
+        changed_kernel = kernel_with(changed).read(TABLE, elements=False)
+        assert not same_structure(base(), changed_kernel), what
+        assert not diff(base(), kernel_with(changed).read(TABLE)).is_empty, what

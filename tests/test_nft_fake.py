@@ -265,3 +265,52 @@ async def test_async_interface(fake: FakeNft) -> None:
     rs = await fake.read_async(TABLE)
     assert rs is not None and "ctr-new" in rs.chains and "ctr-other" not in rs.chains
     assert await fake.read_counters_async(TABLE) is not None
+
+
+def test_read_without_elements(fake: FakeNft) -> None:
+    """Chains, listed rules and set definitions as a full read has them; every set and map empty."""
+    full, structure = fake.read(TABLE), fake.read(TABLE, elements=False)
+    assert full is not None and structure is not None
+    assert structure.chains == full.chains and structure.rules == full.rules and structure.sets == full.sets
+    assert structure.elements == {name: {} for name in full.sets}
+    assert any(full.elements.values())
+    assert fake.read(Table(Family.INET, "other"), elements=False) is None
+
+
+def junk_tx() -> Transaction:
+    """Foreign objects in our table: a chain, a set of ours with an extra element, a set of another kind."""
+    return tx_of(
+        ("add", Chain("intruder")),
+        ("add", Rule("intruder", "counter accept")),
+        ("add", Element("asg-nets", (net("203.0.113.0/24"),))),
+        ("add", Set("asg-extra", ("inet_service",))),
+        ("add", Element("asg-extra", (IntRange.single(22),))),
+        ("add", Rule("ctr-a", "th dport @asg-extra drop")),
+    )
+
+
+def test_recreate_table_replaces_everything(fake: FakeNft) -> None:
+    """From a table with foreign junk, and from no table at all, the result is exactly the desired ruleset."""
+    fake.apply(junk_tx())
+    desired = ruleset()
+    desired.rules["ctr-a"].pop()  # and one of our own rules goes too
+    tx = diff(desired, None)
+    tx.recreate_table()
+    fake.apply(tx)
+    assert fake.dump() == render_ruleset(desired)
+    assert diff(desired, fake.read(TABLE)).is_empty
+    empty = FakeNft()
+    empty.apply(tx)
+    assert empty.dump() == render_ruleset(desired)
+
+
+def test_failed_recreate_changes_nothing(fake: FakeNft) -> None:
+    fake.apply(junk_tx())
+    before = fake.dump()
+    tx = diff(ruleset(), None)
+    tx.add(Rule("ctr-a", "jump ctr-missing"))
+    tx.recreate_table()
+    with pytest.raises(NftError) as caught:
+        fake.apply(tx)
+    assert caught.value.not_found
+    assert fake.dump() == before

@@ -38,6 +38,7 @@ from nft import (
     Table,
     Transaction,
     diff,
+    same_structure,
 )
 from nft.render import clean_comment
 from tests.test_nft_fake import REFUSED
@@ -501,3 +502,71 @@ def test_random_rulesets_converge(shared_runner: tuple[NftRunner, FakeNft], desi
     mirrored = fake.read(TABLE)
     assert mirrored is not None and mirrored.elements == actual.elements and mirrored.chains == actual.chains
     assert diff(desired, mirrored).is_empty
+
+
+def add_junk(netns: str) -> None:
+    """Foreign objects in our table: chains (one jumped to from a map), rules, elements, a set of
+    a datatype nft/ does not model, and a set of ours with another definition."""
+    nft_in(netns, "add", "chain", "inet", "cfnft", "intruder")
+    nft_in(netns, "add", "rule", "inet", "cfnft", "ctr-a", "accept")
+    nft_in(netns, "add", "element", "inet", "cfnft", "deny-always", "{ 203.0.113.0/24 }")
+    nft_in(netns, "add", "element", "inet", "cfnft", "ctr-dispatch", "{ 10.255.9.9 : jump intruder }")
+    nft_in(netns, "add", "set", "inet", "cfnft", "macs", "{ type ether_addr; elements = { 02:00:00:00:00:01 }; }")
+    nft_in(netns, "add", "rule", "inet", "cfnft", "intruder", "ether saddr @macs drop")
+
+
+def test_recreate_table_replaces_everything(runner: NftRunner, netns: str) -> None:
+    """One transaction turns a table full of foreign junk into exactly the desired one; the same
+    transaction also works where the table does not exist."""
+    runner.apply(diff(rich_ruleset(), None))
+    add_junk(netns)
+    desired = rich_ruleset()
+    desired.sets["host-ports"] = Set("host-ports", ("inet_service",), (SetFlag.INTERVAL,))  # redefined
+    tx = diff(desired, None)
+    tx.recreate_table()
+    runner.apply(tx)
+    actual = assert_converged(runner, desired)
+    assert actual.elements == as_kernel_keeps(desired.elements)
+    assert actual.sets == desired.sets
+    assert "intruder" not in listing(netns) and "macs" not in listing(netns)
+    nft_in(netns, "delete", "table", "inet", "cfnft")
+    runner.apply(tx)
+    assert_converged(runner, desired)
+
+
+def test_failed_recreate_changes_nothing(runner: NftRunner, netns: str) -> None:
+    runner.apply(diff(rich_ruleset(), None))
+    add_junk(netns)
+    before = listing(netns)
+    tx = diff(rich_ruleset(), None)
+    tx.add(Rule("ctr-a", "jump ctr-missing"))
+    tx.recreate_table()
+    with pytest.raises(NftError) as caught:
+        runner.apply(tx)
+    assert caught.value.not_found
+    assert listing(netns) == before
+
+
+def test_read_without_elements(runner: NftRunner, netns: str) -> None:
+    """The terse read has every chain, rule (with our fingerprints) and set definition of the full
+    read, and no element; same_structure on it sees changes to chains, rules and sets only."""
+    desired = rich_ruleset()
+    runner.apply(diff(desired, None))
+    full, structure = runner.read(TABLE), runner.read(TABLE, elements=False)
+    assert full is not None and structure is not None
+    assert structure.chains == full.chains and structure.rules == full.rules and structure.sets == full.sets
+    assert structure.elements == {name: {} for name in full.sets}
+    assert same_structure(desired, structure)
+    nft_in(netns, "add", "element", "inet", "cfnft", "deny-always", "{ 203.0.113.0/24 }")
+    assert same_structure(desired, runner.read(TABLE, elements=False))
+    assert not diff(desired, runner.read(TABLE)).is_empty
+    nft_in(netns, "add", "rule", "inet", "cfnft", "ctr-a", "accept")
+    assert not same_structure(desired, runner.read(TABLE, elements=False))
+
+
+async def test_read_without_elements_async(runner: NftRunner) -> None:
+    runner.apply(diff(rich_ruleset(), None))
+    structure = await runner.read_async(TABLE, elements=False)
+    assert structure is not None and same_structure(rich_ruleset(), structure)
+    assert not any(structure.elements.values())
+    assert await runner.read_async(Table(Family.INET, "absent"), elements=False) is None
