@@ -651,6 +651,11 @@ class CellConfig(_Model):
     """Services on the cell that containers may reach over TCP, as `address:port` (silk's form)."""
     host_udp_services: list[HostService] = Field(default_factory=list)
     """Services on the cell that containers may reach over UDP, as `address:port`."""
+    masquerade: StrictBool = True
+    """Source-NAT containers' IPv4 traffic that leaves the overlay to the cell's address, as silk does
+    (its MASQUERADE rule). Traffic inside the overlay and to `no_masquerade_networks` keeps its source."""
+    no_masquerade_networks: list[V4Network] = Field(default_factory=list)
+    """IPv4 destinations that see containers' own addresses (silk's `no_masquerade_cidr_range`, beyond the overlay)."""
     asg_logging: StrictBool = False
     """Log every accepted new egress connection, not only those of rules with `log: true`."""
     c2c_logging: StrictBool = False

@@ -475,6 +475,21 @@ def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
             )
     rs.add_rule(Rule(HOST_ACCESS, "counter reject", "anything else to the cell"))
 
+    if cfg.masquerade:
+        rs.add_set(Set("no-masquerade4", ("ipv4_addr",), (SetFlag.INTERVAL,)))
+        for e in _elements(
+            "no-masquerade4", 4, [_net_box(cfg.overlay_network), *map(_net_box, cfg.no_masquerade_networks)], None
+        ):
+            rs.add_element(e)
+        rs.add_chain(Chain("postrouting", ChainType.NAT, Hook.POSTROUTING, 100, Policy.ACCEPT))
+        rs.add_rule(
+            Rule(
+                "postrouting",
+                f"ip saddr {overlay} ip daddr != @no-masquerade4 counter masquerade",
+                "containers leaving the overlay: the cell's address",
+            )
+        )
+
     rs.add_chain(Chain("prerouting", ChainType.NAT, Hook.PREROUTING, -100, Policy.ACCEPT))
     rs.add_rule(
         Rule(
@@ -488,6 +503,10 @@ def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
 
     _log_chain(rs, LOG_ASG_ACCEPT, "cfnft-asg-ok ", cfg.accepted_udp_logs_per_sec)
     _log_chain(rs, LOG_C2C_ACCEPT, "cfnft-c2c-ok ", cfg.accepted_udp_logs_per_sec)
+
+
+def _net_box(net: ipaddress.IPv4Network) -> Box:
+    return ((int(net.network_address), int(net.broadcast_address)),)
 
 
 def _log_chain(rs: Ruleset, name: str, prefix: str, udp_rate: int) -> None:

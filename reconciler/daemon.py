@@ -69,6 +69,7 @@ class Reconciler:
         self._desired: Ruleset | None = None
         self._readback = True
         self._failures = 0
+        self._unsaved: CellState | None = None  # committed, not yet written to the snapshot file
         self.fatal: BaseException | None = None
         self.nc: NATS | None = None
         self._feed: StateFeed | None = None
@@ -194,7 +195,7 @@ class Reconciler:
         self.metrics.elements.set(elements)
         self.metrics.containers.set(len(state.containers))
         if self._nats_synced:
-            _atomic_write(self._snapshot_file, state.model_dump_json())
+            self._unsaved = state
         return True
 
     async def _install_skeleton_if_missing(self) -> None:
@@ -214,12 +215,12 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 wrote = await self._converge()
-            except (NftError, OSError) as e:
+            except Exception as e:  # the loop must outlive any one pass; NftError is the usual case
                 self._failures += 1
                 self._readback = True
                 self.metrics.apply_failures.inc()
                 self.metrics.reconcile_seconds.labels("error").observe(time.perf_counter() - started)
-                log.error("apply failed (%d in a row): %s", self._failures, e)
+                log.error("apply failed (%d in a row): %s", self._failures, e, exc_info=not isinstance(e, NftError))
                 if self._failures >= self.config.give_up_after_failures:
                     self.fatal = e
                     log.critical("giving up after %d failed applies; exiting so monit restarts us", self._failures)
@@ -239,6 +240,10 @@ class Reconciler:
             for g, fut in self._waiters:
                 if g <= gen and not fut.done():
                     fut.set_result(None)
+            if self._unsaved is not None:
+                # After the waiters: a CNI ADD must not wait for a file write it does not need.
+                state, self._unsaved = self._unsaved, None
+                await asyncio.to_thread(_atomic_write, self._snapshot_file, state.model_dump_json())
 
     async def _drift_loop(self) -> None:
         last_full = time.monotonic()

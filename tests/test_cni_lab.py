@@ -152,7 +152,7 @@ class Env:
         self.serial += 1
         handle = f"c{self.serial}"
         # Namespaces stay until the module's lab is torn down; handles are never reused.
-        netns = Netns(self.lab, self.lab._create_netns(f"ctr-{handle}", router=False), f"container {handle}")
+        netns = self.lab.add_namespace(f"ctr-{handle}")
         properties = {"space_id": SPACE, "org_id": "org-1", "container_workload": "app", "ports": ports}
         if app is not None:
             properties |= {"app_id": app, "policy_group_id": app}

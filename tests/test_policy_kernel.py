@@ -314,3 +314,23 @@ def test_reapplying_never_opens_a_window(world):
     assert len(seen) >= 10, f"the probe loop must have run during the re-applies ({applies} applies)"
     assert all(denied is REJECTED for denied, _ in seen), seen
     assert all(allowed is OPEN for _, allowed in seen), seen
+
+
+def test_traffic_leaving_the_overlay_is_masqueraded_except_to_excluded_networks(world):
+    everything = sg("everything", [{"protocol": "all", "destination": "0.0.0.0/0"}], running=True)
+    _, cell, c, runner = world
+
+    def masqueraded() -> int:
+        counters = runner.read_counters(TABLE)
+        return sum(v.packets for (chain, _), v in counters.rules.items() if chain == "postrouting")
+
+    apply(world, doc(world, [everything], config={"no_masquerade_networks": ["198.51.100.0/24"]}))
+    before = masqueraded()
+    assert_reachability(c["web0"], {("tcp", "192.0.2.10", 80): OPEN})
+    after_nat = masqueraded()
+    assert after_nat > before, "a new connection out of the overlay goes through masquerade"
+    assert_reachability(c["web0"], {("tcp", "198.51.100.10", 80): OPEN, ("tcp", str(c["api0"].ip), 8080): REJECTED})
+    assert masqueraded() == after_nat, "excluded networks and the overlay keep the container's address"
+    apply(world, doc(world, [everything], config={"masquerade": False}))
+    assert "postrouting" not in runner.read(TABLE).chains
+    assert_reachability(c["web0"], {("tcp", "192.0.2.10", 80): OPEN})
