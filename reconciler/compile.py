@@ -278,6 +278,11 @@ class Compiler:
         # Bundles by the identity of the objects they were computed from; the key's objects are
         # kept alive in the value, so an id is never reused while its entry exists.
         self._bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+        # Applicability by (app, space, workload), valid while the same group and policy objects
+        # are in the state; `_inputs` pins those objects so their ids stay theirs.
+        self._inputs: tuple[tuple[object, ...], tuple[object, ...], bool] = ((), (), True)
+        self._applicable: dict[tuple, Applicable] = {}
+        self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
 
     def _bundle(self, state: CellState, a: Applicable, used: dict) -> Bundle:
         inputs = (
@@ -319,8 +324,19 @@ class Compiler:
         bundles: set[str] = set()
         by_applicable: dict[Applicable, Bundle] = {}
         used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+        # What applies to a container depends only on its app, space and workload (and, without
+        # dynamic ASGs, on its own rules): decide that once per such key, not per container.
+        inputs = (tuple(state.security_groups), tuple(state.egress_policies), state.config.dynamic_asgs)
+        if not _same_objects(inputs, self._inputs):
+            self._applicable = {}
+        self._inputs = inputs
+        # Without dynamic ASGs a container's own rules decide, so the key is its index: per compile only.
+        by_key = self._applicable if state.config.dynamic_asgs else {}
         for index, c in enumerate(state.containers):
-            a = applicable(state, index, c)
+            key = (c.app_guid, c.space_guid, c.workload) if state.config.dynamic_asgs else (index,)
+            a = by_key.get(key)
+            if a is None:
+                a = by_key[key] = applicable(state, index, c)
             if a not in by_applicable:
                 by_applicable[a] = self._bundle(state, a, used_bundles)
             b = by_applicable[a]
@@ -341,12 +357,18 @@ class Compiler:
 
         # Ingress: one chain per local destination app.
         instances = _instances(state)
+        source_sets = {app: frozenset(addrs) for app, addrs in instances.items()}
+        boxes_used: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
         by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
         for p in state.c2c_policies:
             by_destination[p.destination.id].append(p)
         for app in sorted({c.app_guid for c in state.containers}):
             policies = by_destination.get(app, [])
-            boxes = _c2c_boxes(policies, instances)
+            # Keyed by the policy objects' identity; the value pins them, so an id is never reused.
+            key = (app, tuple(map(id, policies)), tuple(source_sets.get(p.source.id) for p in policies))
+            hit = self._boxes.get(key) or boxes_used.get(key)
+            boxes = hit[1] if hit is not None else _c2c_boxes(policies, instances)
+            boxes_used[key] = (tuple(policies), boxes)
             sources = tuple(sorted({p.source.id for p in policies}))
             fragment(
                 ("app", app, boxes, sources, settings),
@@ -366,7 +388,20 @@ class Compiler:
                 rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
         self._fragments = used
         self._bundles = used_bundles
+        self._boxes = boxes_used
         return rs
+
+
+def _same_objects(a: tuple, b: tuple) -> bool:
+    groups_a, policies_a, dynamic_a = a
+    groups_b, policies_b, dynamic_b = b
+    return (
+        dynamic_a == dynamic_b
+        and len(groups_a) == len(groups_b)
+        and len(policies_a) == len(policies_b)
+        and all(x is y for x, y in zip(groups_a, groups_b))
+        and all(x is y for x, y in zip(policies_a, policies_b))
+    )
 
 
 def _merge(rs: Ruleset, frag: Ruleset) -> None:
