@@ -260,3 +260,31 @@ def test_applying_a_sequence_ends_where_compiling_the_last_state_does(name, sequ
     fresh.apply(diff(compiled(sequence[-1]), None))
     assert kernel.dump() == fresh.dump()
     assert diff(compiled(sequence[-1]), kernel.read(TABLE)).is_empty
+
+
+def test_a_long_lived_compiler_gives_what_a_fresh_one_gives():
+    """The daemon's Compiler reuses fragments by object identity; reuse must never change the output."""
+    from events.models import C2CPolicy, SecurityGroup
+
+    from reconciler.compile import Compiler
+
+    shared = Compiler()
+    state = load_cell_state(base_doc())
+    steps = []
+    added = state.containers[0].model_copy(update={"handle": "web-9", "ip": _ip("10.255.1.99")})
+    steps.append(state.model_copy(update={"containers": [*state.containers, added]}))
+    raw = state.security_groups[1].model_dump(mode="json")
+    raw["rules"].append({"protocol": "udp", "destination": "192.0.2.77", "ports": "5000-5010"})
+    steps.append(
+        steps[-1].model_copy(update={"security_groups": [state.security_groups[0], SecurityGroup.model_validate(raw)]})
+    )
+    policy = C2CPolicy.model_validate(
+        {"source": {"id": API}, "destination": {"id": WEB, "protocol": "udp", "ports": {"start": 53, "end": 53}}}
+    )
+    steps.append(steps[-1].model_copy(update={"c2c_policies": [*state.c2c_policies, policy]}))
+    steps.append(steps[-1].model_copy(update={"containers": steps[-1].containers[1:]}))
+    static = steps[-1].config.model_copy(update={"dynamic_asgs": False})
+    steps.append(steps[-1].model_copy(update={"config": static}))
+    steps.append(state)
+    for s in [state, *steps]:
+        assert render_ruleset(shared.compile(s)) == render_ruleset(compile_ruleset(s))
