@@ -265,7 +265,6 @@ def test_applying_a_sequence_ends_where_compiling_the_last_state_does(name, sequ
 def test_a_long_lived_compiler_gives_what_a_fresh_one_gives():
     """The daemon's Compiler reuses fragments by object identity; reuse must never change the output."""
     from events.models import C2CPolicy, SecurityGroup
-
     from reconciler.compile import Compiler
 
     shared = Compiler()

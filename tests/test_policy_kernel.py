@@ -16,10 +16,10 @@ import threading
 
 import pytest
 
+from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from events.models import load_cell_state
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, compile_ruleset
-from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 
 OPEN, REJECTED, REFUSED = Outcome.OPEN, Outcome.REJECTED, Outcome.REFUSED
 WEB, API, STAGER = "app-web", "app-api", "app-stager"
