@@ -37,7 +37,7 @@ from events import subjects
 from events.connect import connect
 from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
-from nft import NftError, diff
+from nft import NftError, diff, same_structure
 from nft.objects import Ruleset
 from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
@@ -69,6 +69,7 @@ class Reconciler:
         self._desired: Ruleset | None = None
         self._readback = True
         self._failures = 0
+        self._converged_once = False  # a pass has succeeded since the desired state became complete
         self._unsaved: CellState | None = None  # committed, not yet written to the snapshot file
         self.fatal: BaseException | None = None
         self.nc: NATS | None = None
@@ -124,7 +125,12 @@ class Reconciler:
 
     @property
     def ready(self) -> bool:
-        return self._synced.is_set() and self.committed_generation == self.generation and self.fatal is None
+        return (
+            self._synced.is_set()
+            and self._converged_once
+            and self.committed_generation == self.generation
+            and self.fatal is None
+        )
 
     async def wait_committed(self, generation: int, timeout: float) -> None:
         """Wait until everything up to `generation` is committed to the kernel."""
@@ -180,8 +186,8 @@ class Reconciler:
             self._readback = False
         rebuild = self._failures >= self.config.rebuild_after_failures
         tx = diff(desired, None) if rebuild else diff(desired, self._actual)
-        if rebuild and self._actual is not None:
-            tx.delete_table_first()
+        if rebuild:
+            tx.recreate_table()
             self.metrics.table_rebuilds.inc()
             log.warning("rebuilding table %s whole after %d failures", TABLE.name, self._failures)
         self._desired = desired
@@ -199,11 +205,15 @@ class Reconciler:
         return True
 
     async def _install_skeleton_if_missing(self) -> None:
-        actual = await self.runner.read_async(TABLE)
-        if actual is None:
-            skeleton = compile_ruleset(CellState(cell_id=self.config.cell_id, containers=[], config=self.config.policy))
-            await self.runner.apply_async(diff(skeleton, None))
-            log.info("installed the fail-closed skeleton of table %s", TABLE.name)
+        try:
+            if await self.runner.read_async(TABLE) is None:
+                empty = CellState(cell_id=self.config.cell_id, containers=[], config=self.config.policy)
+                await self.runner.apply_async(diff(compile_ruleset(empty), None))
+                log.info("installed the fail-closed skeleton of table %s", TABLE.name)
+        except NftError as e:
+            # Not fatal: the apply loop installs the whole table, with its own retries.
+            self.metrics.apply_failures.inc()
+            log.error("could not install the skeleton of table %s: %s", TABLE.name, e)
         self._readback = True
 
     async def _apply_loop(self) -> None:
@@ -229,6 +239,7 @@ class Reconciler:
                 asyncio.get_running_loop().call_later(delay, self._dirty.set)
                 continue
             self._failures = 0
+            self._converged_once = True
             now = time.perf_counter()
             self.metrics.reconcile_seconds.labels("changed" if wrote else "unchanged").observe(now - started)
             for g in [g for g in self._changed_at if g <= gen]:
@@ -253,7 +264,7 @@ class Reconciler:
                 continue
             full = time.monotonic() - last_full >= self.config.full_check_seconds
             try:
-                kernel = await self.runner.read_async(TABLE)
+                kernel = await self.runner.read_async(TABLE, elements=full)
             except NftError as e:
                 log.error("drift probe failed: %s", e)
                 continue
@@ -261,7 +272,7 @@ class Reconciler:
                 last_full = time.monotonic()
                 drifted = not diff(self._desired, kernel).is_empty
             else:
-                drifted = not _same_structure(self._desired, kernel)
+                drifted = not same_structure(self._desired, kernel)
             if drifted and self._desired is not None and self.ready:
                 self.metrics.drift_repairs.inc()
                 log.warning("table %s was changed outside cfnft; repairing", TABLE.name)
@@ -359,18 +370,6 @@ class Reconciler:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.nc is not None and not self.nc.is_closed:
                 await self.nc.close()
-
-
-def _same_structure(desired: Ruleset, kernel: Ruleset | None) -> bool:
-    """Chains, rule fingerprints and set definitions equal (elements not compared)."""
-    if kernel is None:
-        return False
-    if desired.chains != kernel.chains or desired.sets != kernel.sets:
-        return False
-    return all(
-        [r.claimed_fingerprint for r in rules] == [r.claimed_fingerprint for r in kernel.rules.get(name, [])]
-        for name, rules in desired.rules.items()
-    )
 
 
 def _atomic_write(path: Path, text: str) -> None:
