@@ -31,11 +31,11 @@ import functools
 import hashlib
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, Workload
+from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, SecurityGroup, Workload
 from nft.objects import (
     AddrRange,
     Chain,
@@ -141,14 +141,20 @@ def applicable(state: CellState, index: int, c: Container) -> Applicable:
     return Applicable(lifecycle, groups, policies)
 
 
-def bundle_of(state: CellState, a: Applicable) -> Bundle:
+def group_source(group: SecurityGroup) -> RuleSource:
+    return RuleSource(f"sg-{group.guid}", group.name, frozenset(group.egress_rules()))
+
+
+def bundle_of(
+    state: CellState, a: Applicable, source_of: Callable[[SecurityGroup], RuleSource] = group_source
+) -> Bundle:
     """The rule sources of `a`: one per security group, plus the bundle's own static rules and
     egress policies, which are named after the bundle (they have no guid of their own)."""
     identity: list[str] = []
     groups = []
     for i in sorted(a.groups, key=lambda i: state.security_groups[i].guid):
         group = state.security_groups[i]
-        groups.append(RuleSource(f"sg-{group.guid}", group.name, frozenset(group.egress_rules())))
+        groups.append(source_of(group))
         identity.append(f"group:{group.guid}")
     static: set[EgressRule] = set()
     for i in a.static_rules:
@@ -283,6 +289,14 @@ class Compiler:
         self._inputs: tuple[tuple[object, ...], tuple[object, ...], bool] = ((), (), True)
         self._applicable: dict[tuple, Applicable] = {}
         self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
+        self._sources: dict[int, tuple[SecurityGroup, RuleSource]] = {}
+
+    def _group_source(self, group: SecurityGroup) -> RuleSource:
+        """A group's rule source, parsed once per group object (the entry pins the object)."""
+        hit = self._sources.get(id(group))
+        if hit is None or hit[0] is not group:
+            hit = self._sources[id(group)] = (group, group_source(group))
+        return hit[1]
 
     def _bundle(self, state: CellState, a: Applicable, used: dict) -> Bundle:
         inputs = (
@@ -292,7 +306,7 @@ class Compiler:
         )
         key = (a.lifecycle, len(a.groups), len(a.policies), *map(id, inputs))
         hit = self._bundles.get(key) or used.get(key)
-        bundle = hit[1] if hit is not None else bundle_of(state, a)
+        bundle = hit[1] if hit is not None else bundle_of(state, a, self._group_source)
         used[key] = (inputs, bundle)
         return bundle
 
@@ -386,6 +400,8 @@ class Compiler:
                 rs.add_chain(Chain(chain))
                 rs.add_rule(Rule(chain, f"meta l4proto tcp counter dnat ip to {c.ip}:{m.container_port}", comment))
                 rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
+        live = {id(g) for g in state.security_groups}
+        self._sources = {k: v for k, v in self._sources.items() if k in live}
         self._fragments = used
         self._bundles = used_bundles
         self._boxes = boxes_used

@@ -1,0 +1,69 @@
+"""CNI ADD latency on a full cell: the plugin process from start to exit, which includes the
+reconciler committing the new container's rules (ADD answers only then)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+from cfnft.bench.kernel import namespace
+from cfnft.lab.natsserver import NatsServer
+from cfnft.publish import publish_state
+from cni.bench import AddReport, StartupReport, measure_add_latency, measure_startup
+from events.connect import NatsConfig
+from events.models import load_cell_state
+from nft import NftRunner
+from reconciler.config import ReconcilerConfig
+from reconciler.daemon import Reconciler
+from reconciler.endpoint import start_endpoints
+
+
+def cni_add_latency(doc: dict, containers: int = 100) -> tuple[AddReport, StartupReport]:
+    startup = measure_startup(20)
+    with tempfile.TemporaryDirectory(prefix="cfnft-bench-") as tmp, NatsServer(Path(tmp) / "nats") as server:
+        return asyncio.run(_adds(doc, containers, server.url, Path(tmp))), startup
+
+
+async def _adds(doc: dict, containers: int, url: str, tmp: Path) -> AddReport:
+    state = load_cell_state(doc)
+    nc = await nats.connect(url)
+    await publish_state(nc, state)
+    await nc.close()
+    socket = tmp / "cni.sock"
+    with namespace("cni") as ns, NftRunner(netns=ns) as runner:
+        cfg = ReconcilerConfig(
+            cell_id=state.cell_id,
+            nats=NatsConfig(servers=[url]),
+            netns=ns,
+            socket_path=socket,
+            state_dir=tmp / "state",
+            metrics_listen="",
+            drift_probe_seconds=3600,
+        )
+        rec = Reconciler(cfg, runner)
+        sites = await start_endpoints(rec, socket, None)
+        task = asyncio.create_task(rec.run())
+        try:
+            deadline = time.monotonic() + 120
+            while not rec.ready:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the reconciler did not get in sync")
+                await asyncio.sleep(0.05)
+            return await asyncio.to_thread(
+                measure_add_latency,
+                str(socket),
+                containers,
+                app_guid=state.containers[0].app_guid,
+                space_guid=state.containers[0].space_guid,
+            )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for site in sites:
+                await site.cleanup()
