@@ -65,6 +65,25 @@ def split_comment(comment: str | None) -> tuple[str | None, str | None]:
     return match.group(1) or None, match.group(2)
 
 
+def table_block(listing: str, table: Table) -> str | None:
+    """The lines of `table` in a listing of several tables (`list ruleset`), or None if absent.
+
+    nft starts each table with `table <family> <name> {` and ends it with `}` at the start of a
+    line; everything inside is indented."""
+    header = f"table {table.family} {table.name} {{"
+    if listing.startswith(header):
+        start = 0
+    else:
+        found = listing.find("\n" + header)
+        if found < 0:
+            return None
+        start = found + 1
+    end = listing.find("\n}", start)
+    if end < 0:
+        raise ReadbackError(f"table {table.name}", "listing ends inside the table")
+    return listing[start : end + 2]
+
+
 def parse_listing(listing: str) -> tuple[Ruleset, Counters]:
     """The table in `listing` (one `list table` with handles and numeric output) and its counters."""
     # A full cell is ~100k small objects; the cyclic collector would rescan them many times over

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from nft.errors import NftError
 from nft.netns import NamespaceThread
 from nft.objects import Counters, Ruleset, Table
-from nft.readback import parse_listing
+from nft.readback import parse_listing, table_block
 from nft.transaction import Transaction
 
 if TYPE_CHECKING:
@@ -130,24 +130,41 @@ class NftRunner:
             raise NftError.from_batch(rc, err, batch, what="nft check" if dry_run else "nft transaction")
 
     def _read(self, table: Table, elements: bool) -> tuple[Ruleset, Counters] | None:
+        if not elements:
+            # nft 1.0.6 fetches every set element for `list table` even in terse mode, and skips
+            # them only for `list ruleset`: on a full cell 35 ms instead of 450 ms. That lists the
+            # other tables of the family too (without their elements); only ours is parsed.
+            try:
+                listing = self._list(f"list ruleset {table.family}", terse=True)
+            except NftError:
+                pass  # another table of the family cannot be listed; ours can, at full cost
+            else:
+                block = table_block(listing, table)
+                return parse_listing(block) if block is not None else None
+        try:
+            listing = self._list(f"list table {table.family} {table.name}", terse=not elements)
+        except NftError as e:
+            if e.not_found:
+                return None
+            raise
+        return parse_listing(listing)
+
+    def _list(self, command: str, *, terse: bool) -> str:
+        """nft's listing for `command`, with handles and numbers; raises NftError."""
         nft = self._nft()
         # Numbers for protocols, ICMP types and priorities: set elements then hold nothing but
         # numbers, addresses and ranges. Handles pair rules with their kernel identity.
-        flags = ("numeric_proto", "numeric_symbol", "numeric_prio", "handle") + (() if elements else ("terse",))
+        flags = ("numeric_proto", "numeric_symbol", "numeric_prio", "handle") + (("terse",) if terse else ())
         for flag in flags:
             getattr(nft, f"set_{flag}_output")(True)
-        command = f"list table {table.family} {table.name}"
         try:
             rc, out, err = nft.cmd(command)
         finally:
             for flag in flags:
                 getattr(nft, f"set_{flag}_output")(False)
         if rc != 0:
-            error = NftError(rc, err, what=command)
-            if error.not_found:
-                return None
-            raise error
-        return parse_listing(out)
+            raise NftError(rc, err, what=command)
+        return str(out)
 
     def _list_tables(self) -> list[str]:
         rc, out, err = self._nft().cmd("list tables")

@@ -564,6 +564,25 @@ def test_read_without_elements(runner: NftRunner, netns: str) -> None:
     assert not same_structure(desired, runner.read(TABLE, elements=False))
 
 
+def test_read_without_elements_next_to_other_tables(runner: NftRunner, netns: str) -> None:
+    """The cheap read lists the whole family and keeps only our table: not one of the same family
+    whose name starts like ours (listed before ours), nor one of another family with our name."""
+    others = (
+        "table inet cfnft2 {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.1 }\n\t}\n"
+        "\tchain c {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tip saddr @s drop\n\t}\n}\n"
+        "table ip cfnft {\n\tchain c {\n\t\tcounter accept\n\t}\n}\n"
+    )
+    nft_in(netns, "-f", "-", stdin=others)
+    desired = rich_ruleset()
+    runner.apply(diff(desired, None))
+    structure = runner.read(TABLE, elements=False)
+    assert structure is not None and same_structure(desired, structure)
+    assert structure.rules == runner.read(TABLE).rules  # type: ignore[union-attr]
+    nft_in(netns, "delete", "table", "inet", "cfnft")
+    assert runner.read(TABLE, elements=False) is None
+    assert runner.read(Table(Family.INET, "cfnft2"), elements=False) is not None
+
+
 async def test_read_without_elements_async(runner: NftRunner) -> None:
     runner.apply(diff(rich_ruleset(), None))
     structure = await runner.read_async(TABLE, elements=False)
