@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenario",
         action="append",
-        choices=["cold", "incremental", "e2e", "cni"],
+        choices=["cold", "incremental", "e2e", "cni", "packet"],
         help="what to run (repeatable; default: all)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")

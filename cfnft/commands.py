@@ -304,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cfnft.bench.report import run as run_bench
 
-    return run_bench(args.scenario or ["cold", "incremental", "e2e", "cni"], args.json, args.quick)
+    return run_bench(args.scenario or ["cold", "incremental", "e2e", "cni", "packet"], args.json, args.quick)
 
 
 _HANDLERS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
     doc = full_cell(shape)
     state = load_cell_state(doc)
     report = Report()
+    logging.getLogger().setLevel(logging.WARNING)  # the table is the output
     rules_each = _rules_per_container(state)
     print(
         f"full cell: {shape.containers} containers, {shape.groups} security groups / {shape.rules} rules "
@@ -117,6 +119,32 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         report.add("cni", "cfnft-cni ADD to committed rules, p50", adds.add.p50, "ms")
         report.add("cni", "cfnft-cni ADD to committed rules, p99", adds.add.percentile(99), "ms")
         report.add("cni", "cfnft-cni DEL, p50", adds.delete.p50, "ms")
+
+    if "packet" in scenarios:
+        from cfnft.bench.packet import per_packet
+
+        rates = per_packet(repeat=1 if quick else 3)
+        flat = rates[0].pps
+        for r in rates:
+            report.add(
+                "packet",
+                f"UDP pps, {r.rules:>6,} rules (cfnft sets)",
+                r.pps,
+                "pps",
+                "flat",
+                f"cfnft at {rates[0].rules} rules",
+                r.pps / flat,
+            )
+        for r in rates:
+            report.add(
+                "packet",
+                f"UDP pps, {r.rules:>6,} rules (iptables chain)",
+                r.linear_pps,
+                "pps",
+                "",
+                "cfnft, same rules",
+                r.linear_pps / r.pps,
+            )
 
     if as_json:
         print(json.dumps({"shape": asdict(shape), "rows": [asdict(r) for r in report.rows]}, indent=2))
