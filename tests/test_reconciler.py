@@ -306,3 +306,35 @@ async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_change
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_status_answers_and_resync_repairs_element_drift_the_cheap_probe_cannot_see(
+    nats_server, cell_lab, tmp_path
+):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    await publish(nats_server.url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
+    async with running_reconciler(nats_server.url, cell, tmp_path, full_check_seconds=3600) as rec:
+        await eventually(lambda: rec.ready, what="in sync")
+
+        def cli(*args):
+            return subprocess.run(
+                [sys.executable, "-m", "cfnft.cli", *args, "--nats-url", nats_server.url],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        status = await asyncio.to_thread(cli, "status", "--cell", "a")
+        assert status.returncode == 0, status.stderr
+        body = json.loads(status.stdout)
+        assert body["in_sync"] is True and body["state"]["containers"] == 2 and body["table"]["elements"] > 0
+        missing = await asyncio.to_thread(cli, "status", "--cell", "nope", "--timeout", "0.5")
+        assert missing.returncode == 3 and "no reconciler for cell nope" in missing.stderr
+
+        # An element deleted behind our back: the structure probe cannot see it, a resync can.
+        cell.run(["nft", "delete", "element", "inet", "cfnft", "sg-public-ports4", "{ 192.0.2.10 . 6 . 80 }"])
+        await eventually(reachable(web, ("tcp", "192.0.2.10", 80), REJECTED), what="the deletion bites")
+        resync = await asyncio.to_thread(cli, "resync", "--cell", "a")
+        assert resync.returncode == 0, resync.stderr
+        await eventually(reachable(web, ("tcp", "192.0.2.10", 80), OPEN), what="resync repaired the element")
