@@ -41,26 +41,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_state(path: Path, lenient: bool):
-    from events.models import load_cell_state
+    from events.models import load_cell_state_file
     from events.problems import StateError
 
     try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not JSON: line {e.lineno} column {e.colno}: {e.msg}") from None
-    try:
         if lenient:
-            state, problems = load_cell_state(raw, lenient=True)
+            state, problems = load_cell_state_file(path, lenient=True)
             for p in problems:
                 print(f"cfnft: {path}: skipped: {p}", file=sys.stderr)
             return state
-        return load_cell_state(raw)
+        return load_cell_state_file(path)
     except StateError as e:
         lines = [str(p) for p in e.problems]
+        if len(lines) == 1 and not e.problems[0].loc:
+            raise UsageError(f"{path}: {lines[0]}") from None
         shown = "\n  ".join(lines[:20]) + (f"\n  … and {len(lines) - 20} more" if len(lines) > 20 else "")
         raise UsageError(f"{path}: invalid cell state ({len(lines)} problem{'s' * (len(lines) != 1)}):\n  {shown}")
+
+
+def _first_line(e: Exception) -> str:
+    """A configuration error as the one line an operator needs (the first problem; more after a fix)."""
+    return str(e).splitlines()[0]
 
 
 def _runner(netns: str | None):
@@ -128,12 +129,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _reconciler_config(args: argparse.Namespace):
-    from reconciler.config import ConfigError, ReconcilerConfig, load_config
+    from events.problems import StateError
+    from reconciler.config import ReconcilerConfig, load_config
 
     try:
         cfg = load_config(args.config) if args.config else None
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    except StateError as e:
+        raise UsageError(_first_line(e)) from None
     if cfg is None:
         if not args.cell_id:
             raise UsageError("give --config FILE or at least --cell-id")
@@ -195,8 +197,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from cfnft.watch import WatchConfigError, load_watch_config, run_watchers
+    from cfnft.watch import load_watch_config, run_watchers
     from events.poller import FatalSourceError
+    from events.problems import StateError
     from events.tls import TlsConfigError
 
     unknown = set(args.only) - {"bbs", "policy", "cc"}
@@ -204,8 +207,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
     try:
         cfg = load_watch_config(args.config)
-    except WatchConfigError as e:
-        raise UsageError(str(e)) from None
+    except StateError as e:
+        raise UsageError(_first_line(e)) from None
     try:
         asyncio.run(run_watchers(cfg, set(args.only) or None))
     except (FatalSourceError, TlsConfigError) as e:

@@ -10,13 +10,12 @@ published stays in JetStream and the cells keep enforcing it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events import subjects
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
@@ -25,7 +24,7 @@ from events.connect import NatsConfig, connect
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.poller import FatalSourceError
-from events.problems import problems_from
+from events.problems import load_model_file
 from events.publisher import StatePublisher
 
 log = logging.getLogger(__name__)
@@ -54,21 +53,9 @@ class WatchConfig(BaseModel):
         return self
 
 
-class WatchConfigError(Exception):
-    """One line naming the file and key."""
-
-
 def load_watch_config(path: Path) -> WatchConfig:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise WatchConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise WatchConfigError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}") from None
-    try:
-        return WatchConfig.model_validate(raw)
-    except ValidationError as e:
-        raise WatchConfigError(f"{path}: {problems_from(e)[0]}") from None
+    """The watcher's config file; StateError (one line per problem, naming file and key) if unusable."""
+    return load_model_file(WatchConfig, path)
 
 
 async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:

@@ -50,6 +50,7 @@ from events.problems import (
     format_path,
     item_parser,
     problems_from,
+    read_json,
     show,
     validate_items,
     validate_unit,
@@ -787,19 +788,8 @@ def load_cell_state_file(path: str | PathLike[str]) -> CellState: ...
 def load_cell_state_file(path: str | PathLike[str], *, lenient: Literal[True]) -> tuple[CellState, list[Problem]]: ...
 def load_cell_state_file(path: str | PathLike[str], *, lenient: bool = False) -> Any:
     """Read and validate a cell state JSON file. Every failure is a StateError whose lines start with the file name."""
-    name = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as err:
-        raise StateError([Problem((), f"cannot read: {err.strerror or err}")], source=name) from None
-    except UnicodeDecodeError:
-        raise StateError([Problem((), "not UTF-8 text")], source=name) from None
-    except json.JSONDecodeError as err:
-        raise StateError(
-            [Problem((), f"line {err.lineno} column {err.colno}: not valid JSON: {err.msg}")], name
-        ) from None
+    data = read_json(path)
     try:
         return load_cell_state(data, lenient=True) if lenient else load_cell_state(data)
     except StateError as err:
-        raise StateError(err.problems, source=name) from None
+        raise StateError(err.problems, source=str(path)) from None

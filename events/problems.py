@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -217,3 +218,27 @@ def validate_items(parse: ItemParser, data: object, at: Loc) -> tuple[list[Any],
 def item_parser(model: type[M], nested: Mapping[str, ItemParser] | None = None) -> ItemParser:
     """An ItemParser that validates each item as `model` with `validate_unit`."""
     return lambda data, at: validate_unit(model, data, at, nested)
+
+
+def read_json(path: str | PathLike[str]) -> object:
+    """A JSON file's content; any failure is a StateError naming the file (and line, for bad JSON)."""
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as err:
+        raise StateError([Problem((), f"cannot read: {err.strerror or err}")], source=name) from None
+    except UnicodeDecodeError:
+        raise StateError([Problem((), "not UTF-8 text")], source=name) from None
+    except json.JSONDecodeError as err:
+        raise StateError(
+            [Problem((), f"line {err.lineno} column {err.colno}: not valid JSON: {err.msg}")], name
+        ) from None
+
+
+def load_model_file(model: type[M], path: str | PathLike[str]) -> M:
+    """A configuration file validated by `model`; StateError lines start with the file name."""
+    try:
+        return validate_strict(model, read_json(path))
+    except StateError as err:
+        raise StateError(err.problems, source=str(path)) from None

@@ -1,23 +1,18 @@
 """Configuration of `cfnft reconcile`, validated by pydantic.
 
 The file is JSON (the BOSH job renders it); flags override single keys. A bad file is one
-clear error line naming the key (`ConfigError`).
+clear error line naming the file and key (`events.problems.StateError`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.connect import NatsConfig
 from events.models import CellConfig
-from events.problems import problems_from
-
-
-class ConfigError(Exception):
-    """A configuration file that cannot be used; str() is one line naming the file and key."""
+from events.problems import load_model_file
 
 
 class ReconcilerConfig(BaseModel):
@@ -43,13 +38,5 @@ class ReconcilerConfig(BaseModel):
 
 
 def load_config(path: Path) -> ReconcilerConfig:
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}") from None
-    try:
-        return ReconcilerConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {problems_from(e)[0]}") from None
+    """The reconciler's config file; StateError (one line per problem, naming file and key) if unusable."""
+    return load_model_file(ReconcilerConfig, path)

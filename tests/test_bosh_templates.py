@@ -33,7 +33,8 @@ from events.cc.watcher import CcWatcherConfig
 from events.connect import NatsConfig
 from events.models import CellConfig
 from events.policy.watcher import PolicyWatcherConfig
-from reconciler.config import ConfigError, ReconcilerConfig, load_config
+from events.problems import StateError
+from reconciler.config import ReconcilerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDERER = ROOT / "tests" / "bosh" / "render.rb"
@@ -717,7 +718,7 @@ def test_bad_property_combinations_fail_rendering_with_the_reason(job: str, prop
 def test_a_value_the_model_refuses_fails_the_build_naming_the_key(tmp_path: Path) -> None:
     """Templates pass values through; the project's model is what catches a bad one, here, not on a cell."""
     rendered = render("cfnft-reconciler", merged(MINIMAL["cfnft-reconciler"], {"overlay_network": "10.255.0.0/33"}))
-    with pytest.raises(ConfigError, match=r"reconciler\.json: policy\.overlay_network: "):
+    with pytest.raises(StateError, match=r"reconciler\.json: policy\.overlay_network: "):
         reconciler_config(rendered, tmp_path)
 
 

@@ -64,8 +64,8 @@ def test_bad_document_exits_2_with_the_problem_and_touches_nothing(tmp_path, net
 @pytest.mark.parametrize(
     "content,expected",
     [
-        ("{not json", "not JSON: line 1 column 2"),
-        ("[]", "invalid cell state"),
+        ("{not json", "line 1 column 2: not valid JSON"),
+        ("[]", "a cell state must be a JSON object"),
     ],
 )
 def test_unreadable_documents_are_one_clear_message(tmp_path, content, expected):
