@@ -563,8 +563,8 @@ def _net_box(net: ipaddress.IPv4Network) -> Box:
 def _log_chain(rs: Ruleset, name: str, prefix: str, udp_rate: int) -> None:
     """Log a new connection, then accept it. UDP is rate limited, as silk does."""
     rs.add_chain(Chain(name))
-    rs.add_rule(Rule(name, f'meta l4proto udp limit rate {udp_rate}/second log prefix "{prefix}"', "udp, limited"))
-    rs.add_rule(Rule(name, f'meta l4proto != udp log prefix "{prefix}"', None))
+    rs.add_rule(Rule(name, f'meta l4proto udp limit rate {udp_rate}/second counter log prefix "{prefix}"', "udp, limited"))
+    rs.add_rule(Rule(name, f'meta l4proto != udp counter log prefix "{prefix}"', None))
     rs.add_rule(Rule(name, "counter accept", None))
 
 
@@ -620,7 +620,7 @@ def _bundle_chain(
                     verdict = f"counter jump {LOG_ASG_ACCEPT}" if logged else "counter accept"
                     rs.add_rule(Rule(chain, f"{match} {verdict}", f"{b.lifecycle.value}: {label}"))
     if cfg.asg_logging:
-        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-asg-deny "', None))
+        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-asg-deny "', None))
     rs.add_rule(Rule(chain, "counter reject", "default deny"))
 
 
@@ -650,5 +650,5 @@ def _app_ingress_chain(
             Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {', '.join(sources)}")
         )
     if cfg.c2c_logging:
-        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second log prefix "cfnft-c2c-deny "', None))
+        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-c2c-deny "', None))
     rs.add_rule(Rule(chain, "counter reject", f"app={app}: default deny"))

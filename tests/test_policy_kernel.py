@@ -334,3 +334,42 @@ def test_traffic_leaving_the_overlay_is_masqueraded_except_to_excluded_networks(
     apply(world, doc(world, [everything], config={"masquerade": False}))
     assert "postrouting" not in runner.read(TABLE).chains
     assert_reachability(c["web0"], {("tcp", "192.0.2.10", 80): OPEN})
+
+
+def test_logged_rules_and_denied_packets_are_logged_and_counted(world):
+    """A non-initial namespace writes nothing to the kernel log, so the log rules are observed by
+    their counters: accepted new connections of a `log: true` rule, and denied packets."""
+    logged = sg(
+        "logged",
+        [
+            {"protocol": "tcp", "destination": "192.0.2.50", "ports": "80", "log": True},
+            {"protocol": "tcp", "destination": "192.0.2.51", "ports": "80"},
+        ],
+        running=True,
+    )
+    policy = {
+        "source": {"id": WEB},
+        "destination": {"id": API, "protocol": "tcp", "ports": {"start": 8080, "end": 8080}},
+    }
+    apply(world, doc(world, [logged], c2c=[policy], config={"c2c_logging": True, "denied_logs_per_sec": 1000}))
+    _, _, c, runner = world
+
+    def counted(chain: str, needle: str) -> int:
+        kernel = runner.read(TABLE)
+        counters = runner.read_counters(TABLE)
+        fingerprints = {r.claimed_fingerprint for r in kernel.rules[chain] if needle in r.text}
+        return sum(v.packets for (ch, fp), v in counters.rules.items() if ch == chain and fp in fingerprints)
+
+    before = counted("log-asg-accept", "log prefix")
+    assert_reachability(c["web0"], {("tcp", "192.0.2.50", 80): OPEN})
+    assert counted("log-asg-accept", "log prefix") > before, "the logged rule's connection was logged"
+    before = counted("log-asg-accept", "log prefix")
+    assert_reachability(c["web0"], {("tcp", "192.0.2.51", 80): OPEN})
+    assert counted("log-asg-accept", "log prefix") == before, "a rule without log: true is not logged"
+    before = counted("log-c2c-accept", "log prefix")
+    assert_reachability(c["web0"], {("tcp", str(c["api0"].ip), 8080): OPEN})
+    assert counted("log-c2c-accept", "log prefix") > before
+    app_chain = f"c2c-{API}"
+    before = counted(app_chain, "cfnft-c2c-deny")
+    assert_reachability(c["web0"], {("tcp", str(c["api0"].ip), 9090): REJECTED})
+    assert counted(app_chain, "cfnft-c2c-deny") > before, "denied c2c packets are logged (rate limited)"
