@@ -290,6 +290,7 @@ class Compiler:
         self._applicable: dict[tuple, Applicable] = {}
         self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
         self._sources: dict[int, tuple[SecurityGroup, RuleSource]] = {}
+        self._dispatch: dict[int, tuple[Container, str, list[Element]]] = {}
 
     def _group_source(self, group: SecurityGroup) -> RuleSource:
         """A group's rule source, parsed once per group object (the entry pins the object)."""
@@ -337,6 +338,7 @@ class Compiler:
         # Egress: one chain per distinct bundle, shared by its containers.
         bundles: set[str] = set()
         by_applicable: dict[Applicable, Bundle] = {}
+        dispatch_used: dict[int, tuple[Container, str, list[Element]]] = {}
         used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
         # What applies to a container depends only on its app, space and workload (and, without
         # dynamic ASGs, on its own rules): decide that once per such key, not per container.
@@ -364,10 +366,12 @@ class Compiler:
                     ("bundle", b.name, b.lifecycle, matches, settings),
                     lambda f, b=b, m=matches: _bundle_chain(f, b, m, cfg, deny),
                 )
-            comment = _container_comment(c)
-            rs.add_element(Element("egress4", (AddrRange.single(c.ip),), f"jump {b.name}", comment))
-            if c.ipv6 is not None:
-                rs.add_element(Element("egress6", (AddrRange.single(c.ipv6),), f"jump {b.name}", comment))
+            hit = self._dispatch.get(id(c))
+            if hit is None or hit[0] is not c or hit[1] != b.name:
+                hit = (c, b.name, _dispatch_elements(c, b.name))
+            dispatch_used[id(c)] = hit
+            for element in hit[2]:
+                rs.add_element(element)
 
         # Ingress: one chain per local destination app.
         instances = _instances(state)
@@ -384,17 +388,17 @@ class Compiler:
             boxes = hit[1] if hit is not None else _c2c_boxes(policies, instances)
             boxes_used[key] = (tuple(policies), boxes)
             sources = tuple(sorted({p.source.id for p in policies}))
+            # `boxes` is the cached object when nothing changed: key by its identity (the fragment's
+            # value keeps it alive) rather than hashing every box again.
             fragment(
-                ("app", app, boxes, sources, settings),
-                lambda frag, app=app, boxes=boxes, sources=sources: _app_ingress_chain(frag, app, boxes, sources, cfg),
+                ("app", app, id(boxes), sources, settings),
+                lambda frag, app=app, boxes=boxes, sources=sources: (
+                    _app_ingress_chain(frag, app, boxes, sources, cfg),
+                    boxes,
+                ),
             )
         for c in state.containers:
             comment = _container_comment(c)
-            rs.add_element(Element("ingress4", (AddrRange.single(c.ip),), f"jump {app_chain(c.app_guid)}", comment))
-            if c.ipv6 is not None:
-                rs.add_element(
-                    Element("ingress6", (AddrRange.single(c.ipv6),), f"jump {app_chain(c.app_guid)}", comment)
-                )
             for m in c.port_mappings:
                 chain = netin_chain(m.host_port)
                 rs.add_chain(Chain(chain))
@@ -403,6 +407,7 @@ class Compiler:
         live = {id(g) for g in state.security_groups}
         self._sources = {k: v for k, v in self._sources.items() if k in live}
         self._fragments = used
+        self._dispatch = dispatch_used
         self._bundles = used_bundles
         self._boxes = boxes_used
         return rs
@@ -432,6 +437,21 @@ def _merge(rs: Ruleset, frag: Ruleset) -> None:
             raise ValueError(f"set {name!r} defined twice")
         rs.sets[name] = s
         rs.elements[name] = frag.elements[name]
+
+
+def _dispatch_elements(c: Container, bundle: str) -> list[Element]:
+    """A container's entries in the dispatch maps: its egress bundle and its app's c2c chain."""
+    comment = _container_comment(c)
+    out = [
+        Element("egress4", (AddrRange.single(c.ip),), f"jump {bundle}", comment),
+        Element("ingress4", (AddrRange.single(c.ip),), f"jump {app_chain(c.app_guid)}", comment),
+    ]
+    if c.ipv6 is not None:
+        out += [
+            Element("egress6", (AddrRange.single(c.ipv6),), f"jump {bundle}", comment),
+            Element("ingress6", (AddrRange.single(c.ipv6),), f"jump {app_chain(c.app_guid)}", comment),
+        ]
+    return out
 
 
 def _container_comment(c: Container) -> str:
@@ -563,7 +583,9 @@ def _net_box(net: ipaddress.IPv4Network) -> Box:
 def _log_chain(rs: Ruleset, name: str, prefix: str, udp_rate: int) -> None:
     """Log a new connection, then accept it. UDP is rate limited, as silk does."""
     rs.add_chain(Chain(name))
-    rs.add_rule(Rule(name, f'meta l4proto udp limit rate {udp_rate}/second counter log prefix "{prefix}"', "udp, limited"))
+    rs.add_rule(
+        Rule(name, f'meta l4proto udp limit rate {udp_rate}/second counter log prefix "{prefix}"', "udp, limited")
+    )
     rs.add_rule(Rule(name, f'meta l4proto != udp counter log prefix "{prefix}"', None))
     rs.add_rule(Rule(name, "counter accept", None))
 
@@ -620,7 +642,9 @@ def _bundle_chain(
                     verdict = f"counter jump {LOG_ASG_ACCEPT}" if logged else "counter accept"
                     rs.add_rule(Rule(chain, f"{match} {verdict}", f"{b.lifecycle.value}: {label}"))
     if cfg.asg_logging:
-        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-asg-deny "', None))
+        rs.add_rule(
+            Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-asg-deny "', None)
+        )
     rs.add_rule(Rule(chain, "counter reject", "default deny"))
 
 
@@ -650,5 +674,7 @@ def _app_ingress_chain(
             Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {', '.join(sources)}")
         )
     if cfg.c2c_logging:
-        rs.add_rule(Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-c2c-deny "', None))
+        rs.add_rule(
+            Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-c2c-deny "', None)
+        )
     rs.add_rule(Rule(chain, "counter reject", f"app={app}: default deny"))
