@@ -72,6 +72,7 @@ class Reconciler:
         self._converged_once = False  # a pass has succeeded since the desired state became complete
         self._unsaved: CellState | None = None  # committed, not yet written to the snapshot file
         self.fatal: BaseException | None = None
+        self._closing = False  # our own shutdown: a disconnect then is not news
         self.nc: NATS | None = None
         self._feed: StateFeed | None = None
         self.last_commit_at: float | None = None
@@ -285,7 +286,8 @@ class Reconciler:
     async def _connect_nats(self) -> None:
         async def disconnected() -> None:
             self.metrics.nats_connected.set(0)
-            log.warning("NATS disconnected; enforcing the last known state")
+            if not self._closing:
+                log.warning("NATS disconnected; enforcing the last known state")
 
         async def reconnected() -> None:
             self.metrics.nats_connected.set(1)
@@ -369,6 +371,7 @@ class Reconciler:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.nc is not None and not self.nc.is_closed:
+                self._closing = True
                 await self.nc.close()
 
 
