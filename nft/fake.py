@@ -124,23 +124,28 @@ class FakeNft:
         batch = "".join(text + "\n" for text, _ in lines)
         i = 0
         while i < len(lines):
-            text, op = lines[i]
-            if op is not None:
-                try:
-                    kernel.single(op)
-                except _Refused as refused:
-                    raise _error(batch, lines, i, refused.message, what) from None
+            op = lines[i][1]
+            if op is None or not isinstance(op.obj, Element):
+                # One command, or the line that opens an element command (`add set ... {` adds the
+                # set as it goes) or closes one.
+                if op is not None:
+                    try:
+                        kernel.single(op)
+                    except _Refused as refused:
+                        raise _error(batch, lines, i, refused.message, what) from None
                 i += 1
                 continue
-            # An element command: its elements follow, one per line, up to the closing brace.
-            end = next(j for j in range(i + 1, len(lines)) if lines[j][1] is None)
-            group = [(j, o) for j in range(i + 1, end) if (o := lines[j][1]) is not None]
+            # The elements of one command, one per line: checked together, like nft does.
+            end = i
+            while end < len(lines) and (o := lines[end][1]) is not None and isinstance(o.obj, Element):
+                end += 1
+            group = [op for _, op in lines[i:end] if op is not None]
             try:
-                kernel.elements([o for _, o in group])
+                kernel.elements(group, set_form=lines[i - 1][1] is not None)
             except _Refused as refused:
-                where = next((j for j, o in group if o is refused.op), i)
+                where = next((j for j in range(i, end) if lines[j][1] is refused.op), i - 1)
                 raise _error(batch, lines, where, refused.message, what) from None
-            i = end + 1
+            i = end
         return kernel.table, kernel.next_handle
 
 
@@ -170,7 +175,9 @@ class _Kernel:
         elif isinstance(obj, Rule):
             self._add_rule(rs, obj)
 
-    def elements(self, ops: list[Op]) -> None:
+    def elements(self, ops: list[Op], *, set_form: bool) -> None:
+        """One element command. `set_form`: an `add set ... { elements = ... }` command, whose
+        elements nft leaves to the kernel to check against the set's existing ones."""
         rs = self._existing()
         elements = [op.obj for op in ops if isinstance(op.obj, Element)]
         name = elements[0].set
@@ -207,8 +214,14 @@ class _Kernel:
         if interval and fresh:
             clash = _overlap(list(current), set(fresh))
             if clash is not None:
-                blamed = next(op for op, element in zip(ops, elements) if element.key == clash)
-                raise _Refused(EEXIST if len(s.type) > 1 else "interval overlaps with an existing one", blamed)
+                key, with_fresh = clash
+                blamed = next(op for op, element in zip(ops, elements) if element.key == key)
+                if len(s.type) > 1:
+                    raise _Refused(EEXIST, blamed)  # concatenations: the kernel's check
+                if with_fresh:
+                    raise _Refused("conflicting intervals specified", blamed)
+                # nft checks against the set's elements it fetched for `add element`, not for `add set`
+                raise _Refused(EEXIST if set_form else "interval overlaps with an existing one", blamed)
 
     def _existing(self) -> Ruleset:
         if self.table is None:
@@ -312,8 +325,11 @@ def _chain_users(rs: Ruleset) -> set[str]:
     return used
 
 
-def _overlap(keys: list[tuple[KeyField, ...]], fresh: set[tuple[KeyField, ...]]) -> tuple[KeyField, ...] | None:
-    """A newly added key that overlaps another key in every field, or None.
+def _overlap(
+    keys: list[tuple[KeyField, ...]], fresh: set[tuple[KeyField, ...]]
+) -> tuple[tuple[KeyField, ...], bool] | None:
+    """A newly added key that overlaps another key in every field, and whether that other key is
+    new too; None if there is none.
 
     A sweep over the first field: only keys whose first-field intervals intersect are compared."""
     bounds = sorted(((tuple(field_bounds(f) for f in key), key) for key in keys), key=lambda b: b[0][0])
@@ -324,7 +340,7 @@ def _overlap(keys: list[tuple[KeyField, ...]], fresh: set[tuple[KeyField, ...]])
             heapq.heappop(active)
         for _, _, other_b, other in active:
             if (key in fresh or other in fresh) and all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(b, other_b)):
-                return key if key in fresh else other
+                return (key, other in fresh) if key in fresh else (other, False)
         heapq.heappush(active, (b[0][1], serial, b, key))
     return None
 

@@ -34,6 +34,11 @@ TABLE = Table(Family.INET, "cfnft")
 FORWARD = Chain("cfnft-forward", ChainType.FILTER, Hook.FORWARD, 5, Policy.ACCEPT)
 WEB = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True)
 DISPATCH = Map("ctr-dispatch", ("ipv4_addr",))
+# Diff knows each set's definition, so it adds elements with the `add set` form (see nft.transaction).
+ADD_WEB = (
+    "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; elements = {"
+)
+ADD_DISPATCH = "add map inet cfnft ctr-dispatch { type ipv4_addr : verdict; elements = {"
 
 
 def net(text: str) -> AddrRange:
@@ -98,7 +103,7 @@ def test_missing_table_adds_everything_in_order() -> None:
         "add chain inet cfnft ctr-b",
     ]
     assert lines[6].startswith("add rule inet cfnft cfnft-forward")
-    assert lines[-1] == "}" and any(line.startswith("add element inet cfnft ctr-dispatch") for line in lines)
+    assert lines[-1] == "} }" and ADD_DISPATCH in lines
 
 
 def test_no_change_is_empty() -> None:
@@ -166,13 +171,13 @@ def test_element_changes() -> None:
         "delete element inet cfnft ctr-dispatch {",
         "\t10.255.1.3,",
         "}",
-        "add element inet cfnft asg-web {",
+        ADD_WEB,
         '\t10.0.0.0/8 . 6 . 443 comment "web, renamed",',
         "\t198.51.100.0/24 . 6 . 8080,",
-        "}",
-        "add element inet cfnft ctr-dispatch {",
+        "} }",
+        ADD_DISPATCH,
         '\t10.255.1.3 comment "app b" : jump ctr-a,',
-        "}",
+        "} }",
     ]
 
 
@@ -197,7 +202,7 @@ def test_set_definition_change_recreates_and_refills_users() -> None:
     assert lines[1] == "delete set inet cfnft asg-web"
     assert lines[2] == "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; }"
     assert lines[3].startswith("add rule inet cfnft ctr-a ip daddr")
-    assert lines[5] == "add element inet cfnft asg-web {"
+    assert lines[5] == ADD_WEB.replace("; counter", "")
     assert not any("ctr-b" in line for line in lines)
 
 
@@ -315,9 +320,9 @@ def test_one_new_element_next_to_shared_parts() -> None:
     desired.elements["ctr-dispatch"] = dict(previous.elements["ctr-dispatch"])
     desired.add_element(Element("ctr-dispatch", (one("10.255.1.4"),), "jump ctr-b", "app b 2"))
     assert diff(desired, previous).render().splitlines() == [
-        "add element inet cfnft ctr-dispatch {",
+        ADD_DISPATCH,
         '\t10.255.1.4 comment "app b 2" : jump ctr-b,',
-        "}",
+        "} }",
     ]
 
 
@@ -355,9 +360,9 @@ def test_equal_but_separate_parts_compare_by_content() -> None:
         "delete element inet cfnft asg-web {",
         "\t192.0.2.0/24 . 6 . 80,",
         "}",
-        "add element inet cfnft asg-web {",
+        ADD_WEB,
         '\t192.0.2.0/24 . 6 . 80 comment "now commented",',
-        "}",
+        "} }",
     ]
 
 

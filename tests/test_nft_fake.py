@@ -160,6 +160,68 @@ REFUSED = [
 ]
 
 
+def bulk(s: Set | Map, *elements: Element) -> Transaction:
+    """Elements added with the set's definition: the `add set ... { elements = ... }` form."""
+    tx = Transaction(TABLE)
+    tx.add_elements(s, elements)
+    return tx
+
+
+# As REFUSED, for elements added in the `add set` form, whose checks against the set's existing
+# elements the kernel makes (nft fetched none).
+REFUSED_SET_FORM = [
+    pytest.param(bulk(NETS, Element("asg-nets", (one("192.0.2.7"),))), "exists", "192.0.2.7", id="set-form-overlap"),
+    pytest.param(
+        bulk(PORTS, Element("asg-ports", (net("10.1.0.0/16"), IntRange.single(6), IntRange.single(80)))),
+        "exists",
+        "10.1.0.0/16 . 6 . 80",
+        id="set-form-overlap-concat",
+    ),
+    pytest.param(
+        bulk(DISPATCH, Element("ctr-dispatch", (one("10.255.1.2"),), "drop")),
+        "exists",
+        "10.255.1.2",
+        id="set-form-value",
+    ),
+    pytest.param(
+        bulk(NETS, Element("asg-nets", (net("203.0.113.0/24"),)), Element("asg-nets", (net("203.0.113.128/25"),))),
+        None,
+        "203.0.113.128/25",
+        id="set-form-overlap-within",
+    ),
+    pytest.param(
+        bulk(
+            Set("asg-nets", ("ipv4_addr",), (SetFlag.INTERVAL,), counter=True), Element("asg-nets", (one("10.9.9.9"),))
+        ),
+        "exists",
+        "add set inet cfnft asg-nets",
+        id="set-form-other-definition",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tx", "kind", "blamed"), REFUSED_SET_FORM)
+def test_refused_set_form(fake: FakeNft, tx: Transaction, kind: str | None, blamed: str) -> None:
+    before = fake.dump()
+    with pytest.raises(NftError) as caught:
+        fake.apply(tx)
+    error = caught.value
+    assert (error.not_found, error.exists) == (False, kind == "exists"), error
+    marked = [line for line in error.batch_excerpt.splitlines() if line.startswith(">")]
+    assert len(marked) == 1 and blamed in marked[0], error.batch_excerpt
+    assert fake.dump() == before
+
+
+def test_set_form_creates_a_missing_set(fake: FakeNft) -> None:
+    """Unlike `add element`, the `add set` form creates the set if it is missing (as nft does)."""
+    absent = Set("asg-new", ("ipv4_addr",), (SetFlag.INTERVAL,))
+    fake.apply(bulk(absent, Element("asg-new", (net("198.51.100.0/24"),))))
+    rs = fake.read(TABLE)
+    assert (
+        rs is not None and rs.sets["asg-new"] == absent and list(rs.elements["asg-new"]) == [(net("198.51.100.0/24"),)]
+    )
+
+
 @pytest.mark.parametrize(("tx", "kind", "blamed"), REFUSED)
 def test_refused_transactions_change_nothing(fake: FakeNft, tx: Transaction, kind: str | None, blamed: str) -> None:
     """A refused transaction raises NftError naming the failing line and leaves the table as it was."""

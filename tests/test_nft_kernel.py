@@ -41,7 +41,7 @@ from nft import (
     same_structure,
 )
 from nft.render import clean_comment
-from tests.test_nft_fake import REFUSED
+from tests.test_nft_fake import REFUSED, REFUSED_SET_FORM
 from tests.test_nft_fake import ruleset as fake_reference_ruleset
 
 pytestmark = [
@@ -375,7 +375,7 @@ def test_fake_dump_loads_with_nft_f(runner: NftRunner, netns: str) -> None:
     assert_converged(runner, rich_ruleset())
 
 
-@pytest.mark.parametrize(("tx", "kind", "blamed"), REFUSED)
+@pytest.mark.parametrize(("tx", "kind", "blamed"), REFUSED + REFUSED_SET_FORM)
 def test_fake_refuses_like_the_kernel(
     runner: NftRunner, netns: str, tx: Transaction, kind: str | None, blamed: str
 ) -> None:

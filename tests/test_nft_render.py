@@ -382,6 +382,9 @@ def test_identical_definition_twice_is_queued_once() -> None:
 
 PORTS = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True)
 DISPATCH = Map("ctr-dispatch", ("ipv4_addr",))
+ADD_PORTS = (
+    "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; elements = {"
+)
 
 
 def web(cidr: str, port: int, comment: str | None = None) -> Element:
@@ -460,6 +463,46 @@ def test_add_elements_checks_the_set_it_is_given() -> None:
     assert tx.err is not None and "unsupported key datatype" in str(tx.err)
 
 
+def test_elements_of_a_known_set_are_added_with_the_set() -> None:
+    """`add set <definition> { elements }` where the transaction knows the set (nft then fetches no
+    elements before the commit), `add element` where it does not; deletions always `delete element`."""
+    tx = Transaction(TABLE)
+    tx.add(Element("asg-other", (one("10.0.0.9"),)))
+    tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
+    tx.add(DISPATCH)
+    tx.add(Element("ctr-dispatch", (one("10.255.1.2"),), "jump ctr-a"))
+    tx.delete(web("192.0.2.0/24", 80))
+    assert tx.render().splitlines() == [
+        "delete element inet cfnft asg-web {",
+        "\t192.0.2.0/24 . 6 . 80,",
+        "}",
+        "add map inet cfnft ctr-dispatch { type ipv4_addr : verdict; }",
+        "add element inet cfnft asg-other {",
+        "\t10.0.0.9,",
+        "}",
+        ADD_PORTS,
+        "\t10.0.0.0/8 . 6 . 80,",
+        "} }",
+        "add map inet cfnft ctr-dispatch { type ipv4_addr : verdict; elements = {",
+        "\t10.255.1.2 : jump ctr-a,",
+        "} }",
+    ]
+
+
+def test_one_definition_per_set() -> None:
+    """add_elements and add must agree on what a set is, in either order."""
+    other = Set("asg-web", ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,))
+    for calls in (
+        [("add_elements", PORTS, [web("10.0.0.0/8", 80)]), ("add", other)],
+        [("add_elements", PORTS, [web("10.0.0.0/8", 80)]), ("add_elements", other, [web("10.1.0.0/16", 80)])],
+        [("add", other), ("add_elements", PORTS, [web("10.0.0.0/8", 80)])],
+    ):
+        tx = Transaction(TABLE)
+        for name, *args in calls:
+            getattr(tx, name)(*args)
+        assert tx.err is not None and "different definitions" in str(tx.err), calls
+
+
 def test_add_elements_then_add_or_delete_the_same_key() -> None:
     """Keys queued in bulk count for later single calls: a second add and a delete after the add are refused."""
     for verb in ("add", "delete"):
@@ -482,7 +525,7 @@ def test_render_is_kept_until_the_next_call() -> None:
     tx.add(R1)
     assert tx.render() != first and tx.render().endswith(rule_comment(R1) + '"\n')
     tx.add_elements(PORTS, [web("10.0.0.0/8", 80)])
-    assert "add element inet cfnft asg-web {" in tx.render()
+    assert "\t10.0.0.0/8 . 6 . 80," in tx.render()
     assert tx.render() == "".join(text + "\n" for text, _ in tx.render_lines())
     tx.add(Rule("ctr-a", "accept;"))
     with pytest.raises(TransactionError):
@@ -503,7 +546,7 @@ def test_render_lines_pair_each_line_with_its_operation() -> None:
         Element("asg-old", (one("10.0.0.1"),)),
         None,
         PORTS,
-        None,
+        PORTS,  # the `add set ... { elements = {` line
         web("10.0.0.0/8", 80),
         web("192.0.2.0/24", 443),
         None,
@@ -533,9 +576,9 @@ def test_recreate_table_deletes_first() -> None:
             "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; }",
             "add chain inet cfnft ctr-a",
             f'add rule inet cfnft ctr-a {R1.text} comment "{rule_comment(R1)}"',
-            "add element inet cfnft asg-web {",
+            ADD_PORTS,
             "\t10.0.0.0/8 . 6 . 80,",
-            "}",
+            "} }",
         ]
 
 
