@@ -20,11 +20,12 @@ Interval = tuple[int, int]
 Box = tuple[Interval, ...]
 
 
-def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
-    """Union of inclusive integer intervals, overlapping and adjacent ones merged, sorted."""
+def merge_intervals(intervals: Iterable[Interval], adjacent: bool = True) -> list[Interval]:
+    """Union of inclusive integer intervals, overlapping (and, with `adjacent`, touching) ones merged, sorted."""
     out: list[Interval] = []
+    reach = 1 if adjacent else 0
     for lo, hi in sorted(intervals):
-        if out and lo <= out[-1][1] + 1:
+        if out and lo <= out[-1][1] + reach:
             if hi > out[-1][1]:
                 out[-1] = (out[-1][0], hi)
         else:
@@ -32,12 +33,13 @@ def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
     return out
 
 
-def _disjoint(boxes: Sequence[Box]) -> list[Box]:
-    """Disjoint cover of `boxes` (all of the same arity), sweeping field 0 first."""
+def _disjoint(boxes: Sequence[Box], adjacent: bool = True) -> list[Box]:
+    """Disjoint cover of `boxes` (all of the same arity), sweeping field 0 first. `adjacent`
+    decides whether touching intervals of the last field are joined."""
     if not boxes:
         return []
     if len(boxes[0]) == 1:
-        return [(iv,) for iv in merge_intervals(b[0] for b in boxes)]
+        return [(iv,) for iv in merge_intervals((b[0] for b in boxes), adjacent)]
     # Elementary intervals of field 0: between consecutive boundaries, the set of boxes
     # covering a point does not change, so neither does the union of their other fields.
     bounds = sorted({b[0][0] for b in boxes} | {b[0][1] + 1 for b in boxes})
@@ -53,7 +55,7 @@ def _disjoint(boxes: Sequence[Box]) -> list[Box]:
             active.append(starts[nxt])
             nxt += 1
         active = [b for b in active if b[0][1] >= lo]
-        rest = _disjoint([b[1:] for b in active]) if active else []
+        rest = _disjoint([b[1:] for b in active], adjacent) if active else []
         if prev_rest is not None and prev_iv is not None and rest == prev_rest and prev_iv[1] + 1 == lo:
             prev_iv = (prev_iv[0], hi)
             continue
@@ -65,11 +67,13 @@ def _disjoint(boxes: Sequence[Box]) -> list[Box]:
     return out
 
 
-def disjoint_boxes(boxes: Iterable[Box], order: Sequence[int] | None = None) -> list[Box]:
+def disjoint_boxes(boxes: Iterable[Box], order: Sequence[int] | None = None, *, adjacent: bool = True) -> list[Box]:
     """Rewrite the union of `boxes` as sorted, pairwise disjoint boxes covering the same points.
 
     `order` is a permutation of field indexes giving the sweep order; the result is always in
-    the input's field order.
+    the input's field order. With `adjacent=False` the last swept field keeps touching intervals
+    apart: a set of single addresses then stays one element per address, so adding an address
+    is one element added, never a range replaced.
     """
     unique = list(dict.fromkeys(boxes))
     if not unique:
@@ -78,6 +82,6 @@ def disjoint_boxes(boxes: Iterable[Box], order: Sequence[int] | None = None) -> 
     perm = list(order) if order is not None else list(range(arity))
     if sorted(perm) != list(range(arity)):
         raise ValueError(f"sweep order {perm} is not a permutation of {arity} fields")
-    swept = _disjoint([tuple(b[i] for i in perm) for b in unique])
+    swept = _disjoint([tuple(b[i] for i in perm) for b in unique], adjacent)
     inverse = [perm.index(i) for i in range(arity)]
     return sorted(tuple(b[j] for j in inverse) for b in swept)

@@ -189,10 +189,12 @@ def _addr(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Add
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
 
 
-def _elements(set_name: str, version: int, boxes: Iterable[Box], order: tuple[int, ...] | None) -> list[Element]:
+def _elements(
+    set_name: str, version: int, boxes: Iterable[Box], order: tuple[int, ...] | None, *, adjacent: bool = True
+) -> list[Element]:
     """Elements whose first field is an address of `version`, the other fields small integers."""
     out = []
-    for box in disjoint_boxes(boxes, order=order):
+    for box in disjoint_boxes(boxes, order=order, adjacent=adjacent):
         (alo, ahi), *rest = box
         key = (AddrRange(_addr(version, alo), _addr(version, ahi)), *(IntRange(lo, hi) for lo, hi in rest))
         out.append(Element(set_name, key))
@@ -667,7 +669,8 @@ def _app_ingress_chain(
     rs.add_rule(Rule(chain, "ct status dnat counter accept", "port mappings from the cell (gorouter, ssh)"))
     if boxes:
         rs.add_set(Set(chain, ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
-        for e in _elements(chain, 4, boxes, _ADDR_PROTO_PORT_ORDER):
+        # One element per source address: a new instance of a source app is an element added.
+        for e in _elements(chain, 4, boxes, _ADDR_PROTO_PORT_ORDER, adjacent=False):
             rs.add_element(e)
         verdict = f"counter jump {LOG_C2C_ACCEPT}" if cfg.c2c_logging else "counter accept"
         rs.add_rule(

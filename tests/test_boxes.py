@@ -44,10 +44,16 @@ def test_bad_order_is_rejected():
 interval = st.tuples(st.integers(0, 12), st.integers(0, 5)).map(lambda t: (t[0], t[0] + t[1]))
 
 
+def test_touching_intervals_can_stay_apart_so_adding_one_never_replaces_a_range():
+    single = [((10, 10), (6, 6), (80, 80)), ((11, 11), (6, 6), (80, 80))]
+    assert disjoint_boxes(single, order=(1, 2, 0)) == [((10, 11), (6, 6), (80, 80))]
+    assert disjoint_boxes(single, order=(1, 2, 0), adjacent=False) == sorted(single)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(interval, interval, interval), max_size=8), st.permutations([0, 1, 2]))
-def test_disjoint_boxes_cover_the_same_points_without_overlap(boxes, order):
-    out = disjoint_boxes(boxes, order=order)
+@given(st.lists(st.tuples(interval, interval, interval), max_size=8), st.permutations([0, 1, 2]), st.booleans())
+def test_disjoint_boxes_cover_the_same_points_without_overlap(boxes, order, adjacent):
+    out = disjoint_boxes(boxes, order=order, adjacent=adjacent)
     assert points(out) == points(boxes)
     assert sum(len(points([b])) for b in out) == len(points(out)), "boxes overlap"
-    assert out == disjoint_boxes(list(reversed(boxes)), order=order)
+    assert out == disjoint_boxes(list(reversed(boxes)), order=order, adjacent=adjacent)
