@@ -232,20 +232,24 @@ _IP = {4: "ip", 6: "ip6"}
 
 
 def _allow_sets(rs: Ruleset, prefix: str, boxes: _RuleBoxes) -> list[tuple[str, str]]:
-    """Create the non-empty sets for `boxes`; return (set name, match expression) pairs."""
+    """Create the non-empty sets for `boxes`; return (set name, match expression) pairs.
+
+    Touching address ranges stay separate elements (only overlaps are merged): elements then
+    follow the rules as written, and a rule added next to another is an element added, not a
+    range replaced, which keeps an ASG edit a cheap add-only transaction."""
     matches: list[tuple[str, str]] = []
     for v in (4, 6):
         ip = _IP[v]
         if boxes.ports[v]:
             name = f"{prefix}-ports{v}"
             rs.add_set(Set(name, (_ADDR_TYPE[v], "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
-            for e in _elements(name, v, boxes.ports[v], _ADDR_PROTO_PORT_ORDER):
+            for e in _elements(name, v, boxes.ports[v], _ADDR_PROTO_PORT_ORDER, adjacent=False):
                 rs.add_element(e)
             matches.append((name, f"{ip} daddr . meta l4proto . th dport @{name}"))
         if boxes.all[v]:
             name = f"{prefix}-all{v}"
             rs.add_set(Set(name, (_ADDR_TYPE[v],), (SetFlag.INTERVAL,), counter=True))
-            for e in _elements(name, v, boxes.all[v], None):
+            for e in _elements(name, v, boxes.all[v], None, adjacent=False):
                 rs.add_element(e)
             matches.append((name, f"{ip} daddr @{name}"))
         if boxes.icmp[v]:
@@ -257,7 +261,7 @@ def _allow_sets(rs: Ruleset, prefix: str, boxes: _RuleBoxes) -> list[tuple[str, 
                 types, match = ("ipv6_addr", "icmpv6_type", "icmpv6_code"), "ip6 daddr . icmpv6 type . icmpv6 code"
                 proto = "meta l4proto ipv6-icmp"
             rs.add_set(Set(name, types, (SetFlag.INTERVAL,), counter=True))
-            for e in _elements(name, v, boxes.icmp[v], _ADDR_TYPE_CODE_ORDER):
+            for e in _elements(name, v, boxes.icmp[v], _ADDR_TYPE_CODE_ORDER, adjacent=False):
                 rs.add_element(e)
             matches.append((name, f"{proto} {match} @{name}"))
     return matches
@@ -286,8 +290,8 @@ class Compiler:
         # Bundles by the identity of the objects they were computed from; the key's objects are
         # kept alive in the value, so an id is never reused while its entry exists.
         self._bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
-        # Applicability by (app, space, workload), valid while the same group and policy objects
-        # are in the state; `_inputs` pins those objects so their ids stay theirs.
+        # Applicability by (app, space, workload), valid while the groups' bindings and the egress
+        # policy objects stay the same; `_inputs` pins those objects.
         self._inputs: tuple[tuple[object, ...], tuple[object, ...], bool] = ((), (), True)
         self._applicable: dict[tuple, Applicable] = {}
         self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
@@ -344,8 +348,19 @@ class Compiler:
         used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
         # What applies to a container depends only on its app, space and workload (and, without
         # dynamic ASGs, on its own rules): decide that once per such key, not per container.
-        inputs = (tuple(state.security_groups), tuple(state.egress_policies), state.config.dynamic_asgs)
-        if not _same_objects(inputs, self._inputs):
+        # Applicability depends on each group's bindings, not its rules: an edit of rules keeps it.
+        bindings = tuple(
+            (
+                g.guid,
+                g.globally_enabled.running,
+                g.globally_enabled.staging,
+                g.running_space_guids,
+                g.staging_space_guids,
+            )
+            for g in state.security_groups
+        )
+        inputs = (bindings, tuple(state.egress_policies), state.config.dynamic_asgs)
+        if not _same_inputs(inputs, self._inputs):
             self._applicable = {}
         self._inputs = inputs
         # Without dynamic ASGs a container's own rules decide, so the key is its index: per compile only.
@@ -415,14 +430,14 @@ class Compiler:
         return rs
 
 
-def _same_objects(a: tuple, b: tuple) -> bool:
-    groups_a, policies_a, dynamic_a = a
-    groups_b, policies_b, dynamic_b = b
+def _same_inputs(a: tuple, b: tuple) -> bool:
+    """Same group bindings, the very same egress policy objects, same dynamic_asgs."""
+    bindings_a, policies_a, dynamic_a = a
+    bindings_b, policies_b, dynamic_b = b
     return (
         dynamic_a == dynamic_b
-        and len(groups_a) == len(groups_b)
+        and bindings_a == bindings_b
         and len(policies_a) == len(policies_b)
-        and all(x is y for x, y in zip(groups_a, groups_b))
         and all(x is y for x, y in zip(policies_a, policies_b))
     )
 

@@ -281,6 +281,12 @@ def test_a_long_lived_compiler_gives_what_a_fresh_one_gives():
         {"source": {"id": API}, "destination": {"id": WEB, "protocol": "udp", "ports": {"start": 53, "end": 53}}}
     )
     steps.append(steps[-1].model_copy(update={"c2c_policies": [*state.c2c_policies, policy]}))
+    rebound = raw | {"relationships": {"running_spaces": {"data": [{"guid": SPACE2}]}}}
+    steps.append(
+        steps[-1].model_copy(
+            update={"security_groups": [state.security_groups[0], SecurityGroup.model_validate(rebound)]}
+        )
+    )
     steps.append(steps[-1].model_copy(update={"containers": steps[-1].containers[1:]}))
     static = steps[-1].config.model_copy(update={"dynamic_asgs": False})
     steps.append(steps[-1].model_copy(update={"config": static}))
