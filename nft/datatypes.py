@@ -88,8 +88,8 @@ def _field_fits(dt: Datatype, interval: bool) -> Callable[[KeyField], bool]:
         return lambda f: type(f) is IntRange and 0 <= f.lo == f.hi <= top
     version = 4 if dt.kind is FieldKind.IPV4 else 6
     if interval:
-        return lambda f: type(f) is AddrRange and f.start.version == version
-    return lambda f: type(f) is AddrRange and f.start.version == version and f.start == f.end
+        return lambda f: type(f) is AddrRange and f.bounds[0] == version
+    return lambda f: type(f) is AddrRange and f.bounds[0] == version and f.bounds[1] == f.bounds[2]
 
 
 def _field_problem(dt: Datatype, field: KeyField, interval: bool) -> str | None:
@@ -123,7 +123,7 @@ def field_bounds(field: KeyField) -> tuple[int, int]:
     """The field as an inclusive integer interval, for ordering and overlap checks."""
     if isinstance(field, IntRange):
         return field.lo, field.hi
-    return int(field.start), int(field.end)
+    return field.bounds[1], field.bounds[2]
 
 
 def field_text(field: KeyField) -> str:
@@ -147,9 +147,9 @@ def key_text(key: tuple[KeyField, ...]) -> str:
 
 
 def _addr_text(field: AddrRange) -> str:
+    version, lo, hi = field.bounds
     start = field.start
-    lo, hi = int(start), int(field.end)
-    if start.version != 4:
+    if version != 4:
         # IPv6 is rare in a cell: ipaddress' own formatting will do.
         first = str(start)
         last = str(field.end)

@@ -112,26 +112,36 @@ def _fingerprint(text: str) -> str:
     return hashlib.blake2s(text.encode(), digest_size=4).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class AddrRange:
-    """An inclusive range of IP addresses of one family; a single address has start == end."""
+    """An inclusive range of IP addresses of one family; a single address has start == end.
+
+    Equal when family, start and end are; `bounds` is (IP version, start, end) as numbers."""
 
     start: IPAddress
     end: IPAddress
-    # Keys are hashed by the ten thousand in every diff and transaction, and ipaddress hashes an
-    # address by formatting it as a hex string: computed from the numbers once, on first use.
-    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+    # Keys are hashed and compared by the ten thousand in every diff, and ipaddress hashes an
+    # address by formatting it as a hex string and compares in Python: use these numbers instead.
+    bounds: tuple[int, int, int] = field(init=False, repr=False)
+    _hash: int | None = field(default=None, init=False, repr=False)  # on first use
 
     def __post_init__(self) -> None:
         if self.start.version != self.end.version:
             raise ValueError(f"address range {self.start}-{self.end} mixes IPv4 and IPv6")
-        if int(self.start) > int(self.end):
+        lo, hi = int(self.start), int(self.end)
+        if lo > hi:
             raise ValueError(f"address range {self.start}-{self.end}: start after end")
+        object.__setattr__(self, "bounds", (self.start.version, lo, hi))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not AddrRange:
+            return NotImplemented
+        return self.bounds == other.bounds
 
     def __hash__(self) -> int:
         cached = self._hash
         if cached is None:
-            cached = hash((int(self.start), int(self.end)))
+            cached = hash(self.bounds)
             object.__setattr__(self, "_hash", cached)
         return cached
 
@@ -140,17 +150,22 @@ class AddrRange:
         return cls(addr, addr)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class IntRange:
     """An inclusive range of small integers (ports, protocol numbers, ICMP type/code)."""
 
     lo: int
     hi: int
-    _hash: int | None = field(default=None, init=False, repr=False, compare=False)  # as for AddrRange
+    _hash: int | None = field(default=None, init=False, repr=False)  # as for AddrRange
 
     def __post_init__(self) -> None:
         if self.lo > self.hi:
             raise ValueError(f"range {self.lo}-{self.hi}: start after end")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not IntRange:
+            return NotImplemented
+        return self.lo == other.lo and self.hi == other.hi
 
     def __hash__(self) -> int:
         cached = self._hash

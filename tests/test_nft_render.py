@@ -606,3 +606,17 @@ def test_recreate_table_refuses_deletions(calls: list[tuple]) -> None:
     for name, *args in calls:
         getattr(tx, name)(*args)
     assert tx.err is not None and "re-created" in str(tx.err)
+
+
+def test_key_fields_are_values() -> None:
+    """Equal by family and numbers (whatever objects hold them), usable as dict keys, and never
+    equal across families or kinds."""
+    a, b = net("10.0.0.0/24"), span("10.0.0.0", "10.0.0.255")
+    assert a == b and hash(a) == hash(b) and {(a,): 1}[(b,)] == 1
+    assert a != net("10.0.0.0/25") and a != span("10.0.0.1", "10.0.0.255")
+    assert one("0.0.0.1") != one("::1") and one("::1") == AddrRange.single(ip_address("0::1"))
+    assert IntRange(80, 443) == IntRange(80, 443) and hash(IntRange(80, 443)) == hash(IntRange(80, 443))
+    assert IntRange(80, 443) != IntRange(80, 444) and IntRange(1, 1) != one("0.0.0.1")
+    assert a.bounds == (4, 0x0A000000, 0x0A0000FF)
+    with pytest.raises(ValueError, match="start after end"):
+        span("10.0.0.2", "10.0.0.1")
