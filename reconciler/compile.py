@@ -415,6 +415,8 @@ class Compiler:
                 ),
             )
         for c in state.containers:
+            if not c.port_mappings:
+                continue
             comment = _container_comment(c)
             for m in c.port_mappings:
                 chain = netin_chain(m.host_port)

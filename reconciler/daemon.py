@@ -24,6 +24,7 @@ policy and can admit new containers.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -240,6 +241,8 @@ class Reconciler:
                 asyncio.get_running_loop().call_later(delay, self._dirty.set)
                 continue
             self._failures = 0
+            if not self._converged_once:
+                settle_memory()
             self._converged_once = True
             now = time.perf_counter()
             self.metrics.reconcile_seconds.labels("changed" if wrote else "unchanged").observe(now - started)
@@ -373,6 +376,14 @@ class Reconciler:
             if self.nc is not None and not self.nc.is_closed:
                 self._closing = True
                 await self.nc.close()
+
+
+def settle_memory() -> None:
+    """Move everything allocated so far (the full initial state, long-lived) out of the cyclic
+    garbage collector's sight. Without this, full collections walk it again and again and show
+    up as 50-100 ms pauses in the middle of a container's ADD."""
+    gc.collect()
+    gc.freeze()
 
 
 def _atomic_write(path: Path, text: str) -> None:

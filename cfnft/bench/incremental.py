@@ -16,6 +16,7 @@ from cfnft.bench.kernel import namespace
 from events.models import CellState, SecurityGroup, load_cell_state
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, Compiler
+from reconciler.daemon import settle_memory
 
 
 @dataclass
@@ -42,6 +43,7 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
     with namespace("incr") as ns, NftRunner(netns=ns) as runner:
         committed = compiler.compile(state)
         runner.apply(diff(committed, runner.read(TABLE)))
+        settle_memory()  # as the reconciler does after its first commit
 
         def step(new_state: CellState) -> float:
             nonlocal committed
@@ -52,13 +54,17 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
             committed = desired
             return elapsed
 
+        # Each sample adds one container of another app to the full cell, then takes it away again
+        # (untimed), so every sample meets a cell of the same size.
         add_samples = []
-        template = state.containers[0]
+        full = state
         for i in range(adds):
-            ip = ipaddress.IPv4Address("10.255.200.2") + i
-            added = template.model_copy(update={"handle": f"bench-add-{i}", "ip": ip})
-            state = state.model_copy(update={"containers": [*state.containers, added]})
-            add_samples.append(step(state))
+            template = full.containers[i % len(full.containers)]
+            added = template.model_copy(
+                update={"handle": f"bench-add-{i}", "ip": ipaddress.IPv4Address("10.255.200.2") + i % 250}
+            )
+            add_samples.append(step(full.model_copy(update={"containers": [*full.containers, added]})))
+            step(full)
 
         edit_samples = []
         index = next(i for i, g in enumerate(state.security_groups) if g.globally_enabled.running)
