@@ -22,6 +22,8 @@ from nats.aio.client import Client as NatsClient
 from cfnft.lab.natsserver import NatsServer, find_nats_server
 from cfnft.lab.netlab import Lab, missing_prerequisites, sweep_stale_labs
 
+pytest_plugins = ["tests.cffixtures"]
+
 _LAB_FIXTURES = {"lab", "two_cell_lab"}
 _NATS_FIXTURES = {"nats_server", "nats_client"}
 

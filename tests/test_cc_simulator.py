@@ -5,7 +5,6 @@ payloads parse with events.models."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from events.cc.simulator import CcRoute, CloudControllerSimulator
 from events.models import SecurityGroup
 from events.tls import TlsFiles, client_context
-from tests.cfsim import Pki, make_pki, shape
+from tests.cfsim import Pki, shape
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cc"
 RULES = [
@@ -27,23 +26,6 @@ RULES = [
 
 def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def cc(pki: Pki) -> AsyncIterator[CloudControllerSimulator]:
-    async with CloudControllerSimulator(pki.server_files(), client_secret="s3cret") as server:
-        yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def call(session: aiohttp.ClientSession, method: str, url: str, ssl: Any, **kwargs: Any) -> tuple[int, Any]:

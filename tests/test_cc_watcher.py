@@ -4,7 +4,6 @@ internal API), ending in the NATS state stream as a subscriber reads it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,27 +17,10 @@ from events.cc.simulator import CcRoute, CloudControllerSimulator
 from events.cc.watcher import CcWatcher, CcWatcherConfig
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher
-from tests.cfsim import Pki, StateView, make_pki, wait_until
+from tests.cfsim import Pki, StateView, wait_until
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
 PING = [{"protocol": "icmp", "destination": "198.51.100.0/24", "type": 8, "code": -1, "description": "ping"}]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def cc(pki: Pki) -> AsyncIterator[CloudControllerSimulator]:
-    async with CloudControllerSimulator(pki.server_files(), client_secret="s3cret") as server:
-        yield server
-
-
-@pytest.fixture
-async def view(nats_client: NATS) -> AsyncIterator[StateView]:
-    async with StateView(nats_client) as state:
-        yield state
 
 
 def config(cc: CloudControllerSimulator, pki: Pki, *, internal: bool = True, **overrides: Any) -> CcWatcherConfig:

@@ -14,7 +14,7 @@ import pytest
 from events.models import InternalSecurityGroup, parse_internal_policies
 from events.policy.simulator import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 from events.tls import client_context
-from tests.cfsim import Pki, make_pki, shape
+from tests.cfsim import Pki, shape
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policy"
 API = "/networking/v1/internal"
@@ -22,17 +22,6 @@ API = "/networking/v1/internal"
 
 def fixture(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[PolicyServerSimulator]:
-    async with PolicyServerSimulator(pki.server_files()) as server:
-        yield server
 
 
 class Api:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,23 +16,6 @@ from events.tls import TlsConfigError, TlsFiles, client_context, server_context
 from tests.cfsim import Pki, make_pki
 
 PATH = "/networking/v1/internal/policies"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[PolicyServerSimulator]:
-    async with PolicyServerSimulator(pki.server_files()) as server:
-        yield server
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def fail(session: aiohttp.ClientSession, url: str, ctx: ssl.SSLContext, timeout: float = 5) -> SourceError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,27 +19,10 @@ from events.policy.spaces import ContainerSpaces, StaticSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.poller import Backoff, FatalSourceError
 from events.publisher import StatePublisher
-from tests.cfsim import WAIT, Pki, StateView, make_pki, wait_until
+from tests.cfsim import WAIT, Pki, StateView, wait_until
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
 WEB = [{"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "443", "description": "web"}]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def sim(pki: Pki) -> AsyncIterator[PolicyServerSimulator]:
-    async with PolicyServerSimulator(pki.server_files()) as server:
-        yield server
-
-
-@pytest.fixture
-async def view(nats_client: NATS) -> AsyncIterator[StateView]:
-    async with StateView(nats_client) as state:
-        yield state
 
 
 def config(sim: PolicyServerSimulator, pki: Pki, **overrides: Any) -> PolicyWatcherConfig:
