@@ -133,6 +133,7 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
     async def unregister(request: web.Request) -> web.Response:
         handle = request.match_info["handle"]
         gen = rec.unregister(handle)
+        log.info("container %s removed by CNI", handle, extra={"handle": handle})
         try:
             await rec.wait_committed(gen, float(request.query.get("timeout_seconds", "5")))
         except asyncio.TimeoutError:
