@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -226,6 +227,9 @@ async def start_endpoints(rec: Reconciler, socket_path: Path, metrics_listen: st
     cni = web.AppRunner(cni_app(rec, socket_path), access_log=None)
     await cni.setup()
     await web.UnixSite(cni, str(socket_path)).start()
+    # Whoever can register containers can choose a container's policy: only root (the CNI plugin
+    # runs as root under Garden) may connect.
+    os.chmod(socket_path, 0o600)
     runners.append(cni)
     if metrics_listen:
         host, _, port = metrics_listen.rpartition(":")

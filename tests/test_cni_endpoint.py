@@ -290,3 +290,21 @@ def test_garden_net_out_rules_are_the_egress_rules_without_dynamic_asgs(tmp_path
         assert "192.0.2.0/24" not in dump  # the space's security group is not used without dynamic ASGs
     finally:
         r.stop()
+
+
+async def test_the_cni_socket_is_for_root_only(tmp_path):
+    import stat
+
+    from nft import FakeNft
+    from reconciler.config import ReconcilerConfig
+    from reconciler.daemon import Reconciler
+    from reconciler.endpoint import start_endpoints
+
+    rec = Reconciler(ReconcilerConfig(cell_id="a", state_dir=tmp_path / "s"), FakeNft())
+    socket = tmp_path / "r.sock"
+    runners = await start_endpoints(rec, socket, None)
+    try:
+        assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+    finally:
+        for r in runners:
+            await r.cleanup()
