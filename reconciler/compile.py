@@ -52,7 +52,7 @@ from nft.objects import (
     SetFlag,
     Table,
 )
-from reconciler.boxes import Box, disjoint_boxes
+from reconciler.boxes import Box, Interval, disjoint_boxes, merge_intervals
 
 TABLE = Table(Family.INET, "cfnft")
 
@@ -193,9 +193,13 @@ def _elements(
     set_name: str, version: int, boxes: Iterable[Box], order: tuple[int, ...] | None, *, adjacent: bool = True
 ) -> list[Element]:
     """Elements whose first field is an address of `version`, the other fields small integers."""
+    return _box_elements(set_name, version, disjoint_boxes(boxes, order=order, adjacent=adjacent))
+
+
+def _box_elements(set_name: str, version: int, boxes: Iterable[Box]) -> list[Element]:
+    """Elements for boxes that are already pairwise disjoint."""
     out = []
-    for box in disjoint_boxes(boxes, order=order, adjacent=adjacent):
-        (alo, ahi), *rest = box
+    for (alo, ahi), *rest in boxes:
         key = (AddrRange(_addr(version, alo), _addr(version, ahi)), *(IntRange(lo, hi) for lo, hi in rest))
         out.append(Element(set_name, key))
     return out
@@ -668,14 +672,21 @@ def _bundle_chain(
 
 
 def _c2c_boxes(policies: list[C2CPolicy], instances: dict[str, set[ipaddress.IPv4Address]]) -> tuple[Box, ...]:
-    """Source address x protocol x port boxes allowed into an app, in a canonical order."""
-    boxes: set[Box] = set()
+    """Source address x protocol x port boxes allowed into an app: pairwise disjoint by
+    construction (one address each; overlapping port ranges of one address and protocol
+    merged), in a canonical order. Touching port ranges stay apart, so that adding a policy
+    or an instance only ever adds elements."""
+    ranges: dict[tuple[int, int], list[Interval]] = defaultdict(list)
     for p in policies:
         proto = PROTO_TCP if p.destination.protocol == "tcp" else PROTO_UDP
         ports = (p.destination.ports.start, p.destination.ports.end)
         for addr in instances.get(p.source.id, ()):
-            boxes.add(((int(addr), int(addr)), (proto, proto), ports))
-    return tuple(sorted(boxes))
+            ranges[(int(addr), proto)].append(ports)
+    return tuple(
+        ((addr, addr), (proto, proto), span)
+        for (addr, proto), spans in sorted(ranges.items())
+        for span in merge_intervals(spans, adjacent=False)
+    )
 
 
 def _app_ingress_chain(
@@ -686,8 +697,7 @@ def _app_ingress_chain(
     rs.add_rule(Rule(chain, "ct status dnat counter accept", "port mappings from the cell (gorouter, ssh)"))
     if boxes:
         rs.add_set(Set(chain, ("ipv4_addr", "inet_proto", "inet_service"), (SetFlag.INTERVAL,), counter=True))
-        # One element per source address: a new instance of a source app is an element added.
-        for e in _elements(chain, 4, boxes, _ADDR_PROTO_PORT_ORDER, adjacent=False):
+        for e in _box_elements(chain, 4, boxes):
             rs.add_element(e)
         verdict = f"counter jump {LOG_C2C_ACCEPT}" if cfg.c2c_logging else "counter accept"
         rs.add_rule(
