@@ -292,8 +292,9 @@ class Transaction:
         return self._rendered
 
     def render_lines(self) -> list[tuple[str, Op | None]]:
-        """Each line of `render()` with the operation it came from (None for the lines that open
-        and close an element command).
+        """Each line of `render()` with the operation it came from: None for the lines that open
+        and close an element command, except that an `add set ... { elements = {` line is the add
+        of the set.
 
         Element operations on one set are one command, one element per line, so that nft's error
         location points at the element it refused."""
