@@ -208,7 +208,7 @@ class Reconciler:
 
     async def _install_skeleton_if_missing(self) -> None:
         try:
-            if await self.runner.read_async(TABLE) is None:
+            if await self.runner.read_async(TABLE, elements=False) is None:
                 empty = CellState(cell_id=self.config.cell_id, containers=[], config=self.config.policy)
                 await self.runner.apply_async(diff(compile_ruleset(empty), None))
                 log.info("installed the fail-closed skeleton of table %s", TABLE.name)
