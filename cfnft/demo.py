@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import sys
 import tempfile
@@ -366,4 +365,4 @@ def _explain(demo: Demo, cells: list[Cell], nats_url: str) -> None:
         print(f"  curl http://{rec.config.metrics_listen}/metrics        (cell {name})")
     for i in demo.instances:
         print(f"  ip netns exec {i.netns.name} ...   ({i.name}, {i.ip})")
-    print(json.dumps({"cells": [c.name for c in cells]}), flush=True)
+    print("Ctrl-C removes everything.", flush=True)
