@@ -14,13 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import nats
 import pytest
 
 from cfnft.lab.natsserver import wait_connection
-from cfnft.lab.netlab import Lab, Outcome, assert_reachability
+from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from cfnft.publish import publish_state
 from events import subjects
 from events.connect import NatsConfig
@@ -297,11 +298,26 @@ async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_change
         await asyncio.to_thread(
             assert_reachability, web, {("tcp", "192.0.2.10", 80): OPEN, ("tcp", "192.0.2.11", 80): REJECTED}
         )
-        before = cell.run(["nft", "-a", "list", "table", "inet", "cfnft"]).stdout
-        proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
-        await eventually(lambda: _ready(port), timeout=20, what="restarted reconciler ready")
+        before = cell.run(["nft", "-a", "-s", "list", "table", "inet", "cfnft"]).stdout
+        stop = threading.Event()
+        seen: list[tuple[Outcome, Outcome]] = []
+
+        def probe_loop():
+            while not stop.is_set():
+                r = probe_many(web, [("tcp", "192.0.2.11", 80), ("tcp", "192.0.2.10", 80)], timeout=0.3)
+                seen.append((r[0].outcome, r[1].outcome))
+
+        prober = threading.Thread(target=probe_loop)
+        prober.start()
+        try:
+            proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
+            await eventually(lambda: _ready(port), timeout=20, what="restarted reconciler ready")
+        finally:
+            stop.set()
+            prober.join()
+        assert seen and all(denied is REJECTED and allowed is OPEN for denied, allowed in seen), seen
         assert _metric(port, 'cfnft_reconcile_duration_seconds_count{outcome="changed"}') == 0
-        after = cell.run(["nft", "-a", "list", "table", "inet", "cfnft"]).stdout
+        after = cell.run(["nft", "-a", "-s", "list", "table", "inet", "cfnft"]).stdout
         assert before == after, "a restart with nothing changed must not write the kernel"
     finally:
         proc.kill()
