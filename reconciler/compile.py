@@ -63,6 +63,7 @@ ANY_BYTE = (0, 255)
 _ADDR_PROTO_PORT_ORDER = (1, 2, 0)
 _ADDR_TYPE_CODE_ORDER = (1, 2, 0)
 
+DISPATCH_MAPS = ("egress4", "egress6", "ingress4", "ingress6")
 LOG_ASG_ACCEPT = "log-asg-accept"
 LOG_C2C_ACCEPT = "log-c2c-accept"
 HOST_ACCESS = "host-access"
@@ -301,6 +302,7 @@ class Compiler:
         self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
         self._sources: dict[int, tuple[SecurityGroup, RuleSource]] = {}
         self._dispatch: dict[int, tuple[Container, str, list[Element]]] = {}
+        self._maps: dict[str, dict] = {name: {} for name in DISPATCH_MAPS}
 
     def _group_source(self, group: SecurityGroup) -> RuleSource:
         """A group's rule source, parsed once per group object (the entry pins the object)."""
@@ -349,6 +351,7 @@ class Compiler:
         bundles: set[str] = set()
         by_applicable: dict[Applicable, Bundle] = {}
         dispatch_used: dict[int, tuple[Container, str, list[Element]]] = {}
+        dispatch_changed = False
         used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
         # What applies to a container depends only on its app, space and workload (and, without
         # dynamic ASGs, on its own rules): decide that once per such key, not per container.
@@ -390,9 +393,18 @@ class Compiler:
             hit = self._dispatch.get(id(c))
             if hit is None or hit[0] is not c or hit[1] != b.name:
                 hit = (c, b.name, _dispatch_elements(c, b.name))
+                dispatch_changed = True
             dispatch_used[id(c)] = hit
-            for element in hit[2]:
-                rs.add_element(element)
+        # The dispatch maps: when every container's entries are the ones of the last compilation,
+        # hand back the very same element dicts (nft.diff then skips them by identity).
+        if dispatch_changed or dispatch_used.keys() != self._dispatch.keys():
+            maps: dict[str, dict] = {name: {} for name in DISPATCH_MAPS}
+            for _, _, elements in dispatch_used.values():
+                for e in elements:
+                    maps[e.set][e.key] = e
+            self._maps = maps
+        for name in DISPATCH_MAPS:
+            rs.elements[name] = self._maps[name]
 
         # Ingress: one chain per local destination app.
         instances = _instances(state)
