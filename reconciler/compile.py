@@ -11,7 +11,8 @@ Packet path through the table (README "The nft table" shows a real listing):
   asg-<bundle>     overlay destination -> accept (its own cell enforces c2c ingress);
                    deny_networks -> reject; ASG/egress-policy sets -> accept; else reject
   input (base)     overlay source -> host-access: DNS, host services, else reject
-  prerouting (nat) host port -> netin-<port>: DNAT to container address:port
+  prerouting (nat) host port, from outside the overlay -> netin-<port>: DNAT to container:port
+  postrouting (nat) overlay source leaving the overlay -> masquerade (unless `masquerade` is off)
 
 Containers to which the same security groups (and egress policies) apply share one
 `asg-<bundle>` chain, named after those contributors. Each security group's rules live in sets
