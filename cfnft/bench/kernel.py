@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from events.models import CellState, Protocol
 from nft import NftRunner, diff, render_ruleset
-from reconciler.compile import TABLE, Compiler, applicable, lifecycle_of
+from reconciler.compile import TABLE, Compiler, applicable, bundle_of
 
 
 @contextlib.contextmanager
@@ -86,19 +86,13 @@ def cold_apply(state: CellState, repeat: int = 3, with_iptables: bool = True) ->
 
 def silk_iptables(state: CellState) -> str:
     """silk's filter rules for this cell, as one iptables-restore input (cf-facts §2.5, §6.4)."""
-    compiler = Compiler()
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     body: list[str] = []
-    deny = {
-        "always": state.config.deny_networks.always,
-        "running": state.config.deny_networks.running,
-        "staging": state.config.deny_networks.staging,
-    }
     by_app_policies: dict[str, list] = {}
     for p in state.c2c_policies:
         by_app_policies.setdefault(p.destination.id, []).append(p)
     for i, c in enumerate(state.containers):
-        bundle = compiler._bundle(state, applicable(state, i, c), {})
+        bundle = bundle_of(state, applicable(state, i, c))
         netout = f"netout--{c.handle}"[:28]
         overlay = f"overlay--{c.handle}"[:28]
         lines += [f":{netout} - [0:0]", f":{overlay} - [0:0]"]
@@ -108,10 +102,9 @@ def silk_iptables(state: CellState) -> str:
             f"-A {netout} -m state --state RELATED,ESTABLISHED -j ACCEPT",
             f"-A {netout} -p tcp -m state --state INVALID -j DROP",
         ]
-        for kind in (lifecycle_of(c.workload).value, "always"):
-            for net in deny.get(kind, []):
-                if net.version == 4:
-                    chain.append(f"-A {netout} -d {net} -j REJECT --reject-with icmp-port-unreachable")
+        for net in state.config.deny_networks.for_workload(c.workload):
+            if net.version == 4:
+                chain.append(f"-A {netout} -d {net} -j REJECT --reject-with icmp-port-unreachable")
         for rule in {r for src in bundle.sources for r in src.rules}:
             for d in rule.destinations:
                 if d.start.version != 4:
