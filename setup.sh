@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian or Ubuntu machine for cfnft: system packages, then .venv with cfnft installed.
 #
-#   sudo ./setup.sh           what the demo needs (cfnft and its runtime dependencies)
+#   sudo ./setup.sh           what the demo needs (cfnft, its runtime dependencies and its lab)
 #   sudo ./setup.sh --test    also the test tools: pytest, nats-server, trustme, ruff, ...
 #
 # Safe to run again: it installs only missing system packages (no apt-get at all when none is
@@ -69,12 +69,14 @@ else
     /usr/bin/python3 -m venv --clear --system-site-packages .venv
 fi
 
-target="."
-((with_tests)) && target=".[test]"
-step "installing cfnft into .venv (pip install -e '$target')"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable "$target"
+# cfnft itself, and its lab (lab/, the distribution cfnft-lab: simulators, demo, benchmarks) from
+# this checkout, which the [lab] extra names.
+extras="lab"
+((with_tests)) && extras="lab,test"
+step "installing cfnft and its lab into .venv (pip install -e './lab' -e '.[$extras]')"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ./lab --editable ".[$extras]"
 
-.venv/bin/python -c 'import nftables, cfnft' || die "the venv cannot import nftables and cfnft after installing"
+.venv/bin/python -c 'import nftables, cfnft, lab' || die "the venv cannot import nftables, cfnft and lab after installing"
 if ((with_tests)); then
     [[ -x .venv/bin/nats-server ]] || die "the test extras did not install .venv/bin/nats-server"
 fi

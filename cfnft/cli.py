@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_DIFFERS, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-
 DESCRIPTION = """\
 cfnft enforces Cloud Foundry container networking policy (application security groups,
 container-to-container policies, dynamic egress policies) with one nftables table per cell,
@@ -24,6 +22,8 @@ daemons and operations:
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
+
+with the lab (setup.sh installs it beside cfnft; it is not part of what runs on a cell):
   cfnft demo                                a two-cell foundation here, CF's promises shown with packets
   cfnft bench                               measure against nft -f, iptables-restore and the targets
 """
@@ -51,6 +51,15 @@ def _nats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-cert", type=Path, metavar="FILE", help="client certificate for mutual TLS")
     p.add_argument("--nats-key", type=Path, metavar="FILE", help="client key for mutual TLS")
     p.add_argument("--nats-creds", type=Path, metavar="FILE", help="NATS credentials file")
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands other distributions add through the `cfnft.commands` entry point group (the lab's
+    demo and bench): each entry point is a function that adds its subparser and sets `handler`."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="cfnft.commands"), key=lambda e: e.name):
+        ep.load()(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,33 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
 
-    p = sub.add_parser(
-        "demo",
-        help="a two-cell foundation on this machine, and CF's network promises shown with real packets",
-        description="Start nats-server, the BBS and policy-server simulators, their watchers, two cells (network "
-        "namespaces) with reconcilers and the real CNI chain; push two apps and walk through default deny, a DNS "
-        "security group, a c2c policy across cells, a dynamic ASG change on a running app and a flushed table "
-        "being repaired, printing each probe and how long the change took to take effect. Needs root. Removes "
-        "everything it created on exit, also on Ctrl-C.",
-    )
-    p.add_argument("--ci", action="store_true", help="non-interactive: exit 1 if any probe ends other than expected")
-    p.add_argument("--keep", action="store_true", help="stay up after the walk-through, for inspection, until Ctrl-C")
-
-    p = sub.add_parser(
-        "bench",
-        help="measure cfnft against its baselines on a synthetic full cell",
-        description="Run benchmark scenarios on a full cell (250 containers, 20 security groups with 1,000 rules, "
-        "500 c2c policies) in throwaway network namespaces, and print each figure with its target and its ratio "
-        "against the named baseline, measured side by side in the same run. Needs root.",
-    )
-    p.add_argument(
-        "--scenario",
-        action="append",
-        choices=["cold", "incremental", "e2e", "cni", "packet"],
-        help="what to run (repeatable; default: all)",
-    )
-    p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, not for reporting)")
+    _add_plugin_commands(sub)
     return parser
 
 

@@ -11,30 +11,21 @@ import sys
 from pathlib import Path
 
 from cfnft import logs
-from cfnft.cli import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError, OperationError
 
 log = logging.getLogger("cfnft")
 
 
-class UsageError(Exception):
-    """Bad input or configuration: exit 2, nothing was changed."""
-
-
-class OperationFailed(Exception):
-    """The operation itself failed (kernel, NATS): exit 3."""
-
-
 def run(args: argparse.Namespace) -> int:
-    handler = _HANDLERS[args.command]
+    # Commands added through the `cfnft.commands` entry points (the lab's demo and bench) bring
+    # their own handler.
+    handler = getattr(args, "handler", None) or _HANDLERS[args.command]
     logs.setup(json_lines=args.command in ("reconcile", "watch"), level=args.log_level)
     try:
         return handler(args)
-    except UsageError as e:
+    except CfnftError as e:
         print(f"cfnft {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OperationFailed as e:
-        print(f"cfnft {args.command}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return e.exit_code
 
 
 # ------------------------------------------------------------------ one-shot
@@ -54,9 +45,9 @@ def _load_state(path: Path, lenient: bool):
     except StateError as e:
         lines = [str(p) for p in e.problems]
         if len(lines) == 1 and not e.problems[0].loc:
-            raise UsageError(f"{path}: {lines[0]}") from None
+            raise InputError(f"{path}: {lines[0]}") from None
         shown = "\n  ".join(lines[:20]) + (f"\n  … and {len(lines) - 20} more" if len(lines) > 20 else "")
-        raise UsageError(f"{path}: invalid cell state ({len(lines)} problem{'s' * (len(lines) != 1)}):\n  {shown}")
+        raise InputError(f"{path}: invalid cell state ({len(lines)} problem{'s' * (len(lines) != 1)}):\n  {shown}")
 
 
 def _first_line(e: Exception) -> str:
@@ -70,7 +61,7 @@ def _runner(netns: str | None):
     try:
         return NftRunner(netns=netns)
     except (NftError, NamespaceError, OSError) as e:
-        raise OperationFailed(f"cannot use nftables{f' in netns {netns}' if netns else ''}: {e}") from None
+        raise OperationError(f"cannot use nftables{f' in netns {netns}' if netns else ''}: {e}") from None
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -96,7 +87,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             return EXIT_OK
         runner.apply(tx)
     except (NftError, TransactionError) as e:
-        raise OperationFailed(f"nothing was changed: {e}") from None
+        raise OperationError(f"nothing was changed: {e}") from None
     chains, rules, elements = desired.counts()
     print(
         f"cfnft apply: committed {len(tx)} changes in one transaction; table inet cfnft now has "
@@ -116,7 +107,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         tx = diff(compile_ruleset(state), runner.read(TABLE))
         repair = tx.render()
     except (NftError, TransactionError) as e:
-        raise OperationFailed(str(e)) from None
+        raise OperationError(str(e)) from None
     if tx.is_empty:
         print("cfnft check: the kernel matches the state", file=sys.stderr)
         return EXIT_OK
@@ -135,10 +126,10 @@ def _reconciler_config(args: argparse.Namespace):
     try:
         cfg = load_config(args.config) if args.config else None
     except StateError as e:
-        raise UsageError(_first_line(e)) from None
+        raise InputError(_first_line(e)) from None
     if cfg is None:
         if not args.cell_id:
-            raise UsageError("give --config FILE or at least --cell-id")
+            raise InputError("give --config FILE or at least --cell-id")
         cfg = ReconcilerConfig(cell_id=args.cell_id)
     updates: dict = {}
     if args.cell_id:
@@ -193,7 +184,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main())
     except OSError as e:
-        raise OperationFailed(str(e)) from None
+        raise OperationError(str(e)) from None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -204,15 +195,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     unknown = set(args.only) - {"bbs", "policy", "cc"}
     if unknown:
-        raise UsageError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
+        raise InputError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
     try:
         cfg = load_watch_config(args.config)
     except StateError as e:
-        raise UsageError(_first_line(e)) from None
+        raise InputError(_first_line(e)) from None
     try:
         asyncio.run(run_watchers(cfg, set(args.only) or None))
     except (FatalSourceError, TlsConfigError) as e:
-        raise OperationFailed(str(e)) from None
+        raise OperationError(str(e)) from None
     return EXIT_OK
 
 
@@ -225,7 +216,7 @@ async def _connect(args: argparse.Namespace):
     try:
         return await connect(NatsConfig(**_nats_overrides(args)), "cfnft-cli", forever=False)
     except NatsUnavailable as e:
-        raise OperationFailed(str(e)) from None
+        raise OperationError(str(e)) from None
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -233,7 +224,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     state = _load_state(args.state, lenient=False)
     if not state.cell_id:
-        raise UsageError(f"{args.state}: cell_id is required to publish containers")
+        raise InputError(f"{args.state}: cell_id is required to publish containers")
 
     async def main() -> int:
         nc = await _connect(args)
@@ -277,7 +268,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             reply = await nc.request(subjects.status(args.cell), b"", timeout=args.timeout)
         except (TimeoutError, NoRespondersError):
-            raise OperationFailed(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
+            raise OperationError(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
         finally:
             await nc.close()
         status = json.loads(reply.data)
@@ -285,29 +276,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK if status.get("in_sync") else EXIT_DIFFERS
 
     return asyncio.run(main())
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    import os
-
-    if os.geteuid() != 0:
-        raise UsageError("needs root: it creates network namespaces and nftables tables (sudo .venv/bin/cfnft demo)")
-    from cfnft.demo import run as run_demo
-
-    if args.log_level == "info":
-        # The walk-through is the output; the components' own log lines would drown it.
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        return asyncio.run(run_demo(ci=args.ci, keep=args.keep))
-    except KeyboardInterrupt:
-        print("cfnft demo: interrupted; everything it created has been removed", file=sys.stderr)
-        return 130
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from cfnft.bench.report import run as run_bench
-
-    return run_bench(args.scenario or ["cold", "incremental", "e2e", "cni", "packet"], args.json, args.quick)
 
 
 _HANDLERS = {
@@ -319,6 +287,4 @@ _HANDLERS = {
     "publish": cmd_publish,
     "resync": cmd_resync,
     "status": cmd_status,
-    "bench": cmd_bench,
-    "demo": cmd_demo,
 }

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
 
-from events.cc.simulator import CloudControllerSimulator
-from events.policy.simulator import PolicyServerSimulator
-from tests.cfsim import Pki, StateView, make_pki
+from lab.cfsim import Pki, StateView, make_pki
+from lab.sim.cc import CloudControllerSimulator
+from lab.sim.policy import PolicyServerSimulator
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from cfnft.lab.natsserver import NatsServer, find_nats_server
-from cfnft.lab.netlab import Lab, missing_prerequisites, sweep_stale_labs
+from lab.natsserver import NatsServer, find_nats_server
+from lab.netlab import Lab, missing_prerequisites, sweep_stale_labs
 
 pytest_plugins = ["tests.cffixtures"]
 

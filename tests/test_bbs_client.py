@@ -23,10 +23,10 @@ import trustme
 from events.bbs import bbs_pb2 as pb
 from events.bbs.client import RUNNING, BbsClient, EventStream
 from events.bbs.errors import BbsApiError, BbsTlsError, BbsUnavailableError
-from events.bbs.simcontrol import add_control_routes
-from events.bbs.simulator import EVACUATING, BbsRoute, BbsSimulator
 from events.bbs.sse import BbsEvent, EventName
 from events.tls import TlsFiles, client_context
+from lab.sim.bbs import EVACUATING, BbsRoute, BbsSimulator
+from lab.sim.bbs_control import add_control_routes
 
 SERVER_NAME = "bbs.service.cf.internal"
 

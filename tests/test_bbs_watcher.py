@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from events import subjects
 from events.bbs.client import RUNNING
-from events.bbs.simulator import EVACUATING, SUSPECT, BbsRoute, BbsSimulator, egress_rule
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig, BbsWatcherMetrics
 from events.messages import ContainerMessage
 from events.models import Container, Workload
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher, ensure_state_stream
 from events.tls import TlsFiles
+from lab.sim.bbs import EVACUATING, SUSPECT, BbsRoute, BbsSimulator, egress_rule
 from tests.test_bbs_client import SERVER_NAME, Pki, make_pki
 
 State = dict[str, dict[str, Any]]

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from events.cc.simulator import CcRoute, CloudControllerSimulator
 from events.models import SecurityGroup
 from events.tls import TlsFiles, client_context
-from tests.cfsim import Pki, shape
+from lab.cfsim import Pki, shape
+from lab.sim.cc import CcRoute, CloudControllerSimulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cc"
 RULES = [

@@ -13,11 +13,11 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from events import subjects
-from events.cc.simulator import CcRoute, CloudControllerSimulator
 from events.cc.watcher import CcWatcher, CcWatcherConfig
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher
-from tests.cfsim import Pki, StateView, wait_until
+from lab.cfsim import Pki, StateView, wait_until
+from lab.sim.cc import CcRoute, CloudControllerSimulator
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
 PING = [{"protocol": "icmp", "destination": "198.51.100.0/24", "type": 8, "code": -1, "description": "ping"}]

@@ -22,13 +22,13 @@ from typing import Any
 import nats
 import pytest
 
-from cfnft.lab.cnirun import CniRuntime, PluginFailed, garden_injection
-from cfnft.lab.natsserver import NatsServer
-from cfnft.lab.netlab import Cell, Lab, Netns, Outcome, assert_reachability, tcp
 from cfnft.publish import publish_state
 from cni import pending
 from cni.client import ReconcilerClient, Unreachable
 from events.models import load_cell_state
+from lab.cnirun import CniRuntime, PluginFailed, garden_injection
+from lab.natsserver import NatsServer
+from lab.netlab import Cell, Lab, Netns, Outcome, assert_reachability, tcp
 
 pytestmark = [pytest.mark.kernel, pytest.mark.nats]
 

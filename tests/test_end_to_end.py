@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from cfnft import demo
+from lab import demo
 
 pytestmark = [pytest.mark.kernel, pytest.mark.nats]
 

@@ -8,7 +8,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import BucketNotFoundError
 
-from cfnft.lab.natsserver import NatsServer, wait_connection
+from lab.natsserver import NatsServer, wait_connection
 
 pytestmark = pytest.mark.nats
 

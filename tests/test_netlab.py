@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cfnft.lab.netlab import (
+from lab.netlab import (
     NETNS_DIR,
     REGISTRY_DIR,
     Lab,

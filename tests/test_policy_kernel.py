@@ -16,8 +16,8 @@ import threading
 
 import pytest
 
-from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from events.models import load_cell_state
+from lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, compile_ruleset
 

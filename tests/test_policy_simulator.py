@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from events.models import InternalSecurityGroup, parse_internal_policies
-from events.policy.simulator import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 from events.tls import client_context
-from tests.cfsim import Pki, shape
+from lab.cfsim import Pki, shape
+from lab.sim.policy import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policy"
 API = "/networking/v1/internal"

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from events.httpsource import Reason, SourceError, decode_json, get_json, request_text
-from events.policy.simulator import PolicyRoute, PolicyServerSimulator
 from events.tls import TlsConfigError, TlsFiles, client_context, server_context
-from tests.cfsim import Pki, make_pki
+from lab.cfsim import Pki, make_pki
+from lab.sim.policy import PolicyRoute, PolicyServerSimulator
 
 PATH = "/networking/v1/internal/policies"
 

@@ -14,12 +14,12 @@ from prometheus_client import REGISTRY
 from events import subjects
 from events.messages import ContainerMessage
 from events.models import Container
-from events.policy.simulator import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 from events.policy.spaces import ContainerSpaces, StaticSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.poller import Backoff, FatalSourceError
 from events.publisher import StatePublisher
-from tests.cfsim import WAIT, Pki, StateView, wait_until
+from lab.cfsim import WAIT, Pki, StateView, wait_until
+from lab.sim.policy import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
 WEB = [{"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "443", "description": "web"}]

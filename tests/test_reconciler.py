@@ -20,13 +20,13 @@ import time
 import nats
 import pytest
 
-from cfnft.lab.natsserver import wait_connection
-from cfnft.lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from cfnft.publish import publish_state
 from events import subjects
 from events.connect import NatsConfig
 from events.messages import SecurityGroupMessage
 from events.models import load_cell_state
+from lab.natsserver import wait_connection
+from lab.netlab import Lab, Outcome, assert_reachability, probe_many
 from nft import NftRunner
 from reconciler.compile import TABLE
 from reconciler.config import ReconcilerConfig
@@ -83,7 +83,7 @@ async def eventually(predicate, timeout=10.0, what="condition"):
 
 def reachable(netns, target, outcome):
     """A predicate for `eventually`: the probe currently gives `outcome`."""
-    from cfnft.lab.netlab import probe_many
+    from lab.netlab import probe_many
 
     return lambda: probe_many(netns, [target], timeout=0.3)[0].outcome is outcome
 
@@ -284,7 +284,7 @@ def _ready(port):
 
 
 async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_changed(nats_server, cell_lab, tmp_path):
-    from cfnft.lab.natsserver import free_port
+    from lab.natsserver import free_port
 
     _, cell, ctrs = cell_lab
     web = ctrs["web0"][0]

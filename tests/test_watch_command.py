@@ -11,11 +11,11 @@ import time
 import nats
 import pytest
 
-from cfnft.lab.pki import make_pki
 from events import subjects
-from events.bbs.simulator import BbsSimulator
-from events.policy.simulator import C2CPolicySpec, PolicyServerSimulator
 from events.publisher import StatePublisher
+from lab.pki import make_pki
+from lab.sim.bbs import BbsSimulator
+from lab.sim.policy import C2CPolicySpec, PolicyServerSimulator
 
 pytestmark = pytest.mark.nats
 

@@ -1,4 +1,4 @@
-r"""Diego BBS: the protobuf models, an mTLS client, the SSE event framing, a simulator and the watcher.
+r"""Diego BBS: the protobuf models, an mTLS client, the SSE event framing and the watcher.
 
     bbs.proto / bbs_pb2.py   our subset of BBS's models, upstream field numbers (cf-facts.md §3.4-3.5)
     errors.py                what can fail talking to BBS, by what to do about it
@@ -6,8 +6,6 @@ r"""Diego BBS: the protobuf models, an mTLS client, the SSE event framing, a sim
     client.py                POST-with-protobuf list calls and the event streams, over mutual TLS
     view.py                  the watcher's picture of LRPs and the containers and app sets it implies
     watcher.py               `BbsWatcher`: list, follow events, publish container and app states
-    simulator.py             a BBS that speaks the same wire format, driven by a scenario API
-    simcontrol.py            the simulator's scenario API as JSON over HTTPS, for demos
 
 `bbs_pb2.py` and `bbs_pb2.pyi` are generated and committed. After editing `bbs.proto`, regenerate
 them from the repository root with grpcio-tools' protoc:

@@ -1,1 +1,3 @@
-"""Cloud Controller's v3 security groups (with UAA): a simulator, and the watcher that turns them into NATS state."""
+"""Cloud Controller's v3 security groups (with UAA): the client, and the watcher that turns them into NATS state.
+
+The simulator lives in the lab (`lab/sim/cc.py`)."""

@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from events.simserver import HttpsSite
 from events.tls import TlsFiles, server_context
+from lab.sim.server import HttpsSite
 
 Lifecycle = Literal["running", "staging"]
 

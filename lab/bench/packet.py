@@ -16,8 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from cfnft.lab.netlab import Lab
 from events.models import load_cell_state
+from lab.netlab import Lab
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, compile_ruleset
 

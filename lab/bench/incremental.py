@@ -12,8 +12,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from cfnft.bench.kernel import namespace
 from events.models import CellState, SecurityGroup, load_cell_state
+from lab.bench.kernel import namespace
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, Compiler
 from reconciler.daemon import settle_memory

@@ -26,17 +26,17 @@ from pathlib import Path
 
 import nats
 
-from cfnft.lab.cnirun import CniRuntime, garden_injection
-from cfnft.lab.natsserver import NatsServer
-from cfnft.lab.netlab import Cell, Lab, Netns, Outcome, probe_many
-from cfnft.lab.pki import make_pki
-from events.bbs.simulator import BbsSimulator
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
 from events.connect import NatsConfig
-from events.policy.simulator import C2CPolicySpec, PolicyServerSimulator
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.publisher import StatePublisher
+from lab.cnirun import CniRuntime, garden_injection
+from lab.natsserver import NatsServer
+from lab.netlab import Cell, Lab, Netns, Outcome, probe_many
+from lab.pki import make_pki
+from lab.sim.bbs import BbsSimulator
+from lab.sim.policy import C2CPolicySpec, PolicyServerSimulator
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
@@ -304,7 +304,7 @@ async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool
 
 
 async def _start_cell(demo: Demo, stack: contextlib.AsyncExitStack, cell: Cell) -> None:
-    from cfnft.lab.natsserver import free_port
+    from lab.natsserver import free_port
 
     socket = demo.workdir / f"cell-{cell.cell_name}.sock"
     cfg = ReconcilerConfig(

@@ -52,8 +52,8 @@ from events.bbs import client as routes
 from events.bbs.client import CLAIMED, CRASHED, RUNNING, UNCLAIMED
 from events.bbs.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from events.bbs.sse import encode_bbs_event
-from events.simserver import HttpsSite
 from events.tls import CF_TLS12_CIPHERS, TlsFiles, server_context
+from lab.sim.server import HttpsSite
 
 APPS_DOMAIN = "cf-apps"
 TASKS_DOMAIN = "cf-tasks"

@@ -23,7 +23,7 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from events.bbs import bbs_pb2 as pb
-from events.bbs.simulator import BbsRoute, BbsSimulator, egress_rule
+from lab.sim.bbs import BbsRoute, BbsSimulator, egress_rule
 
 SCENARIO_METHODS = frozenset(
     {

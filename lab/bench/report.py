@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 
-from cfnft.bench.generate import CellShape, full_cell
+from lab.bench.generate import CellShape, full_cell
 
 
 @dataclass
@@ -59,7 +59,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
     )
 
     if "cold" in scenarios:
-        from cfnft.bench.kernel import cold_apply
+        from lab.bench.kernel import cold_apply
 
         r = cold_apply(state, repeat=1 if quick else 3)
         report.add("cold", "compile (pure, no kernel)", r.compile_s * 1e3, "ms")
@@ -87,7 +87,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
             "cold", "table size: chains/rules/elements", r.chains, "", note=f"{r.rules} rules, {r.elements} elements"
         )
     if "incremental" in scenarios:
-        from cfnft.bench.incremental import incremental
+        from lab.bench.incremental import incremental
 
         adds, edits = incremental(doc, adds=30 if quick else 100, edits=5 if quick else 20)
         report.add("incremental", "one container added, p50", adds.p50 * 1e3, "ms")
@@ -95,7 +95,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         report.add("incremental", "one global ASG edit, p50", edits.p50 * 1e3, "ms")
         report.add("incremental", "one global ASG edit, p99", edits.p99 * 1e3, "ms", "<20 ms")
     if "e2e" in scenarios:
-        from cfnft.bench.e2e import end_to_end
+        from lab.bench.e2e import end_to_end
 
         lat, rss = end_to_end(doc, changes=40 if quick else 200)
         report.add(
@@ -104,7 +104,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         report.add("e2e", "NATS publish -> kernel commit, p99", lat.p99 * 1e3, "ms", "<250 ms")
         report.add("e2e", "reconciler RSS at a full cell", rss / 2**20, "MiB", "<100 MiB")
     if "cni" in scenarios:
-        from cfnft.bench.cni import cni_add_latency
+        from lab.bench.cni import cni_add_latency
 
         adds, startup = cni_add_latency(doc, containers=20 if quick else 100)
         report.add(
@@ -121,7 +121,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         report.add("cni", "cfnft-cni DEL, p50", adds.delete.p50, "ms")
 
     if "packet" in scenarios:
-        from cfnft.bench.packet import per_packet
+        from lab.bench.packet import per_packet
 
         rates = per_packet(repeat=1 if quick else 3)
         flat = rates[0].pps

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from events.simserver import HttpsSite
 from events.tls import CF_TLS12_CIPHERS, TlsFiles, server_context
+from lab.sim.server import HttpsSite
 
 Lifecycle = Literal["running", "staging"]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import nats
 
-from cfnft.bench.incremental import Latencies
-from cfnft.bench.kernel import namespace
-from cfnft.lab.natsserver import NatsServer, free_port
 from cfnft.publish import publish_state
 from events.connect import NatsConfig
 from events.messages import C2CPoliciesMessage
 from events.models import C2CPolicy, load_cell_state
+from lab.bench.incremental import Latencies
+from lab.bench.kernel import namespace
+from lab.natsserver import NatsServer, free_port
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import nats
 
-from cfnft.bench.kernel import namespace
-from cfnft.lab.natsserver import NatsServer
 from cfnft.publish import publish_state
-from cni.bench import AddReport, StartupReport, measure_add_latency, measure_startup
 from events.connect import NatsConfig
 from events.models import load_cell_state
+from lab.bench.cniprocess import AddReport, StartupReport, measure_add_latency, measure_startup
+from lab.bench.kernel import namespace
+from lab.natsserver import NatsServer
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
