@@ -70,11 +70,12 @@ else
 fi
 
 # cfnft itself, and its lab (lab/, the distribution cfnft-lab: simulators, demo, benchmarks) from
-# this checkout, which the [lab] extra names.
+# this checkout, which the [lab] extra names. The order matters to pip 23: the project that the
+# extra names must come after the one that names it, or the resolver looks for cfnft on the index.
 extras="lab"
 ((with_tests)) && extras="lab,test"
-step "installing cfnft and its lab into .venv (pip install -e './lab' -e '.[$extras]')"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ./lab --editable ".[$extras]"
+step "installing cfnft and its lab into .venv (pip install -e '.[$extras]' -e ./lab)"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --editable ".[$extras]" --editable ./lab
 
 .venv/bin/python -c 'import nftables, cfnft, lab' || die "the venv cannot import nftables, cfnft and lab after installing"
 if ((with_tests)); then
