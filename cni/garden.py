@@ -1,6 +1,6 @@
 """What Garden's external networker injects into every plugin's stdin on ADD, turned into a Container.
 
-garden-external-networker adds two top-level keys (cf-facts §4.2), bypassing CNI capabilities:
+garden-external-networker adds two top-level keys (docs/cf-facts.md §4.2), bypassing CNI capabilities:
 
     "metadata":      {"app_id", "space_id", "org_id", "policy_group_id", "container_workload",
                       "ports": "8080,2222", "log_config": "<JSON string>", ...any other network.* property}

@@ -1,4 +1,4 @@
-"""The cell state document (design.md §2.1) and the CF objects it is made of.
+"""The cell state document (docs/design.md §2.1) and the CF objects it is made of.
 
 Upstream shapes are reused verbatim, so real API output can be pasted in: security groups are
 Cloud Controller v3 resources, c2c and egress policies are the policy server's internal
@@ -677,7 +677,7 @@ class CellConfig(_Model):
 
 
 class CellState(_Model):
-    """Everything that decides one cell's ruleset (design.md §2.1). Container handles and addresses are unique."""
+    """Everything that decides one cell's ruleset (docs/design.md §2.1). Container handles and addresses are unique."""
 
     cell_id: str = ""
     containers: list[Container]

@@ -1,7 +1,7 @@
 """SSL contexts for the mutual-TLS links to CF components (BBS, policy server, CC internal API).
 
 CF's servers require a client certificate signed by their CA and accept TLS 1.2 and 1.3 only
-(cf-facts.md §1.1). The same rules are used by our simulators, so a test that passes against
+(docs/cf-facts.md §1.1). The same rules are used by our simulators, so a test that passes against
 them exercises the handshake the real servers perform.
 
 Problems loading a file raise `TlsConfigError` naming the role and path, so a bad config is one

@@ -1,6 +1,6 @@
 """A CNI runtime for tests that runs a conflist the way Garden's external networker drives libcni.
 
-What it reproduces (cf-facts §4.2, §5.2; libcni's AddNetworkList/DelNetworkList/CheckNetworkList/
+What it reproduces (docs/cf-facts.md §4.2, §5.2; libcni's AddNetworkList/DelNetworkList/CheckNetworkList/
 GCNetworkList/GetStatusNetworkList):
 
 * Environment: CNI_COMMAND, CNI_CONTAINERID=<handle>, CNI_NETNS=<netns path>, CNI_IFNAME (eth0),

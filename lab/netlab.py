@@ -1,6 +1,6 @@
 """A throwaway foundation in network namespaces: cells, containers, an internet, real packets.
 
-The topology is design.md §4, built with iproute2 and the real CNI reference plugins:
+The topology is docs/design.md §4, built with iproute2 and the real CNI reference plugins:
 
     container ns ──ptp veth──┐                       ┌── internet ns (owns 192.0.2.0/24, 198.51.100.0/24,
     container ns ──ptp veth──┤ cell "a" ns ──uplink──┤    203.0.113.0/24, 2001:db8::/32 on lo; TCP/UDP

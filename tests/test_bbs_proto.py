@@ -1,7 +1,7 @@
 """Our BBS protobuf subset: field numbers as upstream puts them on the wire, and the recorded payloads.
 
 The byte strings below are written out by hand from the protobuf encoding rules and the upstream
-field numbers (cf-facts.md §3.4-3.5), so they check `bbs.proto` against BBS, not against itself.
+field numbers (docs/cf-facts.md §3.4-3.5), so they check `bbs.proto` against BBS, not against itself.
 The JSON fixtures under tests/fixtures/bbs are renderings (proto field names) of BBS responses and
 stream events for a CF app with CC-built egress rules, an evacuation and a crash-restart.
 """

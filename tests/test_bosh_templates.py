@@ -44,7 +44,7 @@ JOBS = ("cni", "cfnft-reconciler", "cfnft-watcher")
 # Packages a job may use without this release defining them: `bosh vendor-package python-3.12
 # <bosh-package-python-release>` adds it (packages/python-3.12/spec.lock).
 VENDORED_PACKAGES = {"python-3.12"}
-# garden-cni's defaults (cf-facts.md §4.2): why the package and the job are both called `cni`.
+# garden-cni's defaults (docs/cf-facts.md §4.2): why the package and the job are both called `cni`.
 GARDEN_CNI_PLUGIN_DIR = "/var/vcap/packages/cni/bin"
 GARDEN_CNI_CONFIG_DIR = "/var/vcap/jobs/cni/config/cni"
 
@@ -295,7 +295,7 @@ def test_jobs_use_packages_this_release_builds_or_vendors(job: str) -> None:
 
 
 def test_package_and_job_are_named_for_garden_cnis_defaults() -> None:
-    """garden-cni finds the plugins and the conflist without any property set (cf-facts.md §4.2)."""
+    """garden-cni finds the plugins and the conflist without any property set (docs/cf-facts.md §4.2)."""
     destinations = job_spec("cni")["templates"].values()
     conflists = [d for d in destinations if d.endswith(".conflist")]
     assert len(conflists) == 1, "garden-external-networker runs the first conflist it finds: render exactly one"

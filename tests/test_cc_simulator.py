@@ -1,4 +1,4 @@
-"""The Cloud Controller + UAA simulator speaks CC v3, UAA and CC's internal API as cf-facts.md
+"""The Cloud Controller + UAA simulator speaks CC v3, UAA and CC's internal API as docs/cf-facts.md
 §1.5/§2.1 describe them, in the shapes of the recorded payloads in tests/fixtures/cc, and those
 payloads parse with events.models."""
 

@@ -1,4 +1,4 @@
-"""The policy server simulator speaks the internal API as cf-facts.md §1 describes it, in the shapes
+"""The policy server simulator speaks the internal API as docs/cf-facts.md §1 describes it, in the shapes
 of the recorded payloads in tests/fixtures/policy, and those payloads parse with events.models."""
 
 from __future__ import annotations

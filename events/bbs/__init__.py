@@ -1,6 +1,6 @@
 r"""Diego BBS: the protobuf models, an mTLS client, the SSE event framing and the watcher.
 
-    bbs.proto / bbs_pb2.py   our subset of BBS's models, upstream field numbers (cf-facts.md §3.4-3.5)
+    bbs.proto / bbs_pb2.py   our subset of BBS's models, upstream field numbers (docs/cf-facts.md §3.4-3.5)
     errors.py                what can fail talking to BBS, by what to do about it
     sse.py                   Server-Sent Events framing as BBS writes it (vito/go-sse), event payloads
     client.py                POST-with-protobuf list calls and the event streams, over mutual TLS

@@ -1,7 +1,7 @@
 """A BBS API client: protobuf over HTTPS with mutual TLS, and the SSE event streams.
 
 Every call is a POST whose body is a protobuf request and whose 200 response is a protobuf
-message with an `error` field (cf-facts.md §3.1-3.2). The client turns each failure into one
+message with an `error` field (docs/cf-facts.md §3.1-3.2). The client turns each failure into one
 `BbsError` subclass naming the route, so the watcher decides retry policy by type and logs one
 clear line: a refused connection or non-200 status is `BbsUnavailableError`, a handshake that
 fails is `BbsTlsError` with OpenSSL's reason and what it usually means, a set `error` field is

@@ -1,6 +1,6 @@
 """The BBS event stream on the wire: Server-Sent Events framing and the protobuf payloads in it.
 
-BBS (through vito/go-sse) writes one event per HTTP chunk (cf-facts.md §3.3):
+BBS (through vito/go-sse) writes one event per HTTP chunk (docs/cf-facts.md §3.3):
 
     id: <n>              counts from 0 on every connection; BBS ignores Last-Event-ID, so no replay
     event: <name>        e.g. actual_lrp_instance_changed

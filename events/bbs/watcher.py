@@ -22,9 +22,9 @@ What is published (see events/bbs/view.py for the rules):
   evacuating copy keeps its address in the set until BBS removes it, beside its replacement's
   once that runs (both are live).
 Containers are published only for LRPs. Tasks and staging tasks are BBS tasks, and BBS never
-learns a task container's address (cf-facts.md §3.5-3.6: tasks have a cell, no net info), while
+learns a task container's address (docs/cf-facts.md §3.5-3.6: tasks have a cell, no net info), while
 a container state needs one. Their containers are registered on their cell by the CNI plugin,
-which has the address, the network properties and the rules from Garden (cf-facts.md §4). This
+which has the address, the network properties and the rules from Garden (docs/cf-facts.md §4). This
 watcher therefore neither lists nor follows tasks, and owns only container subjects whose
 container has workload `app`: it never deletes a task or staging container someone else published.
 

@@ -1,5 +1,5 @@
 """The calls the CC watcher makes: a UAA token, Cloud Controller's v3 security groups, and CC's
-internal `asg_latest_update` (cf-facts.md §1.5, §2.1).
+internal `asg_latest_update` (docs/cf-facts.md §1.5, §2.1).
 
 Token: OAuth2 client credentials (HTTP basic client authentication), cached and refreshed
 before it expires — when less than `min(refresh_margin, expires_in / 2)` is left — and, once,

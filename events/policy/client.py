@@ -1,4 +1,4 @@
-"""The calls the policy watcher makes to the policy server's internal API (cf-facts.md §1.2–1.3).
+"""The calls the policy watcher makes to the policy server's internal API (docs/cf-facts.md §1.2–1.3).
 
 Each method returns the decoded response with its envelope checked (the `next` cursor, the
 lists being lists); the entries themselves are left to the lenient parsers in events.models so

@@ -1,7 +1,7 @@
 """Which spaces to ask the policy server about.
 
 `/internal/security_groups` returns the global default groups plus the groups bound to the
-spaces named in `space_guids`; there is no "all groups" (cf-facts.md §1.3). A vxlan-policy-agent
+spaces named in `space_guids`; there is no "all groups" (docs/cf-facts.md §1.3). A vxlan-policy-agent
 asks for its own cell's spaces. Our watcher serves every cell, so it asks for every space that
 has a container anywhere, as the BBS watcher published them (`ContainerSpaces`), or for a fixed
 list (`StaticSpaces`, for tests and small setups).

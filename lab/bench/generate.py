@@ -1,6 +1,6 @@
 """A synthetic but CF-shaped full cell, for benchmarks: deterministic for a given seed.
 
-Shape (defaults = design.md §5 and the engine issue): 250 containers of 125 apps in 10 spaces,
+Shape (defaults = docs/design.md §5 and the engine issue): 250 containers of 125 apps in 10 spaces,
 20 security groups totalling 1,000 rules (half global for running, half bound to some spaces,
 one also global for staging), 500 c2c policies between the apps, and every app with instances
 on other cells too. Destinations come from 100.64.0.0/10, which no test sends traffic to.
@@ -67,7 +67,7 @@ def _rule(rng: random.Random) -> dict:
 
 
 def full_cell(shape: CellShape = CellShape(), cell_id: str = "cell-bench") -> dict:
-    """The cell state document (design.md §2.1) of a full cell."""
+    """The cell state document (docs/design.md §2.1) of a full cell."""
     rng = random.Random(shape.seed)
     spaces = [_guid("space", i) for i in range(shape.spaces)]
     apps = [(_guid("app", i), spaces[i % shape.spaces]) for i in range(shape.apps)]

@@ -5,7 +5,7 @@ side in one run:
   cfnft      diff(desired, kernel) + render + one libnftables transaction (what `cfnft apply` does)
   nft -f     the `nft` binary loading the identical rendered ruleset from a file
   iptables   `iptables-restore` of silk's equivalent: a netout chain per container with one rule
-             per destination range x port range (cf-facts §2.5), plus the c2c ACCEPTs
+             per destination range x port range (docs/cf-facts.md §2.5), plus the c2c ACCEPTs
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def cold_apply(state: CellState, repeat: int = 3, with_iptables: bool = True) ->
 
 
 def silk_iptables(state: CellState) -> str:
-    """silk's filter rules for this cell, as one iptables-restore input (cf-facts §2.5, §6.4)."""
+    """silk's filter rules for this cell, as one iptables-restore input (docs/cf-facts.md §2.5, §6.4)."""
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     body: list[str] = []
     by_app_policies: dict[str, list] = {}

@@ -1,4 +1,4 @@
-"""A Diego BBS simulator that speaks BBS's wire format over mutual TLS (cf-facts.md §3).
+"""A Diego BBS simulator that speaks BBS's wire format over mutual TLS (docs/cf-facts.md §3).
 
 It serves, as POSTs with protobuf bodies:
 
@@ -84,7 +84,7 @@ def egress_rule(
     log: bool = False,
     annotations: Sequence[str] = (),
 ) -> pb.SecurityGroupRule:
-    """A BBS egress rule built from one Cloud Controller rule the way CC builds it (cf-facts §2.2):
+    """A BBS egress rule built from one Cloud Controller rule the way CC builds it (docs/cf-facts.md §2.2):
     `destinations` is the one destination string, ports "a-b" become `port_range`, "80,443" `ports`."""
     rule = pb.SecurityGroupRule(protocol=protocol, destinations=[destination], log=log, annotations=list(annotations))
     if ports is not None:

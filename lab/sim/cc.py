@@ -8,7 +8,7 @@ Three HTTPS servers, as in a real foundation:
                GET  /internal/v4/asg_latest_update     {"last_update": "<RFC 3339, seconds>"}
 
 A scenario API (plain methods) creates, updates, binds, unbinds and deletes groups. Every such
-write goes through "v3", so it moves `asg_latest_update` (cf-facts.md §1.5) — at CC's one-second
+write goes through "v3", so it moves `asg_latest_update` (docs/cf-facts.md §1.5) — at CC's one-second
 resolution, so two writes within a second leave it unchanged, as they do in CC.
 Rules are stored as given (CC omits keys that were not set) and are not validated, so tests can
 feed the watcher rules that CC's validator would have refused.

@@ -1,4 +1,4 @@
-"""A faithful simulator of the policy server's internal API (cf-facts.md §1), over mutual TLS.
+"""A faithful simulator of the policy server's internal API (docs/cf-facts.md §1), over mutual TLS.
 
 It serves what `policy-server-internal` serves, in the same wire format:
 
