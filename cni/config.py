@@ -8,8 +8,8 @@
 
 Every other key must be one the CNI protocol or Garden puts there; anything else is an error
 naming the key and its value (code 2), so a typo in the BOSH template fails the first container
-start loudly instead of silently using a default. `cni/config_model.py` mirrors these rules in
-pydantic for the template tests; the two are kept in step by tests/test_cni_config.py.
+start loudly instead of silently using a default. The BOSH template tests load the rendered conflist
+with this same parser, so the release cannot render a config the plugin refuses.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ import pytest
 
 from cfnft.cli import build_parser
 from cfnft.watch import WatchConfig, load_watch_config
-from cni.config import DEFAULT_SOCKET_PATH, DEFAULT_TIMEOUT_SECONDS, parse_plugin_config
-from cni.config_model import PluginConfigModel
+from cni.config import DEFAULT_SOCKET_PATH, DEFAULT_TIMEOUT_SECONDS, PluginConfig, parse_plugin_config
+from cni.errors import CniError
 from cni.invocation import SUPPORTED_VERSIONS
 from events.bbs.watcher import BbsWatcherConfig
 from events.cc.watcher import CcWatcherConfig
@@ -224,11 +224,11 @@ def conflist(rendered: Mapping[str, str]) -> dict[str, Any]:
     return json.loads(rendered["config/cni/cfnft.conflist"])
 
 
-def cfnft_plugin(rendered: Mapping[str, str]) -> PluginConfigModel:
-    """cfnft-cni's object, as the plugin itself parses it and as its pydantic mirror validates it."""
+def cfnft_plugin(rendered: Mapping[str, str]) -> PluginConfig:
+    """cfnft-cni's object, as the plugin itself parses it (a key or value it refuses raises)."""
     plugin = conflist(rendered)["plugins"][-1]
-    parse_plugin_config(plugin)
-    return PluginConfigModel.model_validate(plugin)
+    assert plugin["type"] == "cfnft-cni"
+    return parse_plugin_config(plugin)
 
 
 def reconciler_config(rendered: Mapping[str, str], tmp_path: Path) -> ReconcilerConfig:
@@ -353,7 +353,7 @@ def test_cni_spec_defaults_are_the_plugins_defaults_and_silk_comes_first() -> No
     assert (plugin.socket_path, plugin.timeout_seconds, plugin.dns_servers) == (
         DEFAULT_SOCKET_PATH,
         DEFAULT_TIMEOUT_SECONDS,
-        [],
+        (),
     )
     assert plugin.log_file == "/var/vcap/sys/log/cni/cfnft-cni.log"
     doc = conflist(rendered)
@@ -505,13 +505,12 @@ def test_conflist_runs_connectivity_then_bandwidth_then_cfnft_cni_last(connectiv
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", doc["name"]), "CNI network name grammar"
     assert [p["type"] for p in doc["plugins"]] == [*first, "bandwidth", "cfnft-cni"]
     assert doc["disableCheck"] is (connectivity == "silk"), "only silk-cni lacks CHECK"
-    assert cfnft_plugin(render("cni", props)).model_dump() == {
-        "type": "cfnft-cni",
-        "socket_path": props["socket_path"],
-        "timeout_seconds": props["timeout_seconds"],
-        "dns_servers": props["dns_servers"],
-        "log_file": props["log_file"],
-    }
+    assert cfnft_plugin(render("cni", props)) == PluginConfig(
+        socket_path=props["socket_path"],
+        timeout_seconds=props["timeout_seconds"],
+        dns_servers=tuple(props["dns_servers"]),
+        log_file=props["log_file"],
+    )
     rate, burst = props["bandwidth"]["rate"] * 1024, props["bandwidth"]["burst"] * 1024
     assert doc["plugins"][-2] == {
         "type": "bandwidth",
@@ -720,6 +719,13 @@ def test_a_value_the_model_refuses_fails_the_build_naming_the_key(tmp_path: Path
     rendered = render("cfnft-reconciler", merged(MINIMAL["cfnft-reconciler"], {"overlay_network": "10.255.0.0/33"}))
     with pytest.raises(StateError, match=r"reconciler\.json: policy\.overlay_network: "):
         reconciler_config(rendered, tmp_path)
+
+
+def test_a_value_the_plugin_refuses_fails_the_build_naming_the_key() -> None:
+    """The same for the conflist: the plugin's own parser is what catches a bad value."""
+    rendered = render("cni", {"timeout_seconds": 0})
+    with pytest.raises(CniError, match=r"timeout_seconds=0: must be a number of seconds"):
+        cfnft_plugin(rendered)
 
 
 # --- the example ops file ----------------------------------------------------------------------
