@@ -22,10 +22,6 @@ daemons and operations:
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
-
-with the lab (setup.sh installs it beside cfnft; it is not part of what runs on a cell):
-  cfnft demo                                a two-cell foundation here, CF's promises shown with packets
-  cfnft bench                               measure against nft -f, iptables-restore and the targets
 """
 
 
@@ -53,13 +49,19 @@ def _nats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats-creds", type=Path, metavar="FILE", help="NATS credentials file")
 
 
-def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:
     """Commands other distributions add through the `cfnft.commands` entry point group (the lab's
-    demo and bench): each entry point is a function that adds its subparser and sets `handler`."""
+    demo and bench): each entry point is a function that adds its subparser and sets `handler`.
+    Returns the paragraph of the description that names them, empty when there are none (on a cell)."""
     from importlib.metadata import entry_points
 
+    lines = []
     for ep in sorted(entry_points(group="cfnft.commands"), key=lambda e: e.name):
         ep.load()(sub)
+        lines.append(f"  cfnft {ep.name:<34}  from {ep.dist.name if ep.dist else 'another distribution'}")
+    if not lines:
+        return ""
+    return "\nadded by other installed distributions:\n" + "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
 
-    _add_plugin_commands(sub)
+    parser.description = DESCRIPTION + _add_plugin_commands(sub)
     return parser
 
 
