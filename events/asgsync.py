@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from events import subjects
 from events.messages import SecurityGroupMessage
@@ -60,7 +59,7 @@ GroupParser = Callable[[object], tuple[SecurityGroup, list[Problem]]]
 
 
 def collect_security_groups(
-    raws: Iterable[Any], parse: GroupParser, groups: dict[str, SecurityGroup], problems: dict[str, str]
+    raws: Iterable[object], parse: GroupParser, groups: dict[str, SecurityGroup], problems: dict[str, str]
 ) -> None:
     """Parse raw groups into `groups` (by guid). What had to be dropped goes into `problems` as one
     line each, naming the group's guid and name and the rule's index; keyed, so a group listed
@@ -78,7 +77,7 @@ def collect_security_groups(
         groups[group.guid] = group
 
 
-def _describe(raw: Any) -> str:
+def _describe(raw: object) -> str:
     """`guid (name)` of a raw group, as far as it has them."""
     if not isinstance(raw, dict):
         return repr(raw)[:60]

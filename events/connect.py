@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -53,7 +54,7 @@ async def connect(
 ) -> NATS:
     """Connect to NATS. A daemon (`forever`) retries the first connection with backoff and then
     reconnects forever; a one-shot command fails at once with NatsUnavailable."""
-    options = dict(
+    options: dict[str, Any] = dict(  # nats.connect keyword arguments
         servers=cfg.servers,
         tls=_tls(cfg),
         user_credentials=str(cfg.creds_file) if cfg.creds_file else None,

@@ -12,7 +12,6 @@ import asyncio
 import json
 import ssl
 from enum import StrEnum
-from typing import Any
 
 import aiohttp
 
@@ -105,13 +104,14 @@ async def get_json(
     ssl_context: ssl.SSLContext,
     timeout: float,
     headers: dict[str, str] | None = None,
-) -> Any:
-    """GET `url` and decode its JSON body; a body that is not JSON is an INVALID SourceError."""
+) -> object:
+    """GET `url` and decode its JSON body (the caller checks its shape); a body that is not JSON is an INVALID
+    SourceError."""
     _, body = await request_text(session, "GET", url, ssl_context=ssl_context, timeout=timeout, headers=headers)
     return decode_json(url, body)
 
 
-def decode_json(url: str, body: str) -> Any:
+def decode_json(url: str, body: str) -> object:
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:

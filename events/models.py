@@ -118,7 +118,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-_rule_parser: ItemParser = item_parser(SecurityGroupRule)
+_rule_parser: ItemParser[SecurityGroupRule] = item_parser(SecurityGroupRule)
 
 
 # --- Containers -----------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class Container(_Model):
     """Diego's log_config JSON string (guid, index, source_name, tags), passed through for app log lines."""
 
 
-_container_parser: ItemParser = item_parser(Container, {"egress_rules": _rule_parser})
+_container_parser: ItemParser[Container] = item_parser(Container, {"egress_rules": _rule_parser})
 
 
 def _dedupe(indexed: Sequence[tuple[Loc, Container]]) -> tuple[list[Container], list[Problem]]:
@@ -275,7 +275,7 @@ class SecurityGroup(_Model):
         return group, problems
 
 
-_group_parser: ItemParser = item_parser(SecurityGroup, {"rules": _rule_parser})
+_group_parser: ItemParser[SecurityGroup] = item_parser(SecurityGroup, {"rules": _rule_parser})
 
 
 def _decode_rules(value: object) -> object:
@@ -314,7 +314,10 @@ class InternalSecurityGroup(_Model):
 
     def to_security_group(self) -> SecurityGroup:
         """The same group as a Cloud Controller v3 resource (the asg-syncer's mapping, backwards)."""
-        refs = lambda guids: {"data": [{"guid": g} for g in guids]}  # noqa: E731
+
+        def refs(guids: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+            return {"data": [{"guid": g} for g in guids]}
+
         return SecurityGroup.model_validate(
             {
                 "guid": self.guid,
@@ -536,7 +539,9 @@ def parse_internal_policies(data: object) -> tuple[list[C2CPolicy], list[EgressP
 def parse_internal_policies(
     data: object, *, lenient: Literal[True]
 ) -> tuple[list[C2CPolicy], list[EgressPolicy], list[Problem]]: ...
-def parse_internal_policies(data: object, *, lenient: bool = False) -> Any:
+def parse_internal_policies(
+    data: object, *, lenient: bool = False
+) -> tuple[list[C2CPolicy], list[EgressPolicy]] | tuple[list[C2CPolicy], list[EgressPolicy], list[Problem]]:
     """Parse a `/networking/v1/internal/policies` response into (c2c policies, egress policies).
 
     Strict by default (StateError on any problem). With `lenient=True`, bad policies are dropped,
@@ -703,7 +708,8 @@ def _app_instances(data: object, at: Loc) -> tuple[dict[str, list[IPAddress]], l
     out: dict[str, list[IPAddress]] = {}
     problems: list[Problem] = []
     for guid, addresses in data.items():
-        out[guid], found = validate_items(_address_parser, addresses, at + (guid,))
+        parsed: tuple[list[IPAddress], list[Problem]] = validate_items(_address_parser, addresses, at + (guid,))
+        out[guid], found = parsed
         problems += found
     return out, problems
 
@@ -769,7 +775,7 @@ def _load(data: object) -> tuple[CellState | None, list[Problem]]:
 def load_cell_state(data: object) -> CellState: ...
 @overload
 def load_cell_state(data: object, *, lenient: Literal[True]) -> tuple[CellState, list[Problem]]: ...
-def load_cell_state(data: object, *, lenient: bool = False) -> Any:
+def load_cell_state(data: object, *, lenient: bool = False) -> CellState | tuple[CellState, list[Problem]]:
     """Validate a decoded cell state document.
 
     Strict (default): returns the CellState, or raises StateError listing every problem.
@@ -786,7 +792,9 @@ def load_cell_state(data: object, *, lenient: bool = False) -> Any:
 def load_cell_state_file(path: str | PathLike[str]) -> CellState: ...
 @overload
 def load_cell_state_file(path: str | PathLike[str], *, lenient: Literal[True]) -> tuple[CellState, list[Problem]]: ...
-def load_cell_state_file(path: str | PathLike[str], *, lenient: bool = False) -> Any:
+def load_cell_state_file(
+    path: str | PathLike[str], *, lenient: bool = False
+) -> CellState | tuple[CellState, list[Problem]]:
     """Read and validate a cell state JSON file. Every failure is a StateError whose lines start with the file name."""
     data = read_json(path)
     try:

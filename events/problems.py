@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # Keys that can be printed bare in a path; anything else is quoted like ['odd key'].
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -161,11 +162,12 @@ def _without(data: Any, loc: Loc) -> Any:
     return [*data[:head], _without(data[head], rest), *data[head + 1 :]]
 
 
-ItemParser = Callable[[object, Loc], tuple[Any, list[Problem]]]
+# Parses one list item found at a `Loc`: the item, or None when it has to be dropped, and the problems.
+ItemParser = Callable[[object, Loc], tuple[T | None, list[Problem]]]
 
 
 def validate_unit(
-    model: type[M], data: object, at: Loc = (), nested: Mapping[str, ItemParser] | None = None
+    model: type[M], data: object, at: Loc = (), nested: Mapping[str, ItemParser[object]] | None = None
 ) -> tuple[M | None, list[Problem]]:
     """Validate one droppable unit (a container, a group, a rule, a policy) leniently.
 
@@ -174,7 +176,7 @@ def validate_unit(
     whole unit: the result is None.
     """
     problems: list[Problem] = []
-    update: dict[str, list[Any]] = {}
+    update: dict[str, list[object]] = {}
     if nested and isinstance(data, dict):
         # Items are checked even when the unit itself turns out bad, so strict readers see every problem.
         for key, parse in nested.items():
@@ -199,14 +201,15 @@ def validate_unit(
     return (unit.model_copy(update=update) if update else unit), problems
 
 
-def validate_items(parse: ItemParser, data: object, at: Loc) -> tuple[list[Any], list[Problem]]:
+def validate_items(parse: ItemParser[T], data: object, at: Loc) -> tuple[list[T], list[Problem]]:
     """Parse a list item by item with `parse(item, loc)`, dropping the items it rejects (returns None for).
 
     A value that is not a list at all yields no items and one problem.
     """
     if not isinstance(data, list):
         return [], [Problem(at, f"{show(data)}: must be a list")]
-    kept, problems = [], []
+    kept: list[T] = []
+    problems: list[Problem] = []
     for i, item in enumerate(data):
         parsed, found = parse(item, at + (i,))
         problems += found
@@ -215,7 +218,7 @@ def validate_items(parse: ItemParser, data: object, at: Loc) -> tuple[list[Any],
     return kept, problems
 
 
-def item_parser(model: type[M], nested: Mapping[str, ItemParser] | None = None) -> ItemParser:
+def item_parser(model: type[M], nested: Mapping[str, ItemParser[object]] | None = None) -> ItemParser[M]:
     """An ItemParser that validates each item as `model` with `validate_unit`."""
     return lambda data, at: validate_unit(model, data, at, nested)
 

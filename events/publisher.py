@@ -69,7 +69,7 @@ class StatePublisher:
             # num_pending leaves out what was already delivered to this client, so it can read 0
             # with messages waiting here: go by what has been delivered as well.
             info = await sub.consumer_info()
-            if info.num_pending or info.delivered.consumer_seq:
+            if info.num_pending or (info.delivered is not None and info.delivered.consumer_seq):
                 while True:
                     msg = await sub.next_msg(timeout=5)
                     found[msg.subject] = msg.data

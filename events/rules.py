@@ -213,7 +213,7 @@ def addr_range_text(r: AddrRange) -> str:
     """An address range the way CC users write it: an address, a CIDR when it is one, else `a-b`."""
     if r.start == r.end:
         return str(r.start)
-    nets = list(summarize_address_range(r.start, r.end))  # type: ignore[arg-type]
+    nets = list(summarize_address_range(r.start, r.end))
     return str(nets[0]) if len(nets) == 1 else f"{r.start}-{r.end}"
 
 
@@ -547,7 +547,10 @@ class NetOutRule(BaseModel):
         """The canonical rule; ICMP type or code 255 (or a missing code) become -1, any."""
         protocol = _FROM_GARDEN[self.protocol]
         icmp = self.icmps
-        any_or = lambda v: ICMP_ANY if v is None or v == _GARDEN_ANY else v  # noqa: E731
+
+        def any_or(v: int | None) -> int:
+            return ICMP_ANY if v is None or v == _GARDEN_ANY else v
+
         return EgressRule(
             protocol=protocol,
             destinations=_ranges(self.networks),

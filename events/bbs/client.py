@@ -18,7 +18,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import aiohttp
 from google.protobuf.message import DecodeError, Message
@@ -27,6 +27,9 @@ from events.bbs import bbs_pb2 as pb
 from events.bbs.errors import BbsApiError, BbsError, BbsProtocolError, BbsTlsError, BbsUnavailableError
 from events.bbs.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from events.bbs.sse import BbsEvent, SseParser, decode_bbs_event
+
+if TYPE_CHECKING:
+    from aiohttp.client import _RequestContextManager  # aiohttp's name for what ClientSession.post returns
 
 PROTOBUF = "application/x-protobuf"
 
@@ -140,7 +143,7 @@ class BbsClient:
             raise BbsApiError(route, pb.Error.Type.Name(error.type), error.message)
         return response
 
-    def _post(self, route: str, request: Message | None, timeout: aiohttp.ClientTimeout) -> Any:
+    def _post(self, route: str, request: Message | None, timeout: aiohttp.ClientTimeout) -> _RequestContextManager:
         """The POST as aiohttp's request object: use it with `async with`, or await it."""
         body = request.SerializeToString() if request is not None else b""
         return self._http().post(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
 from google.protobuf import json_format
 from pydantic import ValidationError
@@ -283,8 +283,8 @@ def _container(lrp: pb.ActualLRP, network: LrpNetwork) -> Container | None:
         subjects.container(cell_id, guid)  # both must be usable as NATS subject tokens
         return Container(
             handle=guid,
-            ip=ip_address(net.instance_address),
-            ipv6=ip_address(net.instance_ipv6_address) if net.instance_ipv6_address else None,
+            ip=IPv4Address(net.instance_address),
+            ipv6=IPv6Address(net.instance_ipv6_address) if net.instance_ipv6_address else None,
             app_guid=network.app_guid,
             space_guid=network.space_guid,
             org_guid=network.org_guid,

@@ -19,7 +19,6 @@ import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -141,10 +140,10 @@ class CloudControllerClient:
             pass
         raise SourceError(url, Reason.INVALID, f"'last_update' is {value!r}, not an RFC 3339 time")
 
-    async def security_groups(self) -> list[Any]:
+    async def security_groups(self) -> list[object]:
         """Every security group resource (raw v3 JSON objects), across all pages."""
         path = "/v3/security_groups?" + urlencode({"page": 1, "per_page": self._per_page})
-        resources: list[Any] = []
+        resources: list[object] = []
         seen_paths: set[str] = set()
         total: int | None = None
         while True:
@@ -172,7 +171,7 @@ class CloudControllerClient:
             )
         return resources
 
-    async def _get_authorized(self, url: str) -> Any:
+    async def _get_authorized(self, url: str) -> object:
         try:
             return await self._get(url)
         except SourceError as exc:
@@ -182,12 +181,12 @@ class CloudControllerClient:
         self._tokens.invalidate()
         return await self._get(url)
 
-    async def _get(self, url: str) -> Any:
+    async def _get(self, url: str) -> object:
         headers = {"Authorization": f"bearer {await self._tokens.token()}", "Accept": "application/json"}
         return await get_json(self._session, url, ssl_context=self._api_ssl, timeout=self._timeout, headers=headers)
 
 
-def _page(url: str, body: Any) -> tuple[list[Any], int, str | None]:
+def _page(url: str, body: object) -> tuple[list[object], int, str | None]:
     if not isinstance(body, dict) or not isinstance(body.get("resources"), list):
         raise SourceError(url, Reason.INVALID, "response has no 'resources' list")
     pagination = body.get("pagination")

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -217,7 +217,7 @@ class CcWatcher(PollingWatcher):
         elif read_at - self._stamp_seen_at >= self.config.latest_update_settle:
             self._confirmed = True
 
-    def _parse(self, resources: list[Any]) -> dict[str, SecurityGroup]:
+    def _parse(self, resources: list[object]) -> dict[str, SecurityGroup]:
         groups: dict[str, SecurityGroup] = {}
         problems: dict[str, str] = {}
         collect_security_groups(resources, SecurityGroup.parse_lenient, groups, problems)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -24,7 +23,7 @@ API = "/networking/v1/internal"
 class SecurityGroupsPage:
     """One page of `/internal/security_groups`: raw group objects, and the `from` of the next page (0: last)."""
 
-    groups: list[Any]
+    groups: list[object]
     next: int
 
 
@@ -49,7 +48,7 @@ class PolicyServerClient:
         )
         return None if status == 404 else _integer(url, body)
 
-    async def policies(self) -> dict[str, Any]:
+    async def policies(self) -> dict[str, object]:
         """All c2c policies (no `id` filter: the watcher serves every cell), and egress policies
         when the server is old enough to return them."""
         url = f"{self._base}{API}/policies"

@@ -25,6 +25,7 @@ from typing import Protocol
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from events import subjects
@@ -70,7 +71,7 @@ class ContainerSpaces:
         self._nc = nc
         self._space_of: dict[str, str] = {}  # container subject -> space guid
         self._current: frozenset[str] = frozenset()
-        self._sub: object | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
         self.ready = asyncio.Event()
         self.on_change: Callable[[], None] | None = None
 
@@ -85,7 +86,7 @@ class ContainerSpaces:
         )
         self._sub = sub
         info = await sub.consumer_info()
-        if info.delivered.consumer_seq == 0 and info.num_pending == 0:
+        if (info.delivered is None or info.delivered.consumer_seq == 0) and info.num_pending == 0:
             # Nothing to read: no container anywhere yet. Otherwise the callback sets ready when
             # it has handled the last message that was pending.
             self._set_ready()
@@ -93,7 +94,7 @@ class ContainerSpaces:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._sub.unsubscribe()
             self._sub = None
 
     async def _on_message(self, msg: Msg) -> None:
