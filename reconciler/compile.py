@@ -35,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar, cast
 
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, SecurityGroup, Workload
 from nft.objects import (
@@ -45,6 +46,7 @@ from nft.objects import (
     Family,
     Hook,
     IntRange,
+    KeyField,
     Map,
     Policy,
     Rule,
@@ -56,6 +58,10 @@ from nft.objects import (
 from reconciler.boxes import Box, Interval, disjoint_boxes, merge_intervals
 
 TABLE = Table(Family.INET, "cfnft")
+
+# What a cached fragment (or bundle, or applicability) is keyed by: the values and object ids it is computed from.
+FragmentKey = tuple[object, ...]
+T = TypeVar("T")
 
 PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
 ANY_BYTE = (0, 255)
@@ -202,7 +208,10 @@ def _box_elements(set_name: str, version: int, boxes: Iterable[Box]) -> list[Ele
     """Elements for boxes that are already pairwise disjoint."""
     out = []
     for (alo, ahi), *rest in boxes:
-        key = (AddrRange(_addr(version, alo), _addr(version, ahi)), *(IntRange(lo, hi) for lo, hi in rest))
+        key: tuple[KeyField, ...] = (
+            AddrRange(_addr(version, alo), _addr(version, ahi)),
+            *(IntRange(lo, hi) for lo, hi in rest),
+        )
         out.append(Element(set_name, key))
     return out
 
@@ -292,18 +301,18 @@ class Compiler:
     """
 
     def __init__(self) -> None:
-        self._fragments: dict[tuple, tuple[Ruleset, object]] = {}
+        self._fragments: dict[FragmentKey, tuple[Ruleset, object]] = {}
         # Bundles by the identity of the objects they were computed from; the key's objects are
         # kept alive in the value, so an id is never reused while its entry exists.
-        self._bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+        self._bundles: dict[FragmentKey, tuple[tuple[object, ...], Bundle]] = {}
         # Applicability by (app, space, workload), valid while the groups' bindings and the egress
         # policy objects stay the same; `_inputs` pins those objects.
         self._inputs: tuple[tuple[object, ...], tuple[object, ...], bool] = ((), (), True)
-        self._applicable: dict[tuple, Applicable] = {}
-        self._boxes: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
+        self._applicable: dict[FragmentKey, Applicable] = {}
+        self._boxes: dict[FragmentKey, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
         self._sources: dict[int, tuple[SecurityGroup, RuleSource]] = {}
         self._dispatch: dict[int, tuple[Container, str, list[Element]]] = {}
-        self._maps: dict[str, dict] = {name: {} for name in DISPATCH_MAPS}
+        self._maps: dict[str, dict[tuple[KeyField, ...], Element]] = {name: {} for name in DISPATCH_MAPS}
 
     def _group_source(self, group: SecurityGroup) -> RuleSource:
         """A group's rule source, parsed once per group object (the entry pins the object)."""
@@ -312,7 +321,9 @@ class Compiler:
             hit = self._sources[id(group)] = (group, group_source(group))
         return hit[1]
 
-    def _bundle(self, state: CellState, a: Applicable, used: dict) -> Bundle:
+    def _bundle(
+        self, state: CellState, a: Applicable, used: dict[FragmentKey, tuple[tuple[object, ...], Bundle]]
+    ) -> Bundle:
         inputs = (
             *(state.security_groups[i] for i in a.groups),
             *(state.egress_policies[i] for i in a.policies),
@@ -328,20 +339,20 @@ class Compiler:
         cfg = state.config
         rs = Ruleset(TABLE)
         overlay = str(cfg.overlay_network)
-        used: dict[tuple, tuple[Ruleset, object]] = {}
+        used: dict[FragmentKey, tuple[Ruleset, object]] = {}
 
-        def fragment(key: tuple, build):
+        def fragment(key: FragmentKey, build: Callable[..., T]) -> T:
             """Merge the fragment for `key` (built by `build(frag)` unless cached) and return
             what `build` returned; a key already merged by this compilation is not merged again."""
             if key in used:
-                return used[key][1]
+                return cast(T, used[key][1])  # what `build` returned for this key
             hit = self._fragments.get(key)
             if hit is None:
                 frag = Ruleset(TABLE)
                 hit = (frag, build(frag))
             used[key] = hit
             _merge(rs, hit[0])
-            return hit[1]
+            return cast(T, hit[1])
 
         _skeleton(rs, cfg, state)
         _deny_sets(rs, cfg)
@@ -353,7 +364,7 @@ class Compiler:
         by_applicable: dict[Applicable, Bundle] = {}
         dispatch_used: dict[int, tuple[Container, str, list[Element]]] = {}
         dispatch_changed = False
-        used_bundles: dict[tuple, tuple[tuple[object, ...], Bundle]] = {}
+        used_bundles: dict[FragmentKey, tuple[tuple[object, ...], Bundle]] = {}
         # What applies to a container depends only on its app, space and workload (and, without
         # dynamic ASGs, on its own rules): decide that once per such key, not per container.
         # Applicability depends on each group's bindings, not its rules: an edit of rules keeps it.
@@ -374,7 +385,7 @@ class Compiler:
         # Without dynamic ASGs a container's own rules decide, so the key is its index: per compile only.
         by_key = self._applicable if state.config.dynamic_asgs else {}
         for index, c in enumerate(state.containers):
-            key = (c.app_guid, c.space_guid, c.workload) if state.config.dynamic_asgs else (index,)
+            key: FragmentKey = (c.app_guid, c.space_guid, c.workload) if state.config.dynamic_asgs else (index,)
             a = by_key.get(key)
             if a is None:
                 a = by_key[key] = applicable(state, index, c)
@@ -399,7 +410,7 @@ class Compiler:
         # The dispatch maps: when every container's entries are the ones of the last compilation,
         # hand back the very same element dicts (nft.diff then skips them by identity).
         if dispatch_changed or dispatch_used.keys() != self._dispatch.keys():
-            maps: dict[str, dict] = {name: {} for name in DISPATCH_MAPS}
+            maps: dict[str, dict[tuple[KeyField, ...], Element]] = {name: {} for name in DISPATCH_MAPS}
             for _, _, elements in dispatch_used.values():
                 for e in elements:
                     maps[e.set][e.key] = e
@@ -410,7 +421,7 @@ class Compiler:
         # Ingress: one chain per local destination app.
         instances = _instances(state)
         source_sets = {app: frozenset(addrs) for app, addrs in instances.items()}
-        boxes_used: dict[tuple, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
+        boxes_used: dict[FragmentKey, tuple[tuple[C2CPolicy, ...], tuple[Box, ...]]] = {}
         by_destination: dict[str, list[C2CPolicy]] = defaultdict(list)
         for p in state.c2c_policies:
             by_destination[p.destination.id].append(p)
@@ -418,16 +429,17 @@ class Compiler:
             policies = by_destination.get(app, [])
             # Keyed by the policy objects' identity; the value pins them, so an id is never reused.
             key = (app, tuple(map(id, policies)), tuple(source_sets.get(p.source.id) for p in policies))
-            hit = self._boxes.get(key) or boxes_used.get(key)
-            boxes = hit[1] if hit is not None else _c2c_boxes(policies, instances)
+            cached = self._boxes.get(key) or boxes_used.get(key)
+            boxes = cached[1] if cached is not None else _c2c_boxes(policies, instances)
             boxes_used[key] = (tuple(policies), boxes)
             sources = tuple(sorted({p.source.id for p in policies}))
             # `boxes` is the cached object when nothing changed: key by its identity (the fragment's
             # value keeps it alive) rather than hashing every box again.
             fragment(
                 ("app", app, id(boxes), sources, settings),
+                # The fragment's value, (None, boxes), is there to keep `boxes` alive.
                 lambda frag, app=app, boxes=boxes, sources=sources: (
-                    _app_ingress_chain(frag, app, boxes, sources, cfg),
+                    _app_ingress_chain(frag, app, boxes, sources, cfg),  # type: ignore[func-returns-value]
                     boxes,
                 ),
             )
@@ -449,7 +461,9 @@ class Compiler:
         return rs
 
 
-def _same_inputs(a: tuple, b: tuple) -> bool:
+def _same_inputs(
+    a: tuple[tuple[object, ...], tuple[object, ...], bool], b: tuple[tuple[object, ...], tuple[object, ...], bool]
+) -> bool:
     """Same group bindings, the very same egress policy objects, same dynamic_asgs."""
     bindings_a, policies_a, dynamic_a = a
     bindings_b, policies_b, dynamic_b = b

@@ -33,12 +33,13 @@ import time
 from pathlib import Path
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from events import subjects
 from events.connect import connect
 from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
-from nft import NftError, diff, same_structure
+from nft import NftError, NftInterface, diff, same_structure
 from nft.objects import Ruleset
 from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
@@ -52,7 +53,9 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """One cell's reconciler. `runner` is an `nft.NftRunner` (or `nft.FakeNft` in tests)."""
 
-    def __init__(self, config: ReconcilerConfig, runner, metrics: ReconcilerMetrics | None = None) -> None:
+    def __init__(
+        self, config: ReconcilerConfig, runner: NftInterface, metrics: ReconcilerMetrics | None = None
+    ) -> None:
         self.config = config
         self.runner = runner
         self.metrics = metrics or ReconcilerMetrics()
@@ -316,7 +319,7 @@ class Reconciler:
         assert self.nc is not None
         nc = self.nc
 
-        async def on_resync(m) -> None:
+        async def on_resync(m: Msg) -> None:
             try:
                 req = ResyncRequest.model_validate_json(m.data or b"{}")
             except ValueError as e:
@@ -324,7 +327,7 @@ class Reconciler:
                 return
             self.request_resync(req.reason)
 
-        async def on_status(m) -> None:
+        async def on_status(m: Msg) -> None:
             await m.respond(json.dumps(self.status()).encode())
 
         await nc.subscribe(subjects.RESYNC_ALL, cb=on_resync)
@@ -334,7 +337,7 @@ class Reconciler:
         self._feed = StateFeed(nc, self.config.cell_id, self._on_message, self._on_in_sync, self._on_bad_message)
         await self._feed.run()
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         counts = self._desired.counts() if self._desired is not None else (0, 0, 0)
         return {
             "cell_id": self.config.cell_id,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -172,7 +173,7 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
     async def status(request: web.Request) -> web.Response:
         return web.json_response(rec.status())
 
-    async def drain_periodically(app: web.Application):
+    async def drain_periodically(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:
             while True:
                 await asyncio.sleep(1.0)

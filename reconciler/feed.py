@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
 from pydantic import TypeAdapter, ValidationError
 
 from events import subjects
@@ -42,7 +43,8 @@ def parse_state_message(subject: str, data: bytes) -> tuple[Message, list[Proble
     A security group with some bad rules is kept without them (the problems are returned), so
     that one bad rule never takes away a group's good rules; any other invalid message raises."""
     try:
-        msg, problems = _parse.validate_json(data), []
+        msg: Message = _parse.validate_json(data)
+        problems: list[Problem] = []
     except ValidationError:
         msg, problems = _lenient_security_group(data)
     if msg.subject() != subject:
@@ -93,7 +95,7 @@ class StateFeed:
 
     async def run(self) -> None:
         await ensure_state_stream(self._nc)
-        subs = []
+        subs: list[JetStreamContext.PushSubscription] = []
         try:
             while True:
                 await self._replay.wait()
@@ -105,7 +107,7 @@ class StateFeed:
             for s in subs:
                 await _quietly_unsubscribe(s)
 
-    async def _subscribe_all(self) -> list:
+    async def _subscribe_all(self) -> list[JetStreamContext.PushSubscription]:
         js = self._nc.jetstream()
         waiting = set(filters(self._cell_id))
         replay_done = False
@@ -118,7 +120,7 @@ class StateFeed:
                 log.info("state replay complete")
                 self._on_in_sync()
 
-        def handler_for(flt: str):
+        def handler_for(flt: str) -> Callable[[Msg], Awaitable[None]]:
             async def handle(m: Msg) -> None:
                 try:
                     msg, problems = parse_state_message(m.subject, m.data)
@@ -136,7 +138,7 @@ class StateFeed:
 
             return handle
 
-        subs = []
+        subs: list[JetStreamContext.PushSubscription] = []
         for flt in filters(self._cell_id):
             sub = await js.subscribe(
                 flt,
@@ -148,7 +150,7 @@ class StateFeed:
             )
             subs.append(sub)
             info = await sub.consumer_info()
-            if info.num_pending == 0 and info.delivered.consumer_seq == 0:
+            if info.num_pending == 0 and (info.delivered is None or info.delivered.consumer_seq == 0):
                 # Nothing stored under this filter: it is in sync already.
                 settle(flt)
         return subs
@@ -164,7 +166,7 @@ def _one_line(e: Exception) -> str:
     return str(e)
 
 
-async def _quietly_unsubscribe(sub) -> None:
+async def _quietly_unsubscribe(sub: JetStreamContext.PushSubscription) -> None:
     try:
         await sub.unsubscribe()
     except Exception as e:  # the connection may already be gone; nothing to clean up then

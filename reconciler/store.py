@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
+from typing import TypeVar
 
 from events.messages import (
     AppInstancesMessage,
@@ -27,6 +28,7 @@ from events.messages import (
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -124,7 +126,7 @@ class DesiredStore:
         }
 
 
-def _put(table: dict, key: str, value: object) -> bool:
+def _put(table: dict[str, V], key: str, value: V | None) -> bool:
     """Set or (value None) delete `key`; return whether anything changed."""
     if value is None:
         return table.pop(key, None) is not None
