@@ -9,9 +9,17 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cfnft import logs
 from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError, OperationError
+
+if TYPE_CHECKING:  # imported where they are used, so that each command loads only what it needs
+    from nats.aio.client import Client as NATS
+
+    from events.models import CellState
+    from nft import NftRunner
+    from reconciler.config import ReconcilerConfig
 
 log = logging.getLogger("cfnft")
 
@@ -31,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ one-shot
 
 
-def _load_state(path: Path, lenient: bool):
+def _load_state(path: Path, lenient: bool) -> CellState:
     from events.models import load_cell_state_file
     from events.problems import StateError
 
@@ -55,7 +63,7 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
-def _runner(netns: str | None):
+def _runner(netns: str | None) -> NftRunner:
     from nft import NamespaceError, NftError, NftRunner
 
     try:
@@ -119,7 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ daemon
 
 
-def _reconciler_config(args: argparse.Namespace):
+def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
     from events.problems import StateError
     from reconciler.config import ReconcilerConfig, load_config
 
@@ -131,7 +139,7 @@ def _reconciler_config(args: argparse.Namespace):
         if not args.cell_id:
             raise InputError("give --config FILE or at least --cell-id")
         cfg = ReconcilerConfig(cell_id=args.cell_id)
-    updates: dict = {}
+    updates: dict[str, object] = {}
     if args.cell_id:
         updates["cell_id"] = args.cell_id
     if args.netns:
@@ -148,8 +156,9 @@ def _reconciler_config(args: argparse.Namespace):
     return cfg.model_copy(update=updates)
 
 
-def _nats_overrides(args: argparse.Namespace) -> dict:
-    out: dict = {}
+def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """NatsConfig keyword arguments from the --nats-* flags given."""
+    out: dict[str, Any] = {}
     if args.nats_url:
         out["servers"] = args.nats_url
     for flag, key in (
@@ -210,7 +219,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ NATS operations
 
 
-async def _connect(args: argparse.Namespace):
+async def _connect(args: argparse.Namespace) -> NATS:
     from events.connect import NatsConfig, NatsUnavailable, connect
 
     try:
@@ -271,9 +280,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise OperationError(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
         finally:
             await nc.close()
-        status = json.loads(reply.data)
+        status: object = json.loads(reply.data)
         print(json.dumps(status, indent=2))
-        return EXIT_OK if status.get("in_sync") else EXIT_DIFFERS
+        return EXIT_OK if isinstance(status, dict) and status.get("in_sync") else EXIT_DIFFERS
 
     return asyncio.run(main())
 

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from aiohttp import web
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -61,7 +62,7 @@ def load_watch_config(path: Path) -> WatchConfig:
 async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
     """Run the configured watchers (or the subset `only`) until one gives up or we are cancelled."""
     nc = await connect(cfg.nats, "cfnft-watcher")
-    watchers: list = []
+    watchers: list[BbsWatcher | PolicyWatcher | CcWatcher] = []
     runner = None
     try:
         if cfg.metrics_listen:
@@ -78,7 +79,7 @@ async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
         if not watchers:
             raise FatalSourceError(f"none of {sorted(only or [])} is configured")
 
-        async def on_resync(msg) -> None:
+        async def on_resync(msg: Msg) -> None:
             log.info("resync requested on %s", msg.subject)
             for w in watchers:
                 w.resync()
