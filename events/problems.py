@@ -151,14 +151,15 @@ def validate_strict(model: type[M], data: object, at: Loc = ()) -> M:
         raise StateError(problems_from(error, at)) from None
 
 
-def _without(data: Any, loc: Loc) -> Any:
-    """A copy of `data` with the key at `loc` removed; only the containers along the path are copied."""
+def _without(data: object, loc: Loc) -> object:
+    """A copy of `data` with the key at `loc` removed; only the containers along the path are copied.
+    `loc` is where pydantic found an unknown key, so the path runs through objects and lists."""
     head, rest = loc[0], loc[1:]
-    if not rest:
-        return {k: v for k, v in data.items() if k != head}
     if isinstance(data, dict):
+        if not rest:
+            return {k: v for k, v in data.items() if k != head}
         return {**data, head: _without(data[head], rest)}
-    assert isinstance(head, int)
+    assert isinstance(data, list) and isinstance(head, int) and rest
     return [*data[:head], _without(data[head], rest), *data[head + 1 :]]
 
 
