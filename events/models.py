@@ -59,8 +59,10 @@ from events.rules import (
     IP,
     PORT_MAX,
     PORT_MIN,
+    AddressRange,
     BBSSecurityGroupRule,
     EgressRule,
+    IPAddress,
     IPv4,
     IPv6,
     NetOutRule,
@@ -71,9 +73,9 @@ from events.rules import (
     StrictInt,
     parse_ip,
 )
-from nft.objects import AddrRange, IntRange, IPAddress
 
 __all__ = [
+    "AddressRange",
     "AppLifecycle",
     "BBSSecurityGroupRule",
     "C2CDestination",
@@ -160,13 +162,22 @@ class Container(_Model):
     """The app's open container ports."""
     egress_rules: list[SecurityGroupRule] = Field(default_factory=list)
     """The rules Diego passed at creation (CC rule format). Used only when `config.dynamic_asgs` is false."""
+    net_out_rules: list[NetOutRule] = Field(default_factory=list, exclude_if=lambda rules: not rules)
+    """The rules Garden passed at creation (its netOutRules, through the CNI plugin). Used only when
+    `config.dynamic_asgs` is false. Left out of the JSON when empty, as in every container BBS describes."""
     port_mappings: list[PortMapping] = Field(default_factory=list)
     """Host port mappings."""
     log_config: str | None = None
     """Diego's log_config JSON string (guid, index, source_name, tags), passed through for app log lines."""
 
+    def creation_rules(self) -> list[EgressRule]:
+        """The canonical rules this container was created with: `egress_rules` and `net_out_rules`."""
+        return [r.egress_rule() for r in self.egress_rules] + [r.egress_rule() for r in self.net_out_rules]
 
-_container_parser: ItemParser[Container] = item_parser(Container, {"egress_rules": _rule_parser})
+
+_container_parser: ItemParser[Container] = item_parser(
+    Container, {"egress_rules": _rule_parser, "net_out_rules": item_parser(NetOutRule)}
+)
 
 
 def _dedupe(indexed: Sequence[tuple[Loc, Container]]) -> tuple[list[Container], list[Problem]]:
@@ -512,13 +523,13 @@ class EgressPolicy(_Model):
     def egress_rule(self) -> EgressRule:
         """The canonical rule. tcp/udp without ports allow every port (1-65535), as the VPA did."""
         d = self.destination
-        ports = tuple(p.int_range() for p in d.ports)
+        ports = tuple(p.interval() for p in d.ports)
         if d.protocol.has_ports and not ports:
-            ports = (IntRange(PORT_MIN, PORT_MAX),)
+            ports = ((PORT_MIN, PORT_MAX),)
         icmp = d.protocol is Protocol.ICMP
         return EgressRule(
             protocol=d.protocol,
-            destinations=tuple(AddrRange(r.start, r.end) for r in d.ips),
+            destinations=tuple(AddressRange.of(r.start, r.end) for r in d.ips),
             ports=ports,
             icmp_type=d.icmp_type if icmp else None,
             icmp_code=d.icmp_code if icmp else None,

@@ -9,6 +9,9 @@ Cloud Foundry spells an "allow this egress" rule four ways, and cfnft reads all 
   CC form, because that is what a container's `egress_rules` holds);
 - the dynamic egress policies of the policy server (`events.models.EgressPolicy`).
 
+Each converts to `EgressRule` once, at its edge (`egress_rule()`); only the compiler
+(reconciler/compile.py) turns canonical rules into nft set elements.
+
 Validation follows Cloud Controller (cloud_controller_ng rule validators), which is stricter
 than silk's parser: CC never stores what it rejects, so rejecting it here only ever catches
 hand-written or corrupted input. Where we accept what CC would refuse, the docstring says so.
@@ -20,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network, summarize_address_range
-from typing import Annotated, Iterable, Self
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Annotated, Iterable, NamedTuple, Self
 
 from pydantic import (
     BaseModel,
@@ -37,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 
+from events.intervals import Interval, merge_intervals
 from events.problems import show
-from nft.objects import AddrRange, IntRange
 
 PORT_MIN, PORT_MAX = 1, 65535
 ICMP_MIN, ICMP_MAX = -1, 255
@@ -46,6 +49,7 @@ ICMP_ANY = -1
 MAX_DESTINATIONS = 6000
 """Cloud Controller's limit on the comma-separated destinations of one rule."""
 
+IPAddress = IPv4Address | IPv6Address
 StrictInt = Annotated[int, Strict()]
 StrictBool = Annotated[bool, Strict()]
 
@@ -114,47 +118,66 @@ IP = Annotated[
 # --- The canonical rule ---------------------------------------------------------------------------
 
 
-def _merge_addrs(ranges: Iterable[AddrRange]) -> tuple[AddrRange, ...]:
-    out: list[AddrRange] = []
-    for r in sorted(ranges, key=lambda r: (r.start.version, int(r.start), int(r.end))):
-        last = out[-1] if out else None
-        if last and last.start.version == r.start.version and int(r.start) <= int(last.end) + 1:
-            if int(r.end) > int(last.end):
-                out[-1] = AddrRange(last.start, r.end)
-        else:
-            out.append(r)
-    return tuple(out)
+_ADDRESS_MAX = {4: 2**32 - 1, 6: 2**128 - 1}
 
 
-def _merge_ints(ranges: Iterable[IntRange]) -> tuple[IntRange, ...]:
-    out: list[IntRange] = []
-    for r in sorted(ranges, key=lambda r: (r.lo, r.hi)):
-        if out and r.lo <= out[-1].hi + 1:
-            if r.hi > out[-1].hi:
-                out[-1] = IntRange(out[-1].lo, r.hi)
-        else:
-            out.append(r)
-    return tuple(out)
+class AddressRange(NamedTuple):
+    """An inclusive range of IP addresses of one version (4 or 6), as numbers; one address has start == end."""
+
+    version: int
+    start: int
+    end: int
+
+    @classmethod
+    def of(cls, start: IPAddress, end: IPAddress | None = None) -> AddressRange:
+        """The range from `start` to `end` (default: `start` alone); both of one IP version."""
+        end = start if end is None else end
+        if start.version != end.version:
+            raise ValueError(f"address range {start}-{end} mixes IPv4 and IPv6")
+        return cls(start.version, int(start), int(end))
+
+
+def _canonical_destinations(protocol: Protocol, ranges: Iterable[AddressRange]) -> tuple[AddressRange, ...]:
+    by_version: dict[int, list[Interval]] = {4: [], 6: []}
+    for version, start, end in ranges:
+        if version not in by_version:
+            raise ValueError(f"{protocol} rule with a destination of IP version {version}")
+        if not 0 <= start <= end <= _ADDRESS_MAX[version]:
+            raise ValueError(f"{protocol} rule with destination {start}-{end}, not an IPv{version} range")
+        by_version[version].append((start, end))
+    return tuple(AddressRange(v, lo, hi) for v, spans in by_version.items() for lo, hi in merge_intervals(spans))
+
+
+def _canonical_ports(protocol: Protocol, ranges: Iterable[Interval]) -> tuple[Interval, ...]:
+    spans = list(ranges)
+    for lo, hi in spans:
+        if lo < PORT_MIN or hi > PORT_MAX:
+            raise ValueError(f"{protocol} rule with a port outside {PORT_MIN}-{PORT_MAX}")
+        if lo > hi:
+            raise ValueError(f"{protocol} rule with ports {lo}-{hi}: start after end")
+    return tuple(merge_intervals(spans))
 
 
 @dataclass(frozen=True, slots=True)
 class EgressRule:
     """One allow rule for traffic leaving a container, in the form the compiler consumes.
 
-    Canonical: destinations and ports are sorted, and overlapping or adjacent ranges merged, so
-    two rules that allow the same packets compare (and hash) equal however they were written.
-    `description` is for humans only and takes no part in equality.
+    Plain values only, so every upstream format converts to it once, at its edge, and the
+    compiler alone decides how it becomes nft set elements. Canonical: destinations and ports
+    are sorted, and overlapping or adjacent ranges merged, so two rules that allow the same
+    packets compare (and hash) equal however they were written. `description` is for humans
+    only and takes no part in equality.
 
-    - `destinations`: at least one range. icmp rules are IPv4 only, icmpv6 rules IPv6 only;
-      tcp, udp and all rules may mix both families.
-    - `ports`: tcp and udp only (at least one range, 1-65535); empty otherwise.
+    - `destinations`: at least one range, IPv4 before IPv6. icmp rules are IPv4 only, icmpv6
+      rules IPv6 only; tcp, udp and all rules may mix both versions.
+    - `ports`: tcp and udp only (at least one inclusive (lo, hi) range within 1-65535); empty otherwise.
     - `icmp_type`, `icmp_code`: icmp and icmpv6 only (-1 means any, as in Cloud Controller); None otherwise.
     - `log`: log accepted new connections.
     """
 
     protocol: Protocol
-    destinations: tuple[AddrRange, ...]
-    ports: tuple[IntRange, ...] = ()
+    destinations: tuple[AddressRange, ...]
+    ports: tuple[Interval, ...] = ()
     icmp_type: int | None = None
     icmp_code: int | None = None
     log: bool = False
@@ -164,14 +187,14 @@ class EgressRule:
         p = Protocol(self.protocol)
         if not self.destinations:
             raise ValueError(f"{p} rule without destinations")
-        if p == Protocol.ICMP and any(d.start.version != 4 for d in self.destinations):
+        destinations = _canonical_destinations(p, self.destinations)
+        if p == Protocol.ICMP and destinations[-1].version != 4:
             raise ValueError("icmp rule with an IPv6 destination")
-        if p == Protocol.ICMPV6 and any(d.start.version != 6 for d in self.destinations):
+        if p == Protocol.ICMPV6 and destinations[0].version != 6:
             raise ValueError("icmpv6 rule with an IPv4 destination")
         if p.has_ports != bool(self.ports):
             raise ValueError(f"{p} rule {'without' if p.has_ports else 'with'} ports")
-        if any(r.lo < PORT_MIN or r.hi > PORT_MAX for r in self.ports):
-            raise ValueError(f"{p} rule with a port outside {PORT_MIN}-{PORT_MAX}")
+        ports = _canonical_ports(p, self.ports)
         for name in ("icmp_type", "icmp_code"):
             value = getattr(self, name)
             if p.is_icmp != (value is not None):
@@ -179,42 +202,8 @@ class EgressRule:
             if value is not None and not ICMP_MIN <= value <= ICMP_MAX:
                 raise ValueError(f"{p} rule with {name} {value} outside {ICMP_MIN}..{ICMP_MAX}")
         object.__setattr__(self, "protocol", p)
-        object.__setattr__(self, "destinations", _merge_addrs(self.destinations))
-        object.__setattr__(self, "ports", _merge_ints(self.ports))
-
-    def to_cc_rules(self) -> list[SecurityGroupRule]:
-        """This rule as Cloud Controller rules: usually one, more when CC's grammar cannot say it in one.
-
-        CC allows one port range or a list of single ports per rule, and at most 6000
-        destinations, so single ports go into one rule and each wider range into its own.
-        """
-        targets = [addr_range_text(d) for d in self.destinations]
-        chunks = [",".join(targets[i : i + MAX_DESTINATIONS]) for i in range(0, len(targets), MAX_DESTINATIONS)]
-        singles = [str(r.lo) for r in self.ports if r.lo == r.hi]
-        port_texts: list[str | None] = [f"{r.lo}-{r.hi}" for r in self.ports if r.lo != r.hi]
-        if singles:
-            port_texts.insert(0, ",".join(singles))
-        return [
-            SecurityGroupRule(
-                protocol=self.protocol,
-                destination=chunk,
-                ports=ports,
-                type=self.icmp_type,
-                code=self.icmp_code,
-                description=self.description or None,
-                log=self.log,
-            )
-            for chunk in chunks
-            for ports in (port_texts or [None])
-        ]
-
-
-def addr_range_text(r: AddrRange) -> str:
-    """An address range the way CC users write it: an address, a CIDR when it is one, else `a-b`."""
-    if r.start == r.end:
-        return str(r.start)
-    nets = list(summarize_address_range(r.start, r.end))
-    return str(nets[0]) if len(nets) == 1 else f"{r.start}-{r.end}"
+        object.__setattr__(self, "destinations", destinations)
+        object.__setattr__(self, "ports", ports)
 
 
 # --- Cloud Controller rule grammar ----------------------------------------------------------------
@@ -235,7 +224,7 @@ def _address(text: str) -> IPv4Address | IPv6Address:
         raise _Bad("not an IP address, CIDR or address range") from None
 
 
-def _destination(piece: str) -> AddrRange:
+def _destination(piece: str) -> AddressRange:
     if "-" in piece:
         parts = piece.split("-")
         if len(parts) != 2:
@@ -245,19 +234,19 @@ def _destination(piece: str) -> AddrRange:
             raise _Bad("range mixes IPv4 and IPv6")
         if int(start) > int(end):
             raise _Bad("start after end")
-        return AddrRange(start, end)
+        return AddressRange.of(start, end)
     if "/" in piece:
         addr_text, _, prefix = piece.partition("/")
         addr = _address(addr_text)
         if not (prefix.isascii() and prefix.isdigit()) or int(prefix) > addr.max_prefixlen:
             raise _Bad(f"prefix length must be 0-{addr.max_prefixlen}")
         net = ip_network(piece, strict=False)  # host bits are dropped, as silk does: 10.0.0.5/24 is 10.0.0.0/24
-        return AddrRange(net.network_address, net.broadcast_address)
-    return AddrRange.single(_address(piece))
+        return AddressRange.of(net.network_address, net.broadcast_address)
+    return AddressRange.of(_address(piece))
 
 
 @lru_cache(maxsize=4096)
-def parse_destinations(text: str) -> tuple[AddrRange, ...]:
+def parse_destinations(text: str) -> tuple[AddressRange, ...]:
     """Parse a CC rule destination: an address, a CIDR, a range `a-b`, or a comma list of those.
 
     Raises ValueError with a message that quotes `text`. The result is in input order, unmerged.
@@ -285,7 +274,7 @@ _PORT_RANGE = re.compile(r"\s*([0-9]+)\s*-\s*([0-9]+)\s*", re.ASCII)
 _PORT = re.compile(r"\s*([0-9]+)\s*", re.ASCII)
 
 
-def parse_ports(text: str) -> tuple[IntRange, ...]:
+def parse_ports(text: str) -> tuple[Interval, ...]:
     """Parse CC rule ports: one port, a comma list of ports, or one range `a-b`; spaces around numbers are fine.
 
     Unlike CC, a range whose ends are equal (`80-80`) is accepted as that one port: BBS and
@@ -302,7 +291,7 @@ def parse_ports(text: str) -> tuple[IntRange, ...]:
         lo, hi = check(int(m[1]), False), check(int(m[2]), False)
         if lo > hi:
             raise ValueError(f"{show(text)}: start after end")
-        return (IntRange(lo, hi),)
+        return ((lo, hi),)
     pieces = text.split(",")
     if "-" in text and len(pieces) > 1:
         raise ValueError(f"{show(text)}: mixes a list and a range (use one range, or a list of single ports)")
@@ -313,7 +302,7 @@ def parse_ports(text: str) -> tuple[IntRange, ...]:
         if not (m := _PORT.fullmatch(piece)):
             raise ValueError(f"{show(text)}: not a port, a comma list of ports or a port range")
         port = check(int(m[1]), len(pieces) == 1)
-        out.append(IntRange.single(port))
+        out.append((port, port))
     return tuple(out)
 
 
@@ -323,10 +312,10 @@ def _check_icmp(value: int) -> int:
     return value
 
 
-def _check_family(text: str, protocol: Protocol, destinations: Iterable[AddrRange]) -> None:
-    if protocol == Protocol.ICMP and any(d.start.version != 4 for d in destinations):
+def _check_family(text: str, protocol: Protocol, destinations: Iterable[AddressRange]) -> None:
+    if protocol == Protocol.ICMP and any(d.version != 4 for d in destinations):
         raise ValueError(f"{show(text)}: protocol 'icmp' takes IPv4 destinations only (use 'icmpv6' for IPv6)")
-    if protocol == Protocol.ICMPV6 and any(d.start.version != 6 for d in destinations):
+    if protocol == Protocol.ICMPV6 and any(d.version != 6 for d in destinations):
         raise ValueError(f"{show(text)}: protocol 'icmpv6' takes IPv6 destinations only (use 'icmp' for IPv4)")
 
 
@@ -478,8 +467,8 @@ class PortRange(BaseModel):
             raise ValueError(f"'{self.start}-{self.end}': start after end")
         return self
 
-    def int_range(self) -> IntRange:
-        return IntRange(self.start, self.end)
+    def interval(self) -> Interval:
+        return self.start, self.end
 
 
 class ICMPControl(BaseModel):
@@ -554,15 +543,15 @@ class NetOutRule(BaseModel):
         return EgressRule(
             protocol=protocol,
             destinations=_ranges(self.networks),
-            ports=tuple(p.int_range() for p in self.ports),
+            ports=tuple(p.interval() for p in self.ports),
             icmp_type=any_or(icmp.type) if icmp else None,
             icmp_code=any_or(icmp.code) if icmp else None,
             log=self.log,
         )
 
 
-def _ranges(networks: Iterable[GardenIPRange]) -> tuple[AddrRange, ...]:
-    return tuple(AddrRange(n.start, n.end) for n in networks)
+def _ranges(networks: Iterable[GardenIPRange]) -> tuple[AddressRange, ...]:
+    return tuple(AddressRange.of(n.start, n.end) for n in networks)
 
 
 # --- BBS SecurityGroupRule ------------------------------------------------------------------------

@@ -16,21 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-Interval = tuple[int, int]
+from events.intervals import Interval, merge_intervals
+
 Box = tuple[Interval, ...]
-
-
-def merge_intervals(intervals: Iterable[Interval], adjacent: bool = True) -> list[Interval]:
-    """Union of inclusive integer intervals, overlapping (and, with `adjacent`, touching) ones merged, sorted."""
-    out: list[Interval] = []
-    reach = 1 if adjacent else 0
-    for lo, hi in sorted(intervals):
-        if out and lo <= out[-1][1] + reach:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
 
 
 def _disjoint(boxes: Sequence[Box], adjacent: bool = True) -> list[Box]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar, cast
 
+from events.intervals import Interval, merge_intervals
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, SecurityGroup, Workload
 from nft.objects import (
     AddrRange,
@@ -55,7 +56,7 @@ from nft.objects import (
     SetFlag,
     Table,
 )
-from reconciler.boxes import Box, Interval, disjoint_boxes, merge_intervals
+from reconciler.boxes import Box, disjoint_boxes
 
 TABLE = Table(Family.INET, "cfnft")
 
@@ -118,8 +119,9 @@ class Bundle:
 
 @functools.lru_cache(maxsize=65536)
 def rule_sort_key(r: EgressRule) -> str:
-    dests = ",".join(f"{int(d.start)}-{int(d.end)}/{d.start.version}" for d in r.destinations)
-    ports = ",".join(f"{p.lo}-{p.hi}" for p in r.ports)
+    # Part of bundle names: must spell a rule as it always has, or a restart renames chains.
+    dests = ",".join(f"{d.start}-{d.end}/{d.version}" for d in r.destinations)
+    ports = ",".join(f"{lo}-{hi}" for lo, hi in r.ports)
     return f"{r.protocol.value}|{dests}|{ports}|{r.icmp_type}|{r.icmp_code}|{int(r.log)}"
 
 
@@ -135,7 +137,7 @@ class Applicable:
     lifecycle: Lifecycle
     groups: tuple[int, ...]  # indexes into state.security_groups
     policies: tuple[int, ...]  # indexes into state.egress_policies
-    static_rules: tuple[int, ...] = ()  # index of the container, when its own egress_rules apply
+    static_rules: tuple[int, ...] = ()  # index of the container, when the rules it was created with apply
 
 
 def applicable(state: CellState, index: int, c: Container) -> Applicable:
@@ -144,7 +146,7 @@ def applicable(state: CellState, index: int, c: Container) -> Applicable:
         i for i, p in enumerate(state.egress_policies) if p.applies_to(c.app_guid, c.space_guid, c.workload)
     )
     if not state.config.dynamic_asgs:
-        return Applicable(lifecycle, (), policies, (index,) if c.egress_rules else ())
+        return Applicable(lifecycle, (), policies, (index,) if c.egress_rules or c.net_out_rules else ())
     groups = tuple(i for i, g in enumerate(state.security_groups) if g.applies_to(c.space_guid, c.workload))
     return Applicable(lifecycle, groups, policies)
 
@@ -166,7 +168,7 @@ def bundle_of(
         identity.append(f"group:{group.guid}")
     static: set[EgressRule] = set()
     for i in a.static_rules:
-        static.update(r.egress_rule() for r in state.containers[i].egress_rules)
+        static.update(state.containers[i].creation_rules())
     if static:
         identity.append("static:" + ";".join(sorted(map(rule_sort_key, static))))
     policies: set[EgressRule] = set()
@@ -187,10 +189,6 @@ def bundle_of(
 
 # ---------------------------------------------------------------------------------------------
 # Set element construction
-
-
-def _addr_interval(r: AddrRange) -> tuple[int, int]:
-    return int(r.start), int(r.end)
 
 
 def _addr(version: int, value: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -228,11 +226,11 @@ class _RuleBoxes:
     def of(cls, rules: Iterable[EgressRule]) -> _RuleBoxes:
         acc = cls(defaultdict(list), defaultdict(list), defaultdict(list))
         for r in rules:
-            for d in r.destinations:
-                v, iv = d.start.version, _addr_interval(d)
+            for v, lo, hi in r.destinations:
+                iv = (lo, hi)
                 if r.protocol in (Protocol.TCP, Protocol.UDP):
                     proto = PROTO_TCP if r.protocol == Protocol.TCP else PROTO_UDP
-                    acc.ports[v].extend((iv, (proto, proto), (p.lo, p.hi)) for p in r.ports)
+                    acc.ports[v].extend((iv, (proto, proto), p) for p in r.ports)
                 elif r.protocol == Protocol.ALL:
                     acc.all[v].append((iv,))
                 elif (r.protocol == Protocol.ICMP and v == 4) or (r.protocol == Protocol.ICMPV6 and v == 6):

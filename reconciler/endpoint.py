@@ -6,7 +6,7 @@ On a unix socket, for the CNI plugin (it must work whether or not NATS is reacha
                                      registers the container and answers once its rules are
                                      committed: 200, or 503 when the commit did not happen in time.
                                      `net_out_rules` (optional): Garden NetOutRules from CNI's
-                                     runtimeConfig, converted here and added to `egress_rules`
+                                     runtimeConfig, kept as the container's `net_out_rules`
     DELETE /v1/containers/<handle>   forgets it (idempotent) and answers once committed
     GET    /v1/containers/<handle>   CHECK: {"ok": bool, "problems": [...]} read from the kernel;
                                      `?ip=A` also reports a registration under another address
@@ -49,11 +49,11 @@ class RegisterRequest(BaseModel):
     net_out_rules: list[NetOutRule] = Field(default_factory=list)
 
     def full_container(self) -> Container:
-        """The container with its Garden NetOutRules added to its egress rules (CC format)."""
+        """The container with the Garden NetOutRules of the request as its `net_out_rules`."""
         if not self.net_out_rules:
             return self.container
-        extra = [cc for r in self.net_out_rules for cc in r.egress_rule().to_cc_rules()]
-        return self.container.model_copy(update={"egress_rules": [*self.container.egress_rules, *extra]})
+        rules = [*self.container.net_out_rules, *self.net_out_rules]
+        return self.container.model_copy(update={"net_out_rules": rules})
 
 
 class GcRequest(BaseModel):

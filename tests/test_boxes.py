@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.boxes import disjoint_boxes, merge_intervals
+from reconciler.boxes import disjoint_boxes
 
 
 def points(boxes):
@@ -13,10 +13,6 @@ def points(boxes):
     for b in boxes:
         out |= set(itertools.product(*[range(lo, hi + 1) for lo, hi in b]))
     return out
-
-
-def test_merge_intervals_joins_overlapping_and_adjacent():
-    assert merge_intervals([(5, 9), (1, 3), (4, 4), (20, 30), (25, 26)]) == [(1, 9), (20, 30)]
 
 
 def test_overlapping_port_ranges_on_nested_networks():

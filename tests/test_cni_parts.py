@@ -135,10 +135,10 @@ def test_registration_maps_every_garden_key_and_validates_as_a_container() -> No
 def test_net_out_rules_reach_the_container_as_the_reconciler_converts_them() -> None:
     body = registration("h-1", {"metadata": METADATA, "runtimeConfig": {"netOutRules": NET_OUT_RULES}}, ADDRESSES)
     container = RegisterRequest.model_validate(body | {"timeout_seconds": 1}).full_container()
-    expected = {r.egress_rule() for r in (NetOutRule.model_validate(n) for n in NET_OUT_RULES)}
-    assert {r.egress_rule() for r in container.egress_rules} == expected
-    icmp = next(r for r in container.egress_rules if r.protocol == "icmp")
-    assert (icmp.type, icmp.code) == (-1, -1)  # Garden's 255 and a missing code: any
+    assert container.net_out_rules == [NetOutRule.model_validate(n) for n in NET_OUT_RULES]
+    assert container.egress_rules == []
+    icmp = next(r for r in container.creation_rules() if r.protocol == "icmp")
+    assert (icmp.icmp_type, icmp.icmp_code) == (-1, -1)  # Garden's 255 and a missing code: any
 
 
 def test_policy_group_id_wins_over_app_id() -> None:

@@ -157,6 +157,24 @@ def test_static_egress_rules_apply_only_without_dynamic_asgs():
     assert any("@sg-web-ports4" in r.text for r in dynamic.rules[b_dyn])
 
 
+def test_garden_net_out_rules_are_static_rules_like_the_same_cc_rules():
+    """A container's Garden rules compile as its egress_rules do: the same rule in either form
+    gives the same bundle, with the same elements."""
+    garden = {"protocol": 1, "networks": [{"start": "192.0.2.9", "end": "192.0.2.9"}],
+              "ports": [{"start": 443, "end": 443}]}  # fmt: skip
+    cc = {"protocol": "tcp", "destination": "192.0.2.9", "ports": "443"}
+    doc = base_doc()
+    doc["config"]["dynamic_asgs"] = False
+    doc["containers"][0]["net_out_rules"] = [garden]
+    doc["containers"][1]["egress_rules"] = [cc]
+    rs = compiled(doc)
+    bundle = egress_target(rs, "10.255.1.2")
+    assert bundle == egress_target(rs, "10.255.1.3") != egress_target(rs, "10.255.1.4")
+    assert list(rs.elements[f"{bundle.split()[-1]}-static-ports4"]) == [
+        (AddrRange.single(_ip("192.0.2.9")), IntRange.single(6), IntRange.single(443))
+    ]
+
+
 def test_egress_policy_applies_to_its_app_and_lifecycle_only():
     doc = base_doc()
     doc["egress_policies"] = [

@@ -135,8 +135,8 @@ def test_every_allowed_port_of_every_rule_is_in_the_group_sets(rules):
         proto = 6 if r.protocol.value == "tcp" else 17
         name = "sg-g-log-ports4" if r.log else "sg-g-ports4"
         for d in r.destinations:
-            for p in r.ports:
-                for addr, port in ((int(d.start), p.lo), (int(d.end), p.hi)):
+            for lo, hi in r.ports:
+                for addr, port in ((d.start, lo), (d.end, hi)):
                     assert any(
                         int(k[0].start) <= addr <= int(k[0].end)
                         and k[1].lo <= proto <= k[1].hi

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from events.intervals import Interval
 from events.models import (
+    AddressRange,
     BBSSecurityGroupRule,
     CellConfig,
     CellState,
@@ -25,7 +27,6 @@ from events.models import (
     load_cell_state_file,
     parse_internal_policies,
 )
-from nft.objects import AddrRange, IntRange
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "cell-state.json"
@@ -35,12 +36,12 @@ def fixture(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
 
 
-def a(start: str, end: str | None = None) -> AddrRange:
-    return AddrRange(ip_address(start), ip_address(end or start))
+def a(start: str, end: str | None = None) -> AddressRange:
+    return AddressRange.of(ip_address(start), ip_address(end or start))
 
 
-def p(lo: int, hi: int | None = None) -> IntRange:
-    return IntRange(lo, lo if hi is None else hi)
+def p(lo: int, hi: int | None = None) -> Interval:
+    return (lo, lo if hi is None else hi)
 
 
 def rule(**fields: object) -> EgressRule:
@@ -71,7 +72,7 @@ def rule(**fields: object) -> EgressRule:
         ("192.0.2.0/24,192.0.2.7", (a("192.0.2.0", "192.0.2.255"),)),
     ],
 )
-def test_destination_forms(destination: str, expected: tuple[AddrRange, ...]) -> None:
+def test_destination_forms(destination: str, expected: tuple[AddressRange, ...]) -> None:
     """Every CC destination form parses to sorted, merged address ranges; host bits of a CIDR are dropped."""
     assert rule(protocol="tcp", destination=destination, ports="443").destinations == expected
 
@@ -92,7 +93,7 @@ def test_destination_forms(destination: str, expected: tuple[AddrRange, ...]) ->
         ("80,81,82", (p(80, 82),)),
     ],
 )
-def test_port_forms(ports: str, expected: tuple[IntRange, ...]) -> None:
+def test_port_forms(ports: str, expected: tuple[Interval, ...]) -> None:
     """Single port, comma list, one range, spaces around numbers; lists are merged into ranges."""
     assert rule(protocol="udp", destination="192.0.2.1", ports=ports).ports == expected
 
@@ -198,34 +199,27 @@ def test_egress_rule_refuses_impossible_rules(fields: dict, message: str) -> Non
         EgressRule(**fields)  # type: ignore[arg-type]
 
 
-def test_to_cc_rules_splits_what_cc_cannot_say_in_one_rule() -> None:
+def test_egress_rule_merges_numbers_and_refuses_what_is_no_address_or_port() -> None:
     r = EgressRule(
-        protocol=Protocol.TCP,
-        destinations=(a("192.0.2.0", "192.0.2.255"), a("198.51.100.3", "198.51.100.9"), a("2001:db8::1")),
-        ports=(p(22), p(80, 90), p(443), p(8000, 8999)),
-        description="web",
+        protocol=Protocol.TCP, destinations=(AddressRange(4, 5, 9), AddressRange(4, 1, 4)), ports=((90, 99), (80, 89))
     )
-    cc = r.to_cc_rules()
-    assert [(c.destination, c.ports) for c in cc] == [
-        ("192.0.2.0/24,198.51.100.3-198.51.100.9,2001:db8::1", "22,443"),
-        ("192.0.2.0/24,198.51.100.3-198.51.100.9,2001:db8::1", "80-90"),
-        ("192.0.2.0/24,198.51.100.3-198.51.100.9,2001:db8::1", "8000-8999"),
-    ]
-    assert all(c.description == "web" for c in cc)
+    assert r.destinations == (AddressRange(4, 1, 9),) and r.ports == ((80, 99),)
+    for destinations, message in [
+        ((AddressRange(5, 1, 1),), "IP version 5"),
+        ((AddressRange(4, 9, 1),), "9-1, not an IPv4 range"),
+        ((AddressRange(4, 0, 2**32),), "not an IPv4 range"),
+        ((AddressRange(6, -1, 0),), "not an IPv6 range"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EgressRule(protocol=Protocol.ALL, destinations=destinations)
+    with pytest.raises(ValueError, match="tcp rule with ports 90-80: start after end"):
+        EgressRule(protocol=Protocol.TCP, destinations=(a("192.0.2.1"),), ports=((90, 80),))
 
 
-def test_to_cc_rules_keeps_to_6000_destinations_per_rule() -> None:
-    # Every other address, so nothing merges: 6001 separate destinations.
-    many = tuple(AddrRange.single(ip_address(0x0A000000 + 2 * i)) for i in range(6001))
-    cc = EgressRule(protocol=Protocol.ALL, destinations=many).to_cc_rules()
-    assert [len(c.destination.split(",")) for c in cc] == [6000, 1]
-
-
-def test_icmp_rule_to_cc_keeps_type_and_code() -> None:
-    r = rule(protocol="icmp", destination="203.0.113.1", type=8, code=-1, log=True)
-    assert [c.model_dump(exclude_none=True) for c in r.to_cc_rules()] == [
-        {"protocol": "icmp", "destination": "203.0.113.1", "type": 8, "code": -1, "log": True}
-    ]
+def test_address_range_of_one_ip_version() -> None:
+    assert AddressRange.of(ip_address("2001:db8::1")) == AddressRange(6, 0x20010DB8 << 96 | 1, 0x20010DB8 << 96 | 1)
+    with pytest.raises(ValueError, match="mixes IPv4 and IPv6"):
+        AddressRange.of(ip_address("192.0.2.1"), ip_address("2001:db8::1"))
 
 
 # --- Garden NetOutRule ------------------------------------------------------------------------------
@@ -278,23 +272,116 @@ def test_net_out_rule_icmpv6_and_many_ranges() -> None:
     assert (r.protocol, r.destinations, r.icmp_type) == (Protocol.ICMPV6, (a("2001:db8::1", "2001:db8::f"),), 128)
 
 
-def test_net_out_rule_to_cc_round_trip() -> None:
-    """What the CNI plugin stores as a container's egress_rules allows what Garden asked for."""
-    data = {
-        "protocol": 2,
-        "networks": [{"start": "198.51.100.1", "end": "198.51.100.3"}],
-        "ports": [{"start": 53, "end": 53}, {"start": 5353, "end": 5360}],
-    }
-    r = NetOutRule.model_validate(data).egress_rule()
-    cc = r.to_cc_rules()
-    assert [(c.destination, c.ports) for c in cc] == [
-        ("198.51.100.1-198.51.100.3", "53"),
-        ("198.51.100.1-198.51.100.3", "5353-5360"),
-    ]
-    merged = EgressRule(
-        r.protocol, sum((c.egress_rule().destinations for c in cc), ()), sum((c.egress_rule().ports for c in cc), ())
+V4_AND_V6 = [{"start": "192.0.2.0", "end": "192.0.2.255"}, {"start": "2001:db8::1", "end": "2001:db8::9"}]
+
+
+@pytest.mark.parametrize(
+    "garden, cc",
+    [
+        # every protocol, Garden's omitted 0 (all) included
+        ({"networks": V4_AND_V6}, {"protocol": "all", "destination": "192.0.2.0/24,2001:db8::1-2001:db8::9"}),
+        ({"protocol": 0, "networks": V4_AND_V6[:1]}, {"protocol": "all", "destination": "192.0.2.0/24"}),
+        (
+            {"protocol": 1, "networks": V4_AND_V6, "ports": [{"start": 443, "end": 443}]},
+            {"protocol": "tcp", "destination": "192.0.2.0/24,2001:db8::1-2001:db8::9", "ports": "443"},
+        ),
+        (
+            {"protocol": 2, "networks": V4_AND_V6[1:], "ports": [{"start": 8000, "end": 9000}]},
+            {"protocol": "udp", "destination": "2001:db8::1-2001:db8::9", "ports": "8000-9000"},
+        ),
+        # port shapes: a list of single ports, touching and overlapping ranges
+        (
+            {"protocol": 1, "networks": V4_AND_V6[:1], "ports": [{"start": 80, "end": 80}, {"start": 53, "end": 53}]},
+            {"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "53,80"},
+        ),
+        (
+            {"protocol": 1, "networks": V4_AND_V6[:1], "ports": [{"start": 80, "end": 89}, {"start": 90, "end": 99}]},
+            {"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "80-99"},
+        ),
+        (
+            {"protocol": 2, "networks": V4_AND_V6[:1], "ports": [{"start": 1, "end": 9}, {"start": 5, "end": 65535}]},
+            {"protocol": "udp", "destination": "192.0.2.0/24", "ports": "1-65535"},
+        ),
+        # network shapes: one address, an unaligned range, touching ranges, a comma list
+        (
+            {"networks": [{"start": "192.0.2.7", "end": "192.0.2.7"}]},
+            {"protocol": "all", "destination": "192.0.2.7"},
+        ),
+        (
+            {"networks": [{"start": "192.0.2.7", "end": "192.0.2.9"}]},
+            {"protocol": "all", "destination": "192.0.2.7-192.0.2.9"},
+        ),
+        (
+            {"networks": [{"start": "192.0.2.8", "end": "192.0.2.15"}, {"start": "192.0.2.0", "end": "192.0.2.7"}]},
+            {"protocol": "all", "destination": "192.0.2.0/28"},
+        ),
+        (
+            {"networks": [{"start": "203.0.113.1", "end": "203.0.113.1"}, {"start": "192.0.2.1", "end": "192.0.2.1"}]},
+            {"protocol": "all", "destination": "192.0.2.1,203.0.113.1"},
+        ),
+        # ICMP: Garden's 255 (CC's -1 after the executor's uint8 cast), omitted type 0 and nil code
+        (
+            {"protocol": 3, "networks": V4_AND_V6[:1], "icmps": {"type": 255, "code": 255}},
+            {"protocol": "icmp", "destination": "192.0.2.0/24", "type": -1, "code": -1},
+        ),
+        (
+            {"protocol": 3, "networks": V4_AND_V6[:1], "icmps": {"type": 8}},
+            {"protocol": "icmp", "destination": "192.0.2.0/24", "type": 8, "code": -1},
+        ),
+        (
+            {"protocol": 3, "networks": V4_AND_V6[:1], "icmps": {}},
+            {"protocol": "icmp", "destination": "192.0.2.0/24", "type": 0, "code": -1},
+        ),
+        (
+            {"protocol": 3, "networks": V4_AND_V6[:1], "icmps": {"code": 0}},
+            {"protocol": "icmp", "destination": "192.0.2.0/24", "type": 0, "code": 0},
+        ),
+        (
+            {"protocol": 3, "networks": V4_AND_V6[:1], "icmps": {"type": 3, "code": 4}},
+            {"protocol": "icmp", "destination": "192.0.2.0/24", "type": 3, "code": 4},
+        ),
+        (
+            {"protocol": 4, "networks": V4_AND_V6[1:], "icmps": {"type": 128, "code": 0}},
+            {"protocol": "icmpv6", "destination": "2001:db8::1-2001:db8::9", "type": 128, "code": 0},
+        ),
+        (
+            {"protocol": 4, "networks": V4_AND_V6[1:], "icmps": {"type": 255, "code": 255}},
+            {"protocol": "icmpv6", "destination": "2001:db8::1-2001:db8::9", "type": -1, "code": -1},
+        ),
+        # logging
+        (
+            {"protocol": 1, "networks": V4_AND_V6[:1], "ports": [{"start": 22, "end": 22}], "log": True},
+            {"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "22", "log": True},
+        ),
+    ],
+)
+def test_net_out_rule_means_what_the_cc_rule_means(garden: dict, cc: dict) -> None:
+    """Garden's form converts straight to the canonical rule, equal to the one Cloud Controller's
+    form of the same rule gives (the executor made the Garden rule from that CC rule)."""
+    assert NetOutRule.model_validate(garden).egress_rule() == SecurityGroupRule.model_validate(cc).egress_rule()
+
+
+def test_container_creation_rules_are_its_egress_rules_and_its_net_out_rules() -> None:
+    garden = {"protocol": 2, "networks": [{"start": "198.51.100.1", "end": "198.51.100.1"}],
+              "ports": [{"start": 53, "end": 53}]}  # fmt: skip
+    cc = {"protocol": "tcp", "destination": "192.0.2.1", "ports": "443"}
+    c = Container.model_validate(
+        {
+            "handle": "h",
+            "ip": "10.255.0.2",
+            "app_guid": "a",
+            "space_guid": "s",
+            "workload": "app",
+            "egress_rules": [cc],
+            "net_out_rules": [garden],
+        }  # fmt: skip
     )
-    assert merged == r
+    assert c.creation_rules() == [
+        SecurityGroupRule.model_validate(cc).egress_rule(),
+        NetOutRule.model_validate(garden).egress_rule(),
+    ]
+    assert Container.model_validate_json(c.model_dump_json()) == c
+    assert "net_out_rules" not in c.model_copy(update={"net_out_rules": []}).model_dump()
 
 
 # --- BBS rules --------------------------------------------------------------------------------------
@@ -550,7 +637,7 @@ def test_example_document_loads_strictly() -> None:
     assert dns.globally_enabled.running and dns.globally_enabled.staging
     rules = [r for g in state.security_groups for r in g.egress_rules()]
     assert any(r.protocol is Protocol.ICMP for r in rules) and any(r.log for r in rules)
-    assert any(r.ports and r.ports[0].lo != r.ports[0].hi for r in rules), "a tcp range"
+    assert any(r.ports and r.ports[0][0] != r.ports[0][1] for r in rules), "a tcp range"
     remote = set(map(str, state.app_instances[state.containers[0].app_guid])) - {str(c.ip) for c in state.containers}
     assert remote, "an instance on another cell"
     assert state.config.deny_networks.always and state.config.dns_servers
@@ -560,15 +647,15 @@ def test_example_uses_only_documentation_and_overlay_addresses() -> None:
     state = load_cell_state_file(EXAMPLE)
     docs = [ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
 
-    def documented(r: AddrRange) -> bool:
-        return any(r.start in n and r.end in n for n in docs)
+    def documented(r: AddressRange) -> bool:
+        return any(ip_address(r.start) in n and ip_address(r.end) in n for n in docs)
 
     rules = [r for g in state.security_groups for r in g.egress_rules()] + [
         p.egress_rule() for p in state.egress_policies
     ]
     assert all(documented(d) for r in rules for d in r.destinations)
     denied = [n for ns in (state.config.deny_networks.always, state.config.deny_networks.running) for n in ns]
-    assert all(documented(AddrRange(n.network_address, n.broadcast_address)) for n in denied)
+    assert all(documented(AddressRange.of(n.network_address, n.broadcast_address)) for n in denied)
     overlay = state.config.overlay_network
     assert all(c.ip in overlay for c in state.containers)
     assert all(addr in overlay for addrs in state.app_instances.values() for addr in addrs)

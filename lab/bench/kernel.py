@@ -19,6 +19,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from events.models import CellState, Protocol
 from nft import NftRunner, diff, render_ruleset
@@ -106,15 +107,15 @@ def silk_iptables(state: CellState) -> str:
             if net.version == 4:
                 chain.append(f"-A {netout} -d {net} -j REJECT --reject-with icmp-port-unreachable")
         for rule in {r for src in bundle.sources for r in src.rules}:
-            for d in rule.destinations:
-                if d.start.version != 4:
+            for version, start, end in rule.destinations:
+                if version != 4:
                     continue
-                dst = f"-m iprange --dst-range {d.start}-{d.end}"
+                dst = f"-m iprange --dst-range {IPv4Address(start)}-{IPv4Address(end)}"
                 if rule.protocol in (Protocol.TCP, Protocol.UDP):
-                    for p in rule.ports:
+                    for lo, hi in rule.ports:
                         chain.append(
                             f"-A {netout} {dst} -p {rule.protocol.value} -m {rule.protocol.value} "
-                            f"--destination-port {p.lo}:{p.hi} -j ACCEPT"
+                            f"--destination-port {lo}:{hi} -j ACCEPT"
                         )
                 elif rule.protocol == Protocol.ICMP:
                     t = 255 if rule.icmp_type in (None, -1) else rule.icmp_type
