@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "render",
         help="print the nft ruleset for a cell state (touches nothing)",
-        description="Compile a cell state document and print `nft -f` text for table inet cfnft. "
-        "Touches neither the kernel nor the network.",
+        description="Compile a cell state document and print the `nft -f` batch that creates table inet cfnft: "
+        "the text a cold `cfnft apply` commits. Touches neither the kernel nor the network.",
     )
     _state_arg(p)
     p.add_argument(

@@ -73,11 +73,15 @@ def _runner(netns: str | None) -> NftRunner:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from nft import render_ruleset
+    from nft import TransactionError, render_ruleset
     from reconciler.compile import compile_ruleset
 
     state = _load_state(args.state, args.lenient)
-    sys.stdout.write(render_ruleset(compile_ruleset(state)))
+    try:
+        text = render_ruleset(compile_ruleset(state))  # the batch a cold `cfnft apply` commits
+    except TransactionError as e:
+        raise OperationError(f"the compiled ruleset is not valid nft: {e}") from None
+    sys.stdout.write(text)
     return EXIT_OK
 
 

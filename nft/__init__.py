@@ -7,7 +7,7 @@ Nothing here knows about Cloud Foundry. Typical use:
     runner.apply(tx)                            # one atomic libnftables call
 """
 
-from nft.diff import diff, same_structure
+from nft.diff import diff, render_ruleset, same_structure
 from nft.errors import NamespaceError, NftError, ReadbackError
 from nft.fake import FakeNft
 from nft.interface import NftInterface
@@ -29,7 +29,7 @@ from nft.objects import (
     SetFlag,
     Table,
 )
-from nft.render import render_key, render_ruleset
+from nft.render import render_key
 from nft.runner import NftRunner
 from nft.transaction import Op, Transaction, TransactionError, Verb
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from nft.objects import Chain, Element, KeyField, Map, Rule, Ruleset, Set
-from nft.render import clean_comment, normalize_value, rule_human_comment, sorted_flags
+from nft.render import clean_comment, key_order, normalize_value, rule_human_comment, sorted_flags
 from nft.transaction import Transaction
 
 # Names a rule refers to: `@set`, `vmap @map`, `jump chain`, `goto chain`.
@@ -28,19 +28,9 @@ _REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)|\b(?:jump|goto)\s+([A-Za-z0-9_.\-]
 
 def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
     """A transaction that makes the table `actual` (None: it does not exist) equal `desired`."""
-    tx = Transaction(desired.table)
     if actual is None:
-        tx.add_table()
-        for name in sorted(desired.sets):
-            s = desired.sets[name]
-            tx.add(s)
-            tx.add_elements(s, desired.elements.get(name, {}).values())
-        for name in sorted(desired.chains):
-            tx.add(desired.chains[name])
-            for rule in desired.rules.get(name, []):
-                tx.add(rule)
-        return tx
-
+        return _creation(desired, sort_elements=False)
+    tx = Transaction(desired.table)
     replaced_chains = {
         name
         for name, chain in desired.chains.items()
@@ -84,6 +74,30 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
             tx.add(rule)
     for name in sorted(actual.chains.keys() - desired.chains.keys()):
         tx.delete(actual.chains[name])
+    return tx
+
+
+def render_ruleset(rs: Ruleset) -> str:
+    """The `nft -f` text that creates the table holding exactly `rs`: the batch `diff(rs, None)`
+    commits, rendered by the same code, with each set's elements in key order so that equal
+    rulesets give equal text (the diff keeps the ruleset's order: sorting costs a cold apply
+    several milliseconds). Raises TransactionError for a ruleset nft would refuse."""
+    return _creation(rs, sort_elements=True).render()
+
+
+def _creation(desired: Ruleset, *, sort_elements: bool) -> Transaction:
+    """The transaction that creates `desired`'s table with everything in it."""
+    tx = Transaction(desired.table)
+    tx.add_table()
+    for name in sorted(desired.sets):
+        s = desired.sets[name]
+        elements = desired.elements.get(name, {}).values()
+        tx.add(s)
+        tx.add_elements(s, sorted(elements, key=lambda e: key_order(e.key)) if sort_elements else elements)
+    for name in sorted(desired.chains):
+        tx.add(desired.chains[name])
+        for rule in desired.rules.get(name, []):
+            tx.add(rule)
     return tx
 
 

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 
 from nft.datatypes import check_key, field_bounds
-from nft.diff import same_set
+from nft.diff import render_ruleset, same_set
 from nft.errors import NftError
 from nft.objects import Chain, Counter, Counters, Element, KeyField, Map, Rule, Ruleset, Set, SetFlag, Table
-from nft.render import clean_comment, normalize_value, render_ruleset, rule_human_comment
+from nft.render import clean_comment, normalize_value, rule_human_comment
 from nft.transaction import Op, Transaction, Verb
 
 _BATCH_NAME = "fake-batch"

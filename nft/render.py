@@ -1,15 +1,13 @@
-"""nft syntax for the typed objects: whole tables for `nft -f`, and the pieces transactions use.
+"""nft syntax for the typed objects: the pieces of a transaction's batch (nft/transaction.py
+renders every batch from them, `render_ruleset` included) and the forms read-back compares.
 
-Everything here is a pure function of the objects. Output is sorted (sets, chains and elements
-by name and number; rules keep their order) so that two equal rulesets render to equal text.
+Everything here is a pure function of the objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from nft.datatypes import check_key, field_bounds, key_text
-from nft.objects import Chain, Element, KeyField, Map, Rule, Ruleset, Set, SetFlag
+from nft.objects import Chain, Element, KeyField, Map, Rule, Set, SetFlag
 
 # The kernel keeps at most 128 bytes of comment (NFT_USERDATA_MAXLEN); nft rejects longer ones.
 COMMENT_MAX_BYTES = 128
@@ -109,41 +107,3 @@ def chain_spec(chain: Chain) -> str | None:
     if chain.policy is not None:
         spec += f" policy {chain.policy};"
     return spec
-
-
-def render_ruleset(rs: Ruleset) -> str:
-    """The whole table as one `table <family> <name> { ... }` block that `nft -f` loads."""
-    out = [f"table {rs.table.family} {rs.table.name} {{"]
-    blocks: list[list[str]] = []
-    for name in sorted(rs.sets):
-        blocks.append(_set_block(rs.sets[name], rs.elements.get(name, {}).values()))
-    for name in sorted(rs.chains):
-        blocks.append(_chain_block(rs.chains[name], rs.rules.get(name, [])))
-    for i, block in enumerate(blocks):
-        if i:
-            out.append("")
-        out.extend(block)
-    out.append("}")
-    return "\n".join(out) + "\n"
-
-
-def _set_block(s: Set | Map, elements: Iterable[Element]) -> list[str]:
-    lines = [f"\t{set_keyword(s)} {s.name} {{"]
-    lines.extend(f"\t\t{line}" for line in set_spec(s))
-    ordered = sorted(elements, key=lambda e: key_order(e.key))
-    if ordered:
-        lines.append("\t\telements = {")
-        lines.extend(f"\t\t\t{element_text(e)}," for e in ordered)
-        lines.append("\t\t}")
-    lines.append("\t}")
-    return lines
-
-
-def _chain_block(chain: Chain, rules: list[Rule]) -> list[str]:
-    lines = [f"\tchain {chain.name} {{"]
-    spec = chain_spec(chain)
-    if spec:
-        lines.append(f"\t\t{spec}")
-    lines.extend(f"\t\t{rule_statement(r)}" for r in rules)
-    lines.append("\t}")
-    return lines

@@ -37,7 +37,7 @@ to a removed chain, while nothing but (already flushed) rules can hold a set.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Union
@@ -275,19 +275,7 @@ class Transaction:
     def render(self) -> str:
         """The whole batch as nft text for one libnftables call; "" for an empty transaction."""
         if self._rendered is None:
-            if self._lines is not None:
-                texts = [text for text, _ in self._lines]
-            else:
-                # As render_lines, without an Op per element line: a cold start has tens of thousands.
-                texts = []
-                for command in self._commands():
-                    if isinstance(command, Op):
-                        texts.append(render_op(self._prefix, command))
-                    else:
-                        texts.append(self._element_header(command))
-                        text = _element_text(command.verb)
-                        texts.extend([f"\t{text(element)}," for element in command.elements])
-                        texts.append(_element_footer(command))
+            texts = [text for _, lines in self._rendered_commands() for text in lines]
             self._rendered = "\n".join(texts) + "\n" if texts else ""
         return self._rendered
 
@@ -299,18 +287,28 @@ class Transaction:
         Element operations on one set are one command, one element per line, so that nft's error
         location points at the element it refused."""
         if self._lines is None:
-            lines: list[tuple[str, Op | None]] = []
-            for command in self._commands():
+            pairs: list[tuple[str, Op | None]] = []
+            for command, lines in self._rendered_commands():
                 if isinstance(command, Op):
-                    lines.append((render_op(self._prefix, command), command))
-                else:
-                    header_op = Op(Verb.ADD, command.definition) if command.definition is not None else None
-                    lines.append((self._element_header(command), header_op))
-                    text = _element_text(command.verb)
-                    lines.extend([(f"\t{text(element)},", Op(command.verb, element)) for element in command.elements])
-                    lines.append((_element_footer(command), None))
-            self._lines = lines
+                    pairs.append((lines[0], command))
+                    continue
+                header_op = Op(Verb.ADD, command.definition) if command.definition is not None else None
+                pairs.append((lines[0], header_op))
+                pairs.extend(zip(lines[1:-1], [Op(command.verb, element) for element in command.elements]))
+                pairs.append((lines[-1], None))
+            self._lines = pairs
         return self._lines
+
+    def _rendered_commands(self) -> Iterator[tuple[Op | _Elements, list[str]]]:
+        """Each command of the batch, in execution order, with its lines of nft text: the one place
+        where batch text is made, for `render`, `render_lines` and so `render_ruleset`."""
+        for command in self._commands():
+            if isinstance(command, Op):
+                yield command, [render_op(self._prefix, command)]
+            else:
+                text = _element_text(command.verb)
+                body = [f"\t{text(element)}," for element in command.elements]
+                yield command, [self._element_header(command), *body, _element_footer(command)]
 
     @property
     def _prefix(self) -> str:

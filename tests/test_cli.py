@@ -41,10 +41,13 @@ def test_help_teaches_every_command():
 def test_render_prints_a_ruleset_nft_accepts(tmp_path, netns):
     out = cfnft("render", "--state", str(EXAMPLE))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("table inet cfnft {")
+    assert out.stdout.startswith("add table inet cfnft\n")
     path = tmp_path / "r.nft"
     path.write_text(out.stdout)
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", str(path)], check=True)
+    # The printed batch creates exactly the table `apply` wants.
+    again = cfnft("apply", "--state", str(EXAMPLE), "--netns", netns)
+    assert again.returncode == 0 and "already matches" in again.stderr, again.stderr
 
 
 def test_bad_document_exits_2_with_the_problem_and_touches_nothing(tmp_path, netns):

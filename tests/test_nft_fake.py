@@ -287,7 +287,7 @@ def test_fail_next_injects_failures_then_recovers(fake: FakeNft) -> None:
             fake.apply(tx)
         assert fake.dump() == before
     fake.apply(tx)
-    assert "chain ctr-new" in fake.dump()
+    assert "add chain inet cfnft ctr-new" in fake.dump()
     assert fake.transactions[-1] is tx
 
     class Boom(Exception):

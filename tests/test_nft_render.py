@@ -23,10 +23,11 @@ from nft import (
     Table,
     Transaction,
     TransactionError,
+    diff,
     render_key,
     render_ruleset,
 )
-from nft.render import clean_comment, rule_comment
+from nft.render import clean_comment, key_order, rule_comment
 
 TABLE = Table(Family.INET, "cfnft")
 
@@ -136,44 +137,53 @@ def small_ruleset() -> Ruleset:
 
 
 def test_render_ruleset_exact_text() -> None:
-    """A table renders as one readable block: sets then chains, sorted, one rule and one element a line."""
+    """A table renders as the batch that creates it: table, definitions (sets, then chains, sorted),
+    rules in order, then each set's elements in one command, one element a line, sorted by number."""
     rs = small_ruleset()
     fp = {r.text: r.fingerprint for rules in rs.rules.values() for r in rules}
     assert render_ruleset(rs) == (
-        "table inet cfnft {\n"
-        "\tset asg-web {\n"
-        "\t\ttype ipv4_addr . inet_proto . inet_service\n"
-        "\t\tflags interval\n"
-        "\t\tcounter\n"
-        "\t\telements = {\n"
-        '\t\t\t10.0.0.0/8 . 6 . 80-443 comment "web",\n'
-        "\t\t\t192.0.2.0/24 . 17 . 53,\n"
-        "\t\t}\n"
-        "\t}\n"
-        "\n"
-        "\tmap ctr-dispatch {\n"
-        "\t\ttype ipv4_addr : verdict\n"
-        "\t\telements = {\n"
-        '\t\t\t10.255.1.2 comment "app a" : jump ctr-a,\n'
-        "\t\t}\n"
-        "\t}\n"
-        "\n"
-        "\tchain cfnft-forward {\n"
-        "\t\ttype filter hook forward priority 5; policy accept;\n"
-        f'\t\tip saddr vmap @ctr-dispatch comment "dispatch [{fp["ip saddr vmap @ctr-dispatch"]}]"\n'
-        "\t}\n"
-        "\n"
-        "\tchain ctr-a {\n"
-        "\t\tip daddr . meta l4proto . th dport @asg-web counter accept comment "
+        "add table inet cfnft\n"
+        "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; }\n"
+        "add map inet cfnft ctr-dispatch { type ipv4_addr : verdict; }\n"
+        "add chain inet cfnft cfnft-forward { type filter hook forward priority 5; policy accept; }\n"
+        "add chain inet cfnft ctr-a\n"
+        "add rule inet cfnft cfnft-forward ip saddr vmap @ctr-dispatch comment "
+        f'"dispatch [{fp["ip saddr vmap @ctr-dispatch"]}]"\n'
+        "add rule inet cfnft ctr-a ip daddr . meta l4proto . th dport @asg-web counter accept comment "
         f'"[{fp["ip daddr . meta l4proto . th dport @asg-web counter accept"]}]"\n'
-        f'\t\tcounter reject comment "[{fp["counter reject"]}]"\n'
-        "\t}\n"
-        "}\n"
+        f'add rule inet cfnft ctr-a counter reject comment "[{fp["counter reject"]}]"\n'
+        "add set inet cfnft asg-web { type ipv4_addr . inet_proto . inet_service; flags interval; counter; "
+        "elements = {\n"
+        '\t10.0.0.0/8 . 6 . 80-443 comment "web",\n'
+        "\t192.0.2.0/24 . 17 . 53,\n"
+        "} }\n"
+        "add map inet cfnft ctr-dispatch { type ipv4_addr : verdict; elements = {\n"
+        '\t10.255.1.2 comment "app a" : jump ctr-a,\n'
+        "} }\n"
     )
 
 
+def test_render_ruleset_is_the_batch_a_cold_apply_commits() -> None:
+    """One renderer: what `cfnft render` prints is what `diff(rs, None)` commits, but for the order of
+    elements, which render_ruleset sorts and the diff leaves as the ruleset has them."""
+    rs = small_ruleset()
+    cold = diff(rs, None).render().splitlines()
+    rendered = render_ruleset(rs).splitlines()
+    assert cold != rendered and sorted(cold) == sorted(rendered)
+    by_key = {name: dict(sorted(e.items(), key=lambda item: key_order(item[0]))) for name, e in rs.elements.items()}
+    in_order = Ruleset(TABLE, rs.chains, rs.rules, rs.sets, by_key)
+    assert diff(in_order, None).render() == render_ruleset(rs) == render_ruleset(in_order)
+
+
+def test_render_ruleset_refuses_what_nft_would_refuse() -> None:
+    rs = small_ruleset()
+    rs.add_rule(Rule("ctr-a", "accept; flush ruleset"))
+    with pytest.raises(TransactionError, match="would end the command"):
+        render_ruleset(rs)
+
+
 def test_render_empty_table() -> None:
-    assert render_ruleset(Ruleset(TABLE)) == "table inet cfnft {\n}\n"
+    assert render_ruleset(Ruleset(TABLE)) == "add table inet cfnft\n"
 
 
 R1 = Rule("ctr-a", "counter accept", comment="c")
