@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict, Field
+
+from cfnft.errors import OperationError
+from events.tls import TlsFiles, client_context
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +34,22 @@ class NatsConfig(BaseModel):
     connect_timeout_seconds: float = Field(2.0, gt=0, description="timeout of one connection attempt")
 
 
-class NatsUnavailable(Exception):
-    """A one-shot connection attempt failed; str() says where and why."""
+class NatsUnavailable(OperationError):
+    """A one-shot command could not reach NATS, or NATS refused what it asked: `servers` are the
+    URLs tried, `action` what was being done ("connect to", "publish to"), `reason` what happened."""
+
+    def __init__(self, servers: Sequence[str], reason: str, action: str = "connect to") -> None:
+        self.servers = list(servers)
+        self.reason = reason
+        self.action = action
+        super().__init__(f"cannot {action} NATS {', '.join(self.servers)}: {reason}")
 
 
 def _tls(cfg: NatsConfig) -> ssl.SSLContext | None:
+    """The TLS context for NATS (TlsConfigError, naming the file, if one cannot be loaded)."""
     if cfg.ca_file is None:
         return None
-    context = ssl.create_default_context(cafile=str(cfg.ca_file))
-    if cfg.cert_file and cfg.key_file:
-        context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-    return context
+    return client_context(TlsFiles(cfg.ca_file, cfg.cert_file, cfg.key_file))
 
 
 async def connect(
@@ -64,10 +72,26 @@ async def connect(
         name=name,
     )
     if not forever:
+        # Every server once more after its first refusal, then NoServersError. (nats-py 2.16 takes
+        # max_reconnect_attempts=0 to mean "no limit" here: the command would wait forever.)
+        failed_attempts: list[Exception] = []
+
+        async def attempt_failed(e: Exception) -> None:
+            failed_attempts.append(e)
+
+        nc = NATS()
         try:
-            return await nats.connect(**options, max_reconnect_attempts=0, allow_reconnect=False)
+            await nc.connect(
+                **options,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                allow_reconnect=False,
+                error_cb=attempt_failed,
+            )
         except Exception as e:  # nats-py raises several unrelated types for "cannot connect"
-            raise NatsUnavailable(f"cannot connect to NATS {', '.join(cfg.servers)}: {e or type(e).__name__}") from None
+            cause = failed_attempts[-1] if failed_attempts else e  # NoServersError does not say why
+            raise NatsUnavailable(cfg.servers, str(cause) or type(cause).__name__) from None
+        return nc
     delay = 0.2
     while True:
         try:
