@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn Diego BBS LRP events, policy-server and Cloud Controller changes into whole-state "
         "messages on cfnft.state.*. Runs every watcher the config file has a section for, or only those named. "
         "A watcher that cannot reach its source keeps the last published state and retries; one that is refused "
-        "for good (bad certificate, bad credentials) ends the process with exit 1.",
+        "for good (bad certificate, bad credentials) ends the process with exit 3.",
     )
     p.add_argument("--config", type=Path, required=True, metavar="FILE", help="watcher config (JSON; see README)")
     p.add_argument(

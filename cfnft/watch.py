@@ -3,8 +3,8 @@
 Each enabled watcher publishes whole-state messages through its own StatePublisher. A resync
 request on cfnft.resync.all makes every watcher re-list its source and publish the difference.
 A watcher that gives up on its source (e.g. its client certificate is refused every time)
-ends the process with exit 1, so monit restarts it and the failure is visible; the state it
-published stays in JetStream and the cells keep enforcing it.
+ends the process with exit 3 (`FatalSourceError`), so monit restarts it and the failure is
+visible; the state it published stays in JetStream and the cells keep enforcing it.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cfnft.errors import InputError
 from events import subjects
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
 from events.cc.watcher import CcWatcher, CcWatcherConfig
 from events.connect import NatsConfig, connect
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
-from events.poller import FatalSourceError
 from events.problems import load_model_file
 from events.publisher import StatePublisher
 
@@ -55,12 +55,16 @@ class WatchConfig(BaseModel):
 
 
 def load_watch_config(path: Path) -> WatchConfig:
-    """The watcher's config file; StateError (one line per problem, naming file and key) if unusable."""
-    return load_model_file(WatchConfig, path)
+    """The watcher's config file; StateError (every problem, naming file and key) if unusable."""
+    return load_model_file(WatchConfig, path, what="watcher config")
 
 
 async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
     """Run the configured watchers (or the subset `only`) until one gives up or we are cancelled."""
+    configured = {name for name in ("bbs", "policy", "cc") if getattr(cfg, name) is not None}
+    chosen = configured if only is None else configured & only
+    if not chosen:
+        raise InputError(f"the config file has no section for {' or '.join(sorted(only or []))}")
     nc = await connect(cfg.nats, "cfnft-watcher")
     watchers: list[BbsWatcher | PolicyWatcher | CcWatcher] = []
     runner = None
@@ -68,16 +72,14 @@ async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
         if cfg.metrics_listen:
             runner = await _serve_metrics(cfg.metrics_listen)
         spaces = None
-        if cfg.bbs is not None and (only is None or "bbs" in only):
+        if cfg.bbs is not None and "bbs" in chosen:
             watchers.append(BbsWatcher(cfg.bbs, StatePublisher(nc)))
-        if cfg.policy is not None and (only is None or "policy" in only):
+        if cfg.policy is not None and "policy" in chosen:
             spaces = ContainerSpaces(nc)
             await spaces.__aenter__()
             watchers.append(PolicyWatcher(cfg.policy, StatePublisher(nc), spaces))
-        if cfg.cc is not None and (only is None or "cc" in only):
+        if cfg.cc is not None and "cc" in chosen:
             watchers.append(CcWatcher(cfg.cc, StatePublisher(nc)))
-        if not watchers:
-            raise FatalSourceError(f"none of {sorted(only or [])} is configured")
 
         async def on_resync(msg: Msg) -> None:
             log.info("resync requested on %s", msg.subject)

@@ -70,7 +70,8 @@ def collect_security_groups(
             group, found = parse(raw)
             subjects.token(group.guid, "security group guid")
         except (StateError, ValueError) as err:
-            problems[where] = f"security group {where}: left out entirely: {str(err).replace(chr(10), '; ')}"
+            reason = err.one_line() if isinstance(err, StateError) else str(err)
+            problems[where] = f"security group {where}: left out entirely: {reason}"
             continue
         for problem in found:
             problems[f"{where} {problem.path}"] = f"security group {where}: {problem}"

@@ -15,6 +15,8 @@ from enum import StrEnum
 
 import aiohttp
 
+from cfnft.errors import OperationError
+
 _BODY_EXCERPT = 200
 
 
@@ -36,9 +38,9 @@ class Reason(StrEnum):
         return self in (Reason.TLS, Reason.CREDENTIALS)
 
 
-class SourceError(Exception):
+class SourceError(OperationError):
     """A call to a CF API failed. `url` is what was called, `reason` the class of failure,
-    `status` the HTTP status when there was a response."""
+    `detail` what happened, `status` the HTTP status when there was a response."""
 
     def __init__(self, url: str, reason: Reason, detail: str, status: int | None = None) -> None:
         super().__init__(f"{url}: {detail}")

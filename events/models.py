@@ -806,9 +806,9 @@ def load_cell_state_file(path: str | PathLike[str], *, lenient: Literal[True]) -
 def load_cell_state_file(
     path: str | PathLike[str], *, lenient: bool = False
 ) -> CellState | tuple[CellState, list[Problem]]:
-    """Read and validate a cell state JSON file. Every failure is a StateError whose lines start with the file name."""
+    """Read and validate a cell state JSON file. Every failure is a StateError naming the file."""
     data = read_json(path)
     try:
         return load_cell_state(data, lenient=True) if lenient else load_cell_state(data)
     except StateError as err:
-        raise StateError(err.problems, source=str(path)) from None
+        raise StateError(err.problems, source=str(path), what="cell state") from None

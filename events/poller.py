@@ -29,13 +29,22 @@ from typing import Self
 from nats.errors import Error as NatsError
 from prometheus_client import Counter, Gauge
 
+from cfnft.errors import OperationError
 from events.httpsource import SourceError
 
 log = logging.getLogger(__name__)
 
 
-class FatalSourceError(Exception):
-    """A watcher gave up on its source (e.g. its client certificate is refused every time)."""
+class FatalSourceError(OperationError):
+    """A watcher gave up on its source (e.g. its client certificate is refused every time):
+    `source` names the watcher and what it polls, `failures` how many attempts failed in a row,
+    `last_error` the last of them (it says which URL or route, and why)."""
+
+    def __init__(self, source: str, failures: int, last_error: str) -> None:
+        self.source = source
+        self.failures = failures
+        self.last_error = last_error
+        super().__init__(f"{source}: giving up after {failures} failures in a row: {last_error}")
 
 
 @dataclass(slots=True)
@@ -150,9 +159,7 @@ class PollLoop:
         if config:
             self._config_failures += 1
             if self._config_failures >= self.max_config_failures:
-                raise FatalSourceError(
-                    f"{self.kind}: giving up after {self._config_failures} failures in a row: {text}"
-                )
+                raise FatalSourceError(self.kind, self._config_failures, text)
         else:
             self._config_failures = 0
         return delay

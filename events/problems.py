@@ -7,10 +7,11 @@ line saying what is wrong with which value, e.g.
     security_groups[3].rules[7].ports: '80-70': start after end
     containers[0].colour: unknown key
 
-Strict readers raise `StateError` holding all of them. Lenient readers (the daemon, the
-watchers) drop the smallest part of the input that is bad, keep the rest, and return the
-problems so they can be logged. Dropping is always towards less access: a dropped rule or
-policy allows nothing, and a dropped container is unknown to the table, which fails closed.
+Strict readers raise `StateError` (an `InputError`, cfnft/errors.py) holding all of them.
+Lenient readers (the daemon, the watchers) drop the smallest part of the input that is bad, keep
+the rest, and return the problems so they can be logged. Dropping is always towards less access:
+a dropped rule or policy allows nothing, and a dropped container is unknown to the table, which
+fails closed.
 
 Pydantic's own messages never reach a user; `problems_from` rewrites them.
 """
@@ -25,6 +26,8 @@ from os import PathLike
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from cfnft.errors import InputError
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -76,20 +79,38 @@ class Problem:
         return f"{path}: {self.message}" if path else self.message
 
 
-class StateError(ValueError):
-    """An input document could not be used. `problems` lists everything found, in document order.
+class StateError(InputError):
+    """An input document could not be used: `problems` lists everything found, in document order;
+    `source` names the document (a file) when there is one, `what` says what it was meant to be.
 
-    `str()` is one line per problem, prefixed with `source` (a file name) when there is one.
+    `str()` is one line for one problem, and otherwise a header and one indented line per problem
+    (the first `SHOWN` of them), as the command line prints it:
+
+        cell.json: invalid cell state (2 problems):
+          security_groups[0].rules[0].ports: '90-80': start after end
+          containers[0].colour: unknown key
     """
 
-    def __init__(self, problems: Sequence[Problem], source: str | None = None) -> None:
+    SHOWN = 20
+
+    def __init__(self, problems: Sequence[Problem], source: str | None = None, what: str = "document") -> None:
         self.problems = list(problems)
         self.source = source
+        self.what = what
         super().__init__(str(self))
+
+    def one_line(self) -> str:
+        """Every problem on one line, for a log line or a metric's reason (no file name)."""
+        return "; ".join(str(p) for p in self.problems)
 
     def __str__(self) -> str:
         prefix = f"{self.source}: " if self.source else ""
-        return "\n".join(f"{prefix}{p}" for p in self.problems)
+        if len(self.problems) == 1:
+            return f"{prefix}{self.problems[0]}"
+        shown = [f"\n  {p}" for p in self.problems[: self.SHOWN]]
+        if len(self.problems) > self.SHOWN:
+            shown.append(f"\n  … and {len(self.problems) - self.SHOWN} more")
+        return f"{prefix}invalid {self.what} ({len(self.problems)} problems):{''.join(shown)}"
 
 
 def _message(error: Mapping[str, Any]) -> str:
@@ -240,9 +261,9 @@ def read_json(path: str | PathLike[str]) -> object:
         ) from None
 
 
-def load_model_file(model: type[M], path: str | PathLike[str]) -> M:
-    """A configuration file validated by `model`; StateError lines start with the file name."""
+def load_model_file(model: type[M], path: str | PathLike[str], what: str = "configuration") -> M:
+    """A configuration file validated by `model`; a StateError names the file and says it is a `what`."""
     try:
         return validate_strict(model, read_json(path))
     except StateError as err:
-        raise StateError(err.problems, source=str(path)) from None
+        raise StateError(err.problems, source=str(path), what=what) from None

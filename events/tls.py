@@ -4,8 +4,8 @@ CF's servers require a client certificate signed by their CA and accept TLS 1.2 
 (docs/cf-facts.md §1.1). The same rules are used by our simulators, so a test that passes against
 them exercises the handshake the real servers perform.
 
-Problems loading a file raise `TlsConfigError` naming the role and path, so a bad config is one
-clear line, not an OpenSSL traceback.
+Problems loading a file raise `TlsConfigError` (an `InputError`) naming the role and path, so a
+bad config is one clear line, not an OpenSSL traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfnft.errors import InputError
+
 # What the CF mutualtls helper allows for TLS 1.2 (TLS 1.3 suites are not configurable there either).
 CF_TLS12_CIPHERS = "ECDHE-RSA-AES128-GCM-SHA256"
 
 
-class TlsConfigError(Exception):
-    """A CA, certificate or key file could not be loaded."""
+class TlsConfigError(InputError):
+    """A CA, certificate or key file could not be loaded: `role` says which file it was meant to
+    be, `path` where it was looked for, `reason` what OpenSSL or the file system said."""
 
     def __init__(self, role: str, path: Path, reason: str) -> None:
         super().__init__(f"TLS {role} {path}: {reason}")

@@ -33,14 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cfnft.errors import OperationError
+
 PLUGIN_TIMEOUT = 60.0
 
 
-class CniRunError(Exception):
+class CniRunError(OperationError):
     """The runtime itself could not proceed (no such plugin, an undecodable answer)."""
 
 
-class PluginFailed(Exception):
+class PluginFailed(OperationError):
     """A plugin exited non-zero; `error` is its CNI error object (None if it printed none)."""
 
     def __init__(self, plugin: str, command: str, run: PluginRun) -> None:

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from cfnft.errors import OperationError
+
 READY_TIMEOUT = 10.0
 
 
@@ -38,7 +40,7 @@ async def wait_connection(client: _Connection, *, connected: bool, timeout: floa
             await asyncio.sleep(0.02)
 
 
-class NatsServerError(Exception):
+class NatsServerError(OperationError):
     """The server binary is missing, or it would not start or stop; the message carries its log tail."""
 
 

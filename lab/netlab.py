@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from cfnft.errors import OperationError
+
 from .netagent import READY_LINE, Outcome, Proto
 
 __all__ = [
@@ -113,7 +115,7 @@ _ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class LabError(Exception):
+class LabError(OperationError):
     """Building, using or tearing down the lab failed; the message names the step and the namespace."""
 
 

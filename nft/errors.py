@@ -1,9 +1,12 @@
 """Errors raised by nft/. libnftables' raw `(rc, stdout, stderr)` never leaves this package:
-every failure becomes an `NftError` that says what failed and shows the batch lines nft blamed."""
+every failure becomes an `NftError` that says what failed and shows the batch lines nft blamed.
+All are `OperationError`s (cfnft/errors.py): the kernel side failed, exit 3."""
 
 from __future__ import annotations
 
 import re
+
+from cfnft.errors import OperationError
 
 # nft prefixes each error with the input location, "<file>:<line>:<col>-<col>: Error: ...", also
 # for errors the kernel reports, which nft maps back to the command. (For a batch given as a
@@ -13,7 +16,7 @@ _LOCATION = re.compile(r"^[^\n]*?:(\d+):\d+(?:-\d+)?: Error:", re.MULTILINE)
 _EXCERPT_CONTEXT = 2
 
 
-class NftError(Exception):
+class NftError(OperationError):
     """An nft command or batch failed.
 
     `rc` is libnftables' return code, `stderr` nft's own message, and `batch_excerpt` the lines of
@@ -51,7 +54,7 @@ class NftError(Exception):
         return text
 
 
-class NamespaceError(Exception):
+class NamespaceError(OperationError):
     """The network namespace a runner was asked to work in cannot be entered."""
 
     def __init__(self, netns: str, reason: str) -> None:
@@ -60,7 +63,7 @@ class NamespaceError(Exception):
         super().__init__(f"network namespace {netns!r}: {reason}")
 
 
-class ReadbackError(Exception):
+class ReadbackError(OperationError):
     """The kernel's listing of a table could not be turned into a `Ruleset`."""
 
     def __init__(self, where: str, reason: str) -> None:

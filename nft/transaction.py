@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Union
 
+from cfnft.errors import OperationError
 from nft.datatypes import CHAIN_VERDICTS, DATATYPES, VERDICTS, FieldKind, check_key, key_checker, key_text
 from nft.objects import AddrRange, Chain, Element, IntRange, KeyField, Map, Rule, Set, SetFlag, Table
 from nft.render import chain_spec, element_text, rule_statement, set_keyword, set_spec
@@ -94,8 +95,9 @@ class _Elements:
     definition: Set | Map | None = None
 
 
-class TransactionError(ValueError):
-    """An object given to a transaction is invalid; says which call and why."""
+class TransactionError(OperationError):
+    """An object given to a transaction is invalid; says which call (`op`: the verb and the object)
+    and why (`reason`). Found before anything reaches the kernel, so nothing was changed."""
 
     def __init__(self, op: Op, reason: str) -> None:
         self.op = op

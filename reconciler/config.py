@@ -1,7 +1,7 @@
 """Configuration of `cfnft reconcile`, validated by pydantic.
 
-The file is JSON (the BOSH job renders it); flags override single keys. A bad file is one
-clear error line naming the file and key (`events.problems.StateError`).
+The file is JSON (the BOSH job renders it); flags override single keys. A bad file is refused
+with every problem named by file and key (`events.problems.StateError`).
 """
 
 from __future__ import annotations
@@ -38,5 +38,5 @@ class ReconcilerConfig(BaseModel):
 
 
 def load_config(path: Path) -> ReconcilerConfig:
-    """The reconciler's config file; StateError (one line per problem, naming file and key) if unusable."""
-    return load_model_file(ReconcilerConfig, path)
+    """The reconciler's config file; StateError (every problem, naming file and key) if unusable."""
+    return load_model_file(ReconcilerConfig, path, what="reconciler config")

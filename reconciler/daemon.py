@@ -35,6 +35,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from cfnft.errors import CfnftError
 from events import subjects
 from events.connect import connect
 from events.messages import Message, ResyncRequest
@@ -235,7 +236,8 @@ class Reconciler:
                 self._readback = True
                 self.metrics.apply_failures.inc()
                 self.metrics.reconcile_seconds.labels("error").observe(time.perf_counter() - started)
-                log.error("apply failed (%d in a row): %s", self._failures, e, exc_info=not isinstance(e, NftError))
+                # An explained error says what failed and where; anything else is a bug: keep its traceback.
+                log.error("apply failed (%d in a row): %s", self._failures, e, exc_info=not isinstance(e, CfnftError))
                 if self._failures >= self.config.give_up_after_failures:
                     self.fatal = e
                     log.critical("giving up after %d failed applies; exiting so monit restarts us", self._failures)

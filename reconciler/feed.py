@@ -158,7 +158,7 @@ class StateFeed:
 
 def _one_line(e: Exception) -> str:
     if isinstance(e, StateError):
-        return "; ".join(str(p) for p in e.problems)
+        return e.one_line()
     if isinstance(e, ValidationError):
         problems = problems_from(e)
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -317,7 +317,9 @@ def test_no_pydantic_text_ever_reaches_the_user() -> None:
         with pytest.raises(StateError) as err:
             load_cell_state(doc)
         text = str(err.value)
-        assert err.value.problems and len(text.splitlines()) == len(err.value.problems)
+        problems = err.value.problems
+        assert problems and all("\n" not in str(p) for p in problems)
+        assert len(text.splitlines()) == len(problems) + (len(problems) > 1)  # one line each, under a header
         for bad in ("Input should", "Value error", "pydantic", "http", "validation error", "[type="):
             assert bad not in text, text
 
@@ -475,7 +477,7 @@ def test_security_group_parse_lenient_rules_not_a_list() -> None:
 def test_security_group_parse_lenient_needs_a_valid_group() -> None:
     with pytest.raises(StateError) as err:
         SecurityGroup.parse_lenient({"name": "n", "globally_enabled": {"running": "yes"}, "rules": [tcp(ports="x")]})
-    assert str(err.value).splitlines() == [
+    assert [str(p) for p in err.value.problems] == [
         "guid: required key is missing",
         "globally_enabled.running: 'yes': must be true or false",
         "rules[0].ports: 'x': not a port, a comma list of ports or a port range",
@@ -534,7 +536,7 @@ def test_internal_policies_strict_and_lenient() -> None:
     ]
     with pytest.raises(StateError) as err:
         parse_internal_policies(data)
-    assert sorted(str(err.value).splitlines()) == sorted(expected)
+    assert sorted(str(p) for p in err.value.problems) == sorted(expected)
     c2c, egress, problems = parse_internal_policies(data, lenient=True)
     assert sorted(str(p) for p in problems) == sorted(expected)
     assert len(c2c) == 1 and egress == []
@@ -756,8 +758,9 @@ def test_file_problems_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(StateError) as err:
         load_cell_state_file(path)
     assert str(err.value).splitlines() == [
-        f"{path}: containers[0].colour: unknown key",
-        f"{path}: security_groups[0].rules[0].ports: '80-70': start after end",
+        f"{path}: invalid cell state (2 problems):",
+        "  containers[0].colour: unknown key",
+        "  security_groups[0].rules[0].ports: '80-70': start after end",
     ]
     state, problems = load_cell_state_file(path, lenient=True)
     assert len(state.containers) == 1 and state.security_groups[0].rules == [] and len(problems) == 2
@@ -787,7 +790,16 @@ def test_paths(loc: tuple, path: str) -> None:
 
 def test_problem_without_path_is_just_the_message() -> None:
     assert str(Problem((), "not valid JSON")) == "not valid JSON"
-    assert str(StateError([Problem(("a",), "x"), Problem((), "y")], source="f.json")) == "f.json: a: x\nf.json: y"
+
+
+def test_a_state_error_is_one_line_for_one_problem_and_a_list_for_more() -> None:
+    assert str(StateError([Problem(("a",), "x")], source="f.json")) == "f.json: a: x"
+    two = StateError([Problem(("a",), "x"), Problem((), "y")], source="f.json", what="cell state")
+    assert str(two) == "f.json: invalid cell state (2 problems):\n  a: x\n  y"
+    assert two.one_line() == "a: x; y"
+    many = str(StateError([Problem(("k", i), "bad") for i in range(StateError.SHOWN + 3)]))
+    assert many.startswith(f"invalid document ({StateError.SHOWN + 3} problems):\n  k[0]: bad\n")
+    assert many.endswith(f"\n  k[{StateError.SHOWN - 1}]: bad\n  … and 3 more")
 
 
 @pytest.mark.parametrize(

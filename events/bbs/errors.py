@@ -8,9 +8,11 @@ we could not decode, which a re-list repairs.
 
 from __future__ import annotations
 
+from cfnft.errors import OperationError
 
-class BbsError(Exception):
-    """Base of every BBS client error; `route` is the API path or stream involved."""
+
+class BbsError(OperationError):
+    """Base of every BBS client error; `route` is the API path or stream involved, `detail` what happened."""
 
     kind = "error"
 

@@ -226,9 +226,7 @@ class BbsWatcher:
                     tls_failures = tls_failures + 1 if isinstance(err, BbsTlsError) else 0
                     delay = self._failed(backoff, kind, _describe(err))
                     if tls_failures >= cfg.max_tls_failures:
-                        raise FatalSourceError(
-                            f"bbs: giving up after {tls_failures} TLS failures in a row: {err}"
-                        ) from err
+                        raise FatalSourceError("bbs", tls_failures, str(err)) from err
                 except Exception as err:
                     # A bug must not end the watch: log it with its traceback, count it, back off, retry.
                     log.exception("unexpected failure following BBS")

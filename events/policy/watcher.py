@@ -192,7 +192,7 @@ class PolicyWatcher(PollingWatcher):
         try:
             c2c, egress, problems = parse_internal_policies(body, lenient=True)
         except StateError as err:
-            raise SourceError(f"{self.config.url}{API}/policies", Reason.INVALID, str(err).replace("\n", "; "))
+            raise SourceError(f"{self.config.url}{API}/policies", Reason.INVALID, err.one_line())
         by_app, unusable = _by_destination(c2c)
         self._c2c_dropped.report([str(p) for p in problems if p.loc[:1] != ("egress_policies",)] + unusable)
         version = self._clock()

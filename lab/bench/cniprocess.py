@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfnft.errors import OperationError
 
-class BenchError(Exception):
+
+class BenchError(OperationError):
     """A measured invocation failed; the message carries the plugin's CNI error."""
 
 
