@@ -1,13 +1,16 @@
-"""What each `cfnft` subcommand does. Errors a user can act on become one line on stderr and an
-exit code (2: bad input or config, kernel untouched; 3: the operation failed); never a traceback."""
+"""What each `cfnft` subcommand does. Handlers raise; `run` alone turns an error into what the user
+sees: `cfnft <command>: <message>` on stderr and the exit code of its kind (cfnft/errors.py; 2: bad
+input or config, kernel untouched; 3: the operation failed). Never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,6 @@ if TYPE_CHECKING:  # imported where they are used, so that each command loads on
     from nats.aio.client import Client as NATS
 
     from events.models import CellState
-    from nft import NftRunner
     from reconciler.config import ReconcilerConfig
 
 log = logging.getLogger("cfnft")
@@ -34,72 +36,56 @@ def run(args: argparse.Namespace) -> int:
     except CfnftError as e:
         print(f"cfnft {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # The system refused a file or socket the command needs; its message names it.
+        print(f"cfnft {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:
+        # A bug. Still one line; the traceback is in the debug log, for a bug report.
+        log.debug("the unexpected error", exc_info=True)
+        print(
+            f"cfnft {args.command}: unexpected {type(e).__name__}: {e} (a bug; --log-level debug shows where)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 # ------------------------------------------------------------------ one-shot
 
 
 def _load_state(path: Path, lenient: bool) -> CellState:
+    """The cell state document (StateError, listing every problem, if it is invalid)."""
     from events.models import load_cell_state_file
-    from events.problems import StateError
 
-    try:
-        if lenient:
-            state, problems = load_cell_state_file(path, lenient=True)
-            for p in problems:
-                print(f"cfnft: {path}: skipped: {p}", file=sys.stderr)
-            return state
-        return load_cell_state_file(path)
-    except StateError as e:
-        lines = [str(p) for p in e.problems]
-        if len(lines) == 1 and not e.problems[0].loc:
-            raise InputError(f"{path}: {lines[0]}") from None
-        shown = "\n  ".join(lines[:20]) + (f"\n  … and {len(lines) - 20} more" if len(lines) > 20 else "")
-        raise InputError(f"{path}: invalid cell state ({len(lines)} problem{'s' * (len(lines) != 1)}):\n  {shown}")
-
-
-def _first_line(e: Exception) -> str:
-    """A configuration error as the one line an operator needs (the first problem; more after a fix)."""
-    return str(e).splitlines()[0]
-
-
-def _runner(netns: str | None) -> NftRunner:
-    from nft import NamespaceError, NftError, NftRunner
-
-    try:
-        return NftRunner(netns=netns)
-    except (NftError, NamespaceError, OSError) as e:
-        raise OperationError(f"cannot use nftables{f' in netns {netns}' if netns else ''}: {e}") from None
+    if lenient:
+        state, problems = load_cell_state_file(path, lenient=True)
+        for p in problems:
+            print(f"cfnft: {path}: skipped: {p}", file=sys.stderr)
+        return state
+    return load_cell_state_file(path)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from nft import TransactionError, render_ruleset
+    from nft import render_ruleset
     from reconciler.compile import compile_ruleset
 
     state = _load_state(args.state, args.lenient)
-    try:
-        text = render_ruleset(compile_ruleset(state))  # the batch a cold `cfnft apply` commits
-    except TransactionError as e:
-        raise OperationError(f"the compiled ruleset is not valid nft: {e}") from None
-    sys.stdout.write(text)
+    sys.stdout.write(render_ruleset(compile_ruleset(state)))  # the batch a cold `cfnft apply` commits
     return EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from nft import NftError, TransactionError, diff
+    from nft import NftRunner, diff
     from reconciler.compile import TABLE, compile_ruleset
 
     state = _load_state(args.state, args.lenient)
     desired = compile_ruleset(state)
-    runner = _runner(args.netns)
-    try:
-        tx = diff(desired, runner.read(TABLE))
-        if tx.is_empty:
-            print("cfnft apply: the kernel already matches; nothing to do", file=sys.stderr)
-            return EXIT_OK
-        runner.apply(tx)
-    except (NftError, TransactionError) as e:
-        raise OperationError(f"nothing was changed: {e}") from None
+    runner = NftRunner(netns=args.netns)
+    tx = diff(desired, runner.read(TABLE))
+    if tx.is_empty:
+        print("cfnft apply: the kernel already matches; nothing to do", file=sys.stderr)
+        return EXIT_OK
+    runner.apply(tx)
     chains, rules, elements = desired.counts()
     print(
         f"cfnft apply: committed {len(tx)} changes in one transaction; table inet cfnft now has "
@@ -110,16 +96,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from nft import NftError, TransactionError, diff
+    from nft import NftRunner, diff
     from reconciler.compile import TABLE, compile_ruleset
 
     state = _load_state(args.state, lenient=False)
-    runner = _runner(args.netns)
-    try:
-        tx = diff(compile_ruleset(state), runner.read(TABLE))
-        repair = tx.render()
-    except (NftError, TransactionError) as e:
-        raise OperationError(str(e)) from None
+    tx = diff(compile_ruleset(state), NftRunner(netns=args.netns).read(TABLE))
+    repair = tx.render()
     if tx.is_empty:
         print("cfnft check: the kernel matches the state", file=sys.stderr)
         return EXIT_OK
@@ -132,13 +114,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
-    from events.problems import StateError
     from reconciler.config import ReconcilerConfig, load_config
 
-    try:
-        cfg = load_config(args.config) if args.config else None
-    except StateError as e:
-        raise InputError(_first_line(e)) from None
+    cfg = load_config(args.config) if args.config else None
     if cfg is None:
         if not args.cell_id:
             raise InputError("give --config FILE or at least --cell-id")
@@ -177,11 +155,12 @@ def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from nft import NftRunner
     from reconciler.daemon import Reconciler
     from reconciler.endpoint import start_endpoints
 
     cfg = _reconciler_config(args)
-    runner = _runner(cfg.netns)
+    runner = NftRunner(netns=cfg.netns)
 
     async def main() -> int:
         rec = Reconciler(cfg, runner)
@@ -194,42 +173,38 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return EXIT_FAILED if rec.fatal is not None else EXIT_OK
 
     log.info("starting reconciler for cell %s", cfg.cell_id, extra={"cell_id": cfg.cell_id})
-    try:
-        return asyncio.run(main())
-    except OSError as e:
-        raise OperationError(str(e)) from None
+    return asyncio.run(main())
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from cfnft.watch import load_watch_config, run_watchers
-    from events.poller import FatalSourceError
-    from events.problems import StateError
-    from events.tls import TlsConfigError
 
     unknown = set(args.only) - {"bbs", "policy", "cc"}
     if unknown:
         raise InputError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
-    try:
-        cfg = load_watch_config(args.config)
-    except StateError as e:
-        raise InputError(_first_line(e)) from None
-    try:
-        asyncio.run(run_watchers(cfg, set(args.only) or None))
-    except (FatalSourceError, TlsConfigError) as e:
-        raise OperationError(str(e)) from None
+    asyncio.run(run_watchers(load_watch_config(args.config), set(args.only) or None))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------ NATS operations
 
 
-async def _connect(args: argparse.Namespace) -> NATS:
+@contextlib.asynccontextmanager
+async def _nats(args: argparse.Namespace, action: str) -> AsyncIterator[NATS]:
+    """A NATS connection for one command. nats-py's errors while using it (no JetStream, a
+    permission refused, the connection lost) become NatsUnavailable naming the servers and `action`."""
+    from nats.errors import Error as NatsClientError
+
     from events.connect import NatsConfig, NatsUnavailable, connect
 
+    cfg = NatsConfig(**_nats_overrides(args))
+    nc = await connect(cfg, "cfnft-cli", forever=False)
     try:
-        return await connect(NatsConfig(**_nats_overrides(args)), "cfnft-cli", forever=False)
-    except NatsUnavailable as e:
-        raise OperationError(str(e)) from None
+        yield nc
+    except NatsClientError as e:
+        raise NatsUnavailable(cfg.servers, str(e) or type(e).__name__, action) from None
+    finally:
+        await nc.close()
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -240,11 +215,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise InputError(f"{args.state}: cell_id is required to publish containers")
 
     async def main() -> int:
-        nc = await _connect(args)
-        try:
+        async with _nats(args, "publish to") as nc:
             sent, deleted = await publish_state(nc, state, prune=args.prune)
-        finally:
-            await nc.close()
         print(
             f"cfnft publish: {sent} objects published, {deleted} deleted (unchanged objects skipped)", file=sys.stderr
         )
@@ -258,13 +230,10 @@ def cmd_resync(args: argparse.Namespace) -> int:
     from events.messages import ResyncRequest
 
     async def main() -> int:
-        nc = await _connect(args)
-        try:
-            subject = subjects.resync_cell(args.cell) if args.cell else subjects.RESYNC_ALL
+        subject = subjects.resync_cell(args.cell) if args.cell else subjects.RESYNC_ALL
+        async with _nats(args, "publish to") as nc:
             await nc.publish(subject, ResyncRequest(cell_id=args.cell, reason=args.reason).model_dump_json().encode())
             await nc.flush()
-        finally:
-            await nc.close()
         print(f"cfnft resync: requested on {subject}", file=sys.stderr)
         return EXIT_OK
 
@@ -277,13 +246,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from events import subjects
 
     async def main() -> int:
-        nc = await _connect(args)
-        try:
-            reply = await nc.request(subjects.status(args.cell), b"", timeout=args.timeout)
-        except (TimeoutError, NoRespondersError):
-            raise OperationError(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
-        finally:
-            await nc.close()
+        async with _nats(args, "send a request through") as nc:
+            try:
+                reply = await nc.request(subjects.status(args.cell), b"", timeout=args.timeout)
+            except (TimeoutError, NoRespondersError):
+                raise OperationError(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
         status: object = json.loads(reply.data)
         print(json.dumps(status, indent=2))
         return EXIT_OK if isinstance(status, dict) and status.get("in_sync") else EXIT_DIFFERS

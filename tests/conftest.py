@@ -2,7 +2,7 @@
 
 Markers (declared in pyproject.toml):
     kernel  needs root, nft, iproute2, the CNI plugins and python3-nftables; added automatically to
-            any test that uses `lab` or `two_cell_lab`.
+            any test that uses `lab`, `two_cell_lab` or `netns`.
     nats    needs the venv's nats-server; added automatically to any test that uses `nats_server`.
 A test whose prerequisites are missing is skipped with the reason, except under CI=true, where a
 missing prerequisite is a broken machine and fails the test instead.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from lab.netlab import Lab, missing_prerequisites, sweep_stale_labs
 
 pytest_plugins = ["tests.cffixtures"]
 
-_LAB_FIXTURES = {"lab", "two_cell_lab"}
+_LAB_FIXTURES = {"lab", "two_cell_lab", "netns"}
 _NATS_FIXTURES = {"nats_server", "nats_client"}
 
 
@@ -89,6 +91,17 @@ def two_cell_lab() -> Iterator[Lab]:
         built.add_cell("b")
         built.add_internet()
         yield built
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """An empty network namespace of its own (`ip netns`), for commands given `--netns`."""
+    name = f"cfnft-test-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 @pytest.fixture

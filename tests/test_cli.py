@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,6 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cell-state.json
 
 def cfnft(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cfnft.cli", *args], capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def netns():
-    name = f"cfnft-test-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def table(ns: str) -> str:

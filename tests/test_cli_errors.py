@@ -1,0 +1,239 @@
+"""Failures as a user meets them, through `cfnft.cli.main`: for every command family, one line on
+stderr (`cfnft COMMAND: what failed and where`, or the documented list of a document's problems),
+the exit code of its kind (2: bad input, nothing changed; 3: the operation failed), and never a
+traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cfnft import commands
+from cfnft.cli import main
+from cfnft.errors import EXIT_FAILED, EXIT_USAGE
+from lab.natsserver import NatsServer, find_nats_server, free_port
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cell-state.json"
+NO_SUCH_NETNS = "cfnft-test-no-such-ns"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`main` sets up logging for a process; give the next test the root logger it had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def cfnft(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    """Run the command line; its exit code and the lines on stderr that are not JSON log lines."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, [line for line in err.splitlines() if not line.startswith("{")]
+
+
+def one_line(lines: list[str], command: str) -> str:
+    assert len(lines) == 1 and lines[0].startswith(f"cfnft {command}: "), lines
+    return lines[0].removeprefix(f"cfnft {command}: ")
+
+
+# ------------------------------------------------------------------ one-shot: render, apply, check
+
+
+def test_an_invalid_document_lists_every_problem_as_the_readme_shows(tmp_path: Path, capsys) -> None:
+    doc = json.loads(EXAMPLE.read_text())
+    doc["security_groups"][0]["rules"][0]["ports"] = "90-80"
+    doc["containers"][0]["colour"] = "blue"
+    bad = tmp_path / "cell.json"
+    bad.write_text(json.dumps(doc))
+    # The namespace does not exist: had the document been accepted, the exit code would be 3.
+    code, lines = cfnft(capsys, "apply", "--state", str(bad), "--netns", NO_SUCH_NETNS)
+    assert code == EXIT_USAGE
+    assert lines == [
+        f"cfnft apply: {bad}: invalid cell state (2 problems):",
+        "  containers[0].colour: unknown key",
+        "  security_groups[0].rules[0].ports: '90-80': start after end",
+    ]
+
+
+def test_one_problem_is_one_line(tmp_path: Path, capsys) -> None:
+    doc = json.loads(EXAMPLE.read_text())
+    doc["containers"][0]["ip"] = "10.255.12.256"
+    bad = tmp_path / "cell.json"
+    bad.write_text(json.dumps(doc))
+    code, lines = cfnft(capsys, "render", "--state", str(bad))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "render").startswith(f"{bad}: containers[0].ip: '10.255.12.256': ")
+    code, lines = cfnft(capsys, "check", "--state", str(tmp_path / "missing.json"), "--netns", NO_SUCH_NETNS)
+    assert code == EXIT_USAGE
+    assert one_line(lines, "check") == f"{tmp_path / 'missing.json'}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("command", ["apply", "check"])
+def test_nft_in_a_namespace_that_does_not_exist(command: str, capsys) -> None:
+    code, lines = cfnft(capsys, command, "--state", str(EXAMPLE), "--netns", NO_SUCH_NETNS)
+    assert code == EXIT_FAILED
+    assert one_line(lines, command) == (
+        f"network namespace '{NO_SUCH_NETNS}': cannot open /var/run/netns/{NO_SUCH_NETNS}: No such file or directory"
+    )
+
+
+def test_a_table_cfnft_cannot_read_back_is_named_and_left_alone(netns: str, capsys) -> None:
+    """Someone gave one of our sets a size limit, which cfnft never writes: apply refuses to guess."""
+    c2c_set = "c2c-7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f"
+    foreign = f"table inet cfnft {{\n set {c2c_set} {{ type ipv4_addr . inet_proto . inet_service; size 2; }}\n}}\n"
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=foreign, text=True, check=True)
+    before = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True)
+    code, lines = cfnft(capsys, "apply", "--state", str(EXAMPLE), "--netns", netns)
+    assert code == EXIT_FAILED
+    assert one_line(lines, "apply") == f"cannot read back set '{c2c_set}': unexpected line '\\t\\tsize 2'"
+    after = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True)
+    assert after.stdout == before.stdout
+
+
+# ------------------------------------------------------------------ daemons: reconcile, watch
+
+
+def test_a_bad_reconciler_config_names_the_file_and_key(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "reconciler.json"
+    path.write_text(json.dumps({"cell_id": "a", "drift_probe_seconds": -1}))
+    code, lines = cfnft(capsys, "reconcile", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "reconcile") == f"{path}: drift_probe_seconds: -1: must be greater than 0.0"
+    path.write_text(json.dumps({"cell_id": "a", "drift_probe_seconds": -1, "colour": "blue"}))
+    code, lines = cfnft(capsys, "reconcile", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert lines == [
+        f"cfnft reconcile: {path}: invalid reconciler config (2 problems):",
+        "  drift_probe_seconds: -1: must be greater than 0.0",
+        "  colour: unknown key",
+    ]
+    code, lines = cfnft(capsys, "reconcile")
+    assert code == EXIT_USAGE and one_line(lines, "reconcile") == "give --config FILE or at least --cell-id"
+
+
+def test_a_socket_the_system_refuses_is_one_line_naming_it(netns: str, tmp_path: Path, capsys) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    argv = ["--cell-id", "a", "--netns", netns, "--state-dir", str(tmp_path), "--metrics-listen", ""]
+    code, lines = cfnft(capsys, "reconcile", *argv, "--socket", str(not_a_dir / "reconciler.sock"))
+    assert code == EXIT_FAILED
+    assert one_line(lines, "reconcile") == f"[Errno 17] File exists: '{not_a_dir}'"
+
+
+def write_watch_config(path: Path, nats_url: str, **sections: object) -> Path:
+    path.write_text(json.dumps({"nats": {"servers": [nats_url]}, "metrics_listen": "", **sections}))
+    return path
+
+
+def test_a_bad_watcher_config_is_refused_before_anything_starts(tmp_path: Path, capsys) -> None:
+    unreachable = f"nats://127.0.0.1:{free_port()}"  # the daemon would wait for it forever
+    tls = {"ca_file": "/x", "cert_file": "/x", "key_file": "/x"}
+    cc = {"api_url": "https://api", "uaa_url": "https://uaa", "client_secret": "s"}
+    path = write_watch_config(tmp_path / "watcher.json", unreachable, policy=tls, cc=cc)
+    code, lines = cfnft(capsys, "watch", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "watch").startswith(f"{path}: security groups would come from both the policy server")
+    path = write_watch_config(tmp_path / "watcher.json", unreachable, bbs=tls)
+    code, lines = cfnft(capsys, "watch", "--config", str(path), "cc")
+    assert code == EXIT_USAGE and one_line(lines, "watch") == "the config file has no section for cc"
+
+
+def test_unreadable_tls_files_of_a_watcher_name_the_file(nats_server: NatsServer, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "ca.pem"
+    cc = {"api_url": "https://api", "uaa_url": "https://uaa", "client_secret": "s", "ca_file": str(missing)}
+    # (cc, not bbs: a BBS watcher registers its metrics once per process, and this one is pytest's)
+    path = write_watch_config(tmp_path / "watcher.json", nats_server.url, cc=cc)
+    code, lines = cfnft(capsys, "watch", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "watch") == f"TLS CA {missing}: No such file or directory"
+
+
+# ------------------------------------------------------------------ NATS operations: publish, resync, status
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["publish", "--state", str(EXAMPLE)], ["resync"], ["status", "--cell", "cell-a"]],
+    ids=["publish", "resync", "status"],
+)
+def test_unreachable_nats_is_one_line_naming_the_server(argv: list[str], capsys) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    code, lines = cfnft(capsys, *argv, "--nats-url", url)
+    assert code == EXIT_FAILED
+    assert one_line(lines, argv[0]).startswith(f"cannot connect to NATS {url}: [Errno 111] Connect call failed")
+
+
+def test_an_unreadable_nats_ca_is_bad_input(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nats-ca.pem"
+    code, lines = cfnft(capsys, "resync", "--nats-ca", str(missing))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "resync") == f"TLS CA {missing}: No such file or directory"
+
+
+def test_status_of_a_cell_nobody_answers_for(nats_server: NatsServer, capsys) -> None:
+    code, lines = cfnft(capsys, "status", "--cell", "cell-z", "--timeout", "0.2", "--nats-url", nats_server.url)
+    assert code == EXIT_FAILED
+    assert one_line(lines, "status") == "no reconciler for cell cell-z answered within 0.2s"
+
+
+@pytest.fixture
+def nats_without_jetstream() -> Iterator[str]:
+    """A nats-server started bare (the lab's NatsServer always enables JetStream), once it greets clients."""
+    binary = find_nats_server()
+    assert binary is not None  # the `nats` marker skips (or, under CI, fails) the test without one
+    port = free_port()
+    process = subprocess.Popen([str(binary), "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not _greets(port):
+            assert process.poll() is None and time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.02)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _greets(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            return sock.recv(5) == b"INFO "
+    except OSError:
+        return False
+
+
+@pytest.mark.nats
+def test_publishing_to_a_nats_without_jetstream(nats_without_jetstream: str, capsys) -> None:
+    code, lines = cfnft(capsys, "publish", "--state", str(EXAMPLE), "--nats-url", nats_without_jetstream)
+    assert code == EXIT_FAILED
+    assert one_line(lines, "publish").startswith(f"cannot publish to NATS {nats_without_jetstream}: ")
+
+
+# ------------------------------------------------------------------ a bug
+
+
+def test_a_bug_is_still_one_line_and_the_traceback_is_in_the_debug_log(capsys) -> None:
+    """`run` is what `main` calls with a handler; the lab's commands reach it the same way."""
+
+    def broken(args: argparse.Namespace) -> int:
+        return {}["missing"]
+
+    code = commands.run(argparse.Namespace(command="demo", handler=broken, log_level="info"))
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED
+    assert err == "cfnft demo: unexpected KeyError: 'missing' (a bug; --log-level debug shows where)\n"
+    commands.run(argparse.Namespace(command="demo", handler=broken, log_level="debug"))
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'return {}["missing"]' in err
