@@ -170,23 +170,38 @@ def _process_guid(event: BbsEvent) -> str:
 
 
 async def test_stream_wire_format_is_bbs_framing(sim: BbsSimulator, pki: Pki) -> None:
-    """Headers and bytes exactly as BBS writes them: id/event/data lines, base64 protobuf, blank line."""
-    ctx = client_context(pki.client)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            sim.url + "/v1/events/lrp_instances.r1",
-            data=pb.EventsByCellId().SerializeToString(),
-            ssl=ctx,
-            server_hostname=SERVER_NAME,
-        ) as resp:
-            assert resp.status == 200
-            assert resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
-            assert resp.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
-            assert resp.headers["Transfer-Encoding"] == "chunked"
+    """The bytes exactly as BBS writes them, read off the raw TLS connection: Go's response head,
+    then per event one chunk `<hex size>;CRLF` (an empty chunk extension) holding id/event/data lines
+    and a blank line, and the terminating chunk when the stream ends."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(sim.url.rsplit(":", 1)[1]), ssl=client_context(pki.client), server_hostname=SERVER_NAME
+    )
+    try:
+        body = pb.EventsByCellId().SerializeToString()
+        writer.write(
+            b"POST /v1/events/lrp_instances.r1 HTTP/1.1\r\nHost: bbs\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        async with asyncio.timeout(5):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
             sim.desire_lrp("app-1", "space-1", "org-1", instances=0, version="v1")
-            async with asyncio.timeout(5):
-                raw = await resp.content.readuntil(b"\n\n")
-    lines = raw.decode().split("\n")
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.removesuffix(b";\r\n"), 16)
+            chunk = await reader.readexactly(size + 2)
+            sim.drop_streams()
+            rest = await reader.read()
+    finally:
+        writer.close()
+    status, *header_lines = head.split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines if line)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
+    assert headers["Connection"] == "keep-alive"
+    assert headers["Transfer-Encoding"] == "chunked"
+    assert size_line == b"%x;\r\n" % size
+    assert chunk.endswith(b"\r\n") and rest == b"0\r\n\r\n"
+    lines = chunk[:-2].decode().split("\n")
     assert lines[:2] == ["id: 0", "event: desired_lrp_created"]
     assert lines[2].startswith("data: ") and lines[3:] == ["", ""]
     message = pb.DesiredLRPCreatedEvent.FromString(base64.b64decode(lines[2].removeprefix("data: "), validate=True))
@@ -235,13 +250,17 @@ async def test_http_500_on_lists_and_streams(sim: BbsSimulator, bbs: BbsClient) 
     assert await bbs.desired_lrps() == []
 
 
-async def test_dropped_stream_raises_unavailable(sim: BbsSimulator, bbs: BbsClient) -> None:
-    """A stream cut mid-way ends iteration with an error, after the events that made it through."""
+@pytest.mark.parametrize(("cut", "reason"), [(False, "ended by the server"), (True, "closed mid-stream")])
+async def test_ended_or_cut_stream_raises_unavailable(
+    sim: BbsSimulator, bbs: BbsClient, cut: bool, reason: str
+) -> None:
+    """A stream BBS ends (terminating chunk) or that is cut (no terminator) ends iteration with an
+    error saying which, after the events that made it through."""
     async with bbs.lrp_instance_events() as stream:
         sim.desire_lrp("app-1", "space-1", "org-1", instances=0)
         events = await next_events(stream, 1)
-        sim.drop_streams()
-        with pytest.raises(BbsUnavailableError):
+        sim.drop_streams(cut=cut)
+        with pytest.raises(BbsUnavailableError, match=reason):
             await next_events(stream, 1)
     assert [e.id for e in events] == [0]
 

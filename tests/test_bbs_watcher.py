@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import http_parser
 from nats.aio.client import Client as NatsClient
 from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry
 
 from events import subjects
 from events.bbs.client import RUNNING
+from events.bbs.sse import EventName
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig, BbsWatcherMetrics
 from events.messages import ContainerMessage
 from events.models import Container, Workload
@@ -33,6 +36,7 @@ from lab.sim.bbs import EVACUATING, SUSPECT, BbsRoute, BbsSimulator, egress_rule
 from tests.test_bbs_client import SERVER_NAME, Pki, make_pki
 
 State = dict[str, dict[str, Any]]
+EVENT_NAMES = [name.value for name in EventName]
 
 
 @pytest.fixture(scope="session")
@@ -340,6 +344,85 @@ async def test_tasks_are_left_to_the_cells(
         for s, m in state.items()
         if m["kind"] == "container" and m["container"] and m["container"]["workload"] == "app"
     ]
+
+
+async def test_every_event_is_applied_from_bbs_framing_with_the_compiled_http_parser(
+    sim: BbsSimulator, nats_client: NatsClient, start_watcher: Callable[..., Awaitable[Running]]
+) -> None:
+    """BBS writes each chunk header as `<size>;` (test_bbs_client checks the simulator's bytes), which
+    aiohttp's compiled llhttp parser refuses. With that parser loaded — what the vendored wheels give
+    every cell — the watcher still follows the stream over mutual TLS and applies every event: after
+    the first listing nothing is re-listed, yet NATS tracks BBS through pushes, crashes, scaling,
+    evacuation and deletion."""
+    assert http_parser.HttpResponseParser is http_parser.HttpResponseParserC, "aiohttp's C parser is not loaded"
+    assert os.environ.get("AIOHTTP_NO_EXTENSIONS", "") == ""
+    pg1 = sim.push_app("app-1", "space-1", "org-1", cells=["cell-a"])
+    running = await start_watcher()
+    await converged(nats_client, sim)
+    emitted_before = sim.lrp_events
+
+    pg2 = sim.push_app("app-2", "space-2", "org-1", cells=["cell-a", "cell-b"])
+    await converged(nats_client, sim)
+    sim.crash(pg1, 0)
+    sim.start_instance(pg1, 0, "cell-b")
+    sim.scale(pg2, 3, cells=["cell-c"])
+    sim.evacuate(pg2, 0)
+    sim.start_instance(pg2, 0, "cell-c")
+    await converged(nats_client, sim)
+    sim.remove_lrp(pg1)
+    containers, apps = live(await converged(nats_client, sim))
+    assert list(apps) == ["app-2"] and len(containers) == 3
+    emitted = sim.lrp_events - emitted_before
+    assert emitted > 20 and sum(running.metric("events_total", event=name) for name in EVENT_NAMES) == emitted
+    assert running.metric("relists_total") == 1 and sim.requests[BbsRoute.LRP_INSTANCE_EVENTS] == 1
+
+
+async def test_a_silently_stalled_stream_is_found_by_the_relist_and_resubscribed(
+    sim: BbsSimulator, nats_client: NatsClient, start_watcher: Callable[..., Awaitable[Running]]
+) -> None:
+    """BBS stops writing but keeps the connection open: no error, no end, no heartbeat to miss. The
+    periodic re-list publishes what the stream hid (drift), the stream then stays silent past the
+    grace, so the watcher re-subscribes, and events flow again on the new stream."""
+    sim.push_app("app-1", "space-1", "org-1", cells=["cell-a"])
+    running = await start_watcher(relist_interval=0.3, request_timeout=1)
+    await converged(nats_client, sim)
+    assert running.metric("drift_total") == 0
+
+    sim.stall_streams()
+    sim.push_app("app-2", "space-1", "org-1", cells=["cell-b"])  # its events go nowhere
+    await converged(nats_client, sim)  # repaired by a periodic re-list: the stream still looks connected
+    assert running.metric("drift_total") >= 2  # app-2's container and its instance set
+    async with asyncio.timeout(10):
+        while running.metric("stream_restarts_total", reason="stalled") < 1:
+            await asyncio.sleep(0.02)
+    assert sim.requests[BbsRoute.LRP_INSTANCE_EVENTS] == 2
+
+    events_before = sum(running.metric("events_total", event=name) for name in EVENT_NAMES)
+    sim.push_app("app-3", "space-1", "org-1", cells=["cell-c"])
+    await converged(nats_client, sim)
+    async with asyncio.timeout(10):
+        while sum(running.metric("events_total", event=name) for name in EVENT_NAMES) < events_before + 4:
+            await asyncio.sleep(0.02)
+
+
+async def test_periodic_relists_of_a_quiet_healthy_stream_change_nothing(
+    sim: BbsSimulator, nats_client: NatsClient, start_watcher: Callable[..., Awaitable[Running]]
+) -> None:
+    """An idle foundation costs one listing per relist_interval and nothing else: no drift, no restart,
+    no message to NATS."""
+    sim.push_app("app-1", "space-1", "org-1", cells=["cell-a", "cell-b"])
+    running = await start_watcher(relist_interval=0.05)
+    await converged(nats_client, sim)
+    published = running.metric("published_total", kind="container") + running.metric("published_total", kind="app")
+    async with asyncio.timeout(10):
+        while running.metric("relists_total") < 10:
+            await asyncio.sleep(0.02)
+    assert running.metric("drift_total") == 0
+    assert running.metric("stream_restarts_total", reason="stalled") == 0
+    assert sim.requests[BbsRoute.LRP_INSTANCE_EVENTS] == 1
+    assert running.metric("published_total", kind="container") + running.metric("published_total", kind="app") == (
+        published
+    )
 
 
 async def test_events_missed_while_the_stream_was_down_are_caught_by_the_relist(

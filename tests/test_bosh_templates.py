@@ -463,6 +463,7 @@ def test_watcher_carries_every_property_into_its_config(tmp_path: Path) -> None:
         key_file=certs / "bbs/client.key",
         server_name=bbs["server_name"],
         request_timeout=bbs["request_timeout_seconds"],
+        relist_interval=bbs["relist_interval_seconds"],
     )
     assert cfg.policy == PolicyWatcherConfig(
         url=f"https://{policy['hostname']}:{policy['internal_listen_port']}",

@@ -9,21 +9,26 @@ fails is `BbsTlsError` with OpenSSL's reason and what it usually means, a set `e
 
 An event stream is an async context manager (the POST is answered with 200 and the stream is
 subscribed when `__aenter__` returns) and an async iterator of `BbsEvent`s. It never ends
-normally: when the server closes it, iteration raises `BbsUnavailableError`.
+normally: when the server ends or cuts it, iteration raises `BbsUnavailableError`. Streams are
+read on a connection of their own, framed by events/bbs/chunked.py (see `EventStream` for why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from google.protobuf.message import DecodeError, Message
 
 from events.bbs import bbs_pb2 as pb
+from events.bbs.chunked import ChunkDecoder
 from events.bbs.errors import BbsApiError, BbsError, BbsProtocolError, BbsTlsError, BbsUnavailableError
 from events.bbs.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from events.bbs.sse import BbsEvent, SseParser, decode_bbs_event
@@ -156,62 +161,174 @@ class BbsClient:
 
 
 class EventStream:
-    """One subscription to a BBS event stream; see the module docstring."""
+    """One subscription to a BBS event stream; see the module docstring.
+
+    The stream is read over a connection of its own, with HTTP/1.1 framed here rather than by
+    aiohttp: BBS writes every chunk header as `<size>;` (an empty chunk extension), which aiohttp's
+    compiled parser refuses, after which its stream iterator hangs instead of raising (see
+    events/bbs/chunked.py). Owning the few lines of HTTP this needs — one POST, a status line and
+    headers, chunked or close-delimited body — makes the watcher read real BBS framing whatever HTTP
+    parser the installed aiohttp uses, with no second HTTP client library to ship. The list calls
+    keep using aiohttp: their bodies have a Content-Length and no chunk extensions.
+    """
 
     def __init__(self, client: BbsClient, route: str, request: Message | None) -> None:
         self._client = client
         self._route = route
         self._request = request
-        self._response: aiohttp.ClientResponse | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._body: _Body | None = None
 
     async def __aenter__(self) -> Self:
-        # No total timeout: an idle stream is normal. Connecting and the response head are bounded.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._client._timeout)
+        # No read timeout once subscribed: an idle stream is normal (BBS sends no heartbeats; the
+        # watcher's periodic re-list notices a stream that stopped delivering). Connecting, the
+        # handshake and the response head are bounded by the client's timeout.
         try:
-            response = await asyncio.wait_for(
-                self._client._post(self._route, self._request, timeout), timeout=self._client._timeout
-            )
-        except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError, OSError) as exc:
+            async with asyncio.timeout(self._client._timeout):
+                self._reader, self._writer = await self._connect()
+                self._writer.write(self._request_bytes())
+                head = await self._reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            self._close()
+            raise BbsProtocolError(self._route, "response head is longer than 64 KiB") from None
+        except asyncio.IncompleteReadError:
+            self._close()
+            raise BbsUnavailableError(self._route, "connection closed before a response head") from None
+        except (asyncio.TimeoutError, ssl.SSLError, OSError) as exc:
+            self._close()
             raise transport_error(self._route, exc) from exc
-        if response.status != 200:
-            response.release()
-            raise BbsUnavailableError(self._route, f"HTTP {response.status} {response.reason}", response.status)
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            response.release()
-            got = response.headers.get("Content-Type")
-            raise BbsProtocolError(self._route, f"Content-Type {got!r}, expected {SSE_CONTENT_TYPE!r}")
-        self._response = response
+        try:
+            self._body = self._accept(head)
+        except BbsError:
+            self._close()
+            raise
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._response is not None:
-            self._response.close()  # drop the connection: a stream cannot be returned to the pool
-            self._response = None
+        self._close()
 
     def __aiter__(self) -> AsyncIterator[BbsEvent]:
         return self._events()
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        url = urlsplit(self._client._url)
+        host = url.hostname or ""
+        reader, writer = await asyncio.open_connection(
+            host, url.port or 443, ssl=self._client._ssl, server_hostname=self._client._server_name or host
+        )
+        _keepalive(writer)
+        return reader, writer
+
+    def _request_bytes(self) -> bytes:
+        body = self._request.SerializeToString() if self._request is not None else b""
+        netloc = urlsplit(self._client._url).netloc
+        head = (
+            f"POST {self._route} HTTP/1.1\r\n"
+            f"Host: {netloc}\r\n"
+            f"Content-Type: {PROTOBUF}\r\n"
+            f"Accept: text/event-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        return head.encode("ascii") + body
+
+    def _accept(self, head: bytes) -> _Body:
+        """Check the response head; return how its body is framed."""
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise BbsProtocolError(self._route, f"not an HTTP/1.x response: {status_line[:60]!r}")
+        headers: dict[str, str] = {}
+        for line in filter(None, lines):
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+        if code != "200":
+            raise BbsUnavailableError(self._route, f"HTTP {code} {reason}", int(code))
+        content_type = headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            raise BbsProtocolError(self._route, f"Content-Type {content_type!r}, expected {SSE_CONTENT_TYPE!r}")
+        codings = [c.strip().lower() for c in headers.get("transfer-encoding", "").split(",") if c.strip()]
+        if codings and codings[-1] == "chunked":
+            return _Body(ChunkDecoder(self._route), None)
+        if codings:
+            raise BbsProtocolError(self._route, f"unsupported Transfer-Encoding {headers['transfer-encoding']!r}")
+        length = headers.get("content-length")
+        if length is not None and not length.isdigit():
+            raise BbsProtocolError(self._route, f"invalid Content-Length {length!r}")
+        return _Body(None, int(length) if length is not None else None)
+
     async def _events(self) -> AsyncIterator[BbsEvent]:
-        if self._response is None:
+        if self._reader is None or self._body is None:
             raise RuntimeError("iterate an EventStream inside `async with`")
         parser = SseParser()
         try:
-            async for chunk in self._response.content.iter_any():
-                for sse in parser.feed(chunk):
+            while not self._body.done:
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    raise BbsUnavailableError(self._route, "connection closed mid-stream")
+                for sse in parser.feed(self._body.feed(data)):
                     event = decode_bbs_event(self._route, sse)
                     if event is not None:
                         yield event
-        except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError, OSError) as exc:
+        except (asyncio.TimeoutError, ssl.SSLError, OSError) as exc:
             raise transport_error(self._route, exc) from exc
-        raise BbsUnavailableError(self._route, "event stream closed by the server")
+        raise BbsUnavailableError(self._route, "event stream ended by the server")
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()  # drop the connection now: nothing more is read from it
+            self._writer = None
+        self._reader = None
+
+
+_READ_SIZE = 1 << 16
+# A peer that vanished without a FIN (host down, network partition) is noticed by TCP within about
+# a minute, instead of the stream looking idle until the next periodic re-list.
+_KEEPALIVE_IDLE, _KEEPALIVE_INTERVAL, _KEEPALIVE_PROBES = 30, 10, 3
+
+
+def _keepalive(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
+
+
+@dataclass(slots=True)
+class _Body:
+    """How the stream's body is framed: chunked (BBS), Content-Length, or until the connection closes."""
+
+    chunks: ChunkDecoder | None
+    remaining: int | None
+
+    @property
+    def done(self) -> bool:
+        return self.chunks.done if self.chunks is not None else self.remaining == 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.chunks is not None:
+            return self.chunks.feed(data)
+        if self.remaining is not None:
+            data = data[: self.remaining]
+            self.remaining -= len(data)
+        return data
 
 
 def transport_error(route: str, exc: BaseException) -> BbsError:
     """Map an aiohttp/ssl/socket failure to the BbsError that says what happened."""
+    cert_error: BaseException | None = None
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert_error = exc.certificate_error
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        cert_error = exc
+    if cert_error is not None:
         reason = getattr(cert_error, "reason", None) or "CERTIFICATE_VERIFY_FAILED"
         detail = getattr(cert_error, "verify_message", None) or str(cert_error)
         return BbsTlsError(route, reason, f"BBS's server certificate was not accepted: {detail}")

@@ -15,6 +15,18 @@ Per connection (the stream has no replay, so every (re)connect re-lists):
 Before the first listing, `StatePublisher.load_published` tells what an earlier run left on NATS,
 so a restarted watcher publishes only differences and deletes what vanished while it was away.
 
+A stream that stops delivering: BBS sends no heartbeats, so an idle stream and a stalled one (BBS
+hung, a proxy holding a dead upstream, connection open and no byte ever again) look the same on
+the wire. As an informer resyncs, the watcher therefore re-lists every `relist_interval` while it
+follows the stream and publishes what differs from what it had published: that bounds how long a
+silent stall can hide a change, and costs an idle foundation one listing per interval. What a re-list
+changes is drift (`cfnft_watcher_bbs_drift_total`). Drift alone does not prove the stream dead: an
+event BBS emitted just before the listing may still be on its way. So drift makes the stream
+suspect, and a suspect stream that delivers no event at all within `request_timeout` is given up and
+re-subscribed (`cfnft_watcher_bbs_stream_restarts_total{reason="stalled"}`, which also counts
+restarts after failures under their error kind). A peer that vanished without closing is found
+sooner, by TCP keepalive on the stream's connection (events/bbs/client.py).
+
 What is published (see events/bbs/view.py for the rules):
 - `cfnft.state.container.<cell>.<instance guid>`: a RUNNING LRP instance with an overlay address,
   EVACUATING copies (on their old cell until BBS removes them) and SUSPECT ones included;
@@ -97,6 +109,9 @@ class BbsWatcherConfig(BaseModel):
     """Upper bound of the retry delay."""
     max_tls_failures: int = Field(default=5, ge=1)
     """TLS handshake failures in a row after which the watcher gives up (`FatalSourceError`)."""
+    relist_interval: float = Field(default=60.0, gt=0)
+    """Seconds between re-lists while following the event stream: the longest a silently stalled stream
+    can hide a change (BBS sends no heartbeats), at one desired and actual LRP listing per interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,8 @@ class BbsWatcherMetrics:
 
     events: Counter
     relists: Counter
+    drift: Counter
+    stream_restarts: Counter
     errors: Counter
     published: Counter
     connected: Gauge
@@ -118,6 +135,17 @@ class BbsWatcherMetrics:
         return cls(
             events=Counter(f"{p}_events_total", "Events received from BBS", ["event"], registry=registry),
             relists=Counter(f"{p}_relists_total", "Full listings of desired and actual LRPs", registry=registry),
+            drift=Counter(
+                f"{p}_drift_total",
+                "Messages a re-list made while following the stream (state the events had not delivered)",
+                registry=registry,
+            ),
+            stream_restarts=Counter(
+                f"{p}_stream_restarts_total",
+                "Event streams given up after being followed: stalled, or the error kind that ended them",
+                ["reason"],
+                registry=registry,
+            ),
             errors=Counter(f"{p}_errors_total", "Failures talking to BBS or NATS", ["kind"], registry=registry),
             published=Counter(f"{p}_published_total", "State messages sent to NATS", ["kind"], registry=registry),
             connected=Gauge(f"{p}_connected", "1 while following BBS's event stream in sync", registry=registry),
@@ -221,6 +249,15 @@ class BbsWatcher:
                     if not self._loaded:
                         await self._load_published()
                     await self._follow(bbs)
+                    # It returns only for a stream that went silent: re-subscribe (and re-list) now.
+                    self._metrics.stream_restarts.labels(reason="stalled").inc()
+                    self._metrics.connected.set(0)
+                    log.warning(
+                        "BBS's event stream delivered nothing within %.1f s after a re-list found drift: "
+                        "re-subscribing",
+                        cfg.request_timeout,
+                    )
+                    continue
                 except (BbsError, NatsError, asyncio.TimeoutError) as err:
                     kind = err.kind if isinstance(err, BbsError) else "nats"
                     tls_failures = tls_failures + 1 if isinstance(err, BbsTlsError) else 0
@@ -239,13 +276,17 @@ class BbsWatcher:
     def _failed(self, backoff: Backoff, kind: str, text: str) -> float:
         if self._queue is not None:  # it had been in sync: a new streak of failures starts
             backoff.reset()
+            self._metrics.stream_restarts.labels(reason=kind).inc()
         self._metrics.connected.set(0)
         self._metrics.errors.labels(kind=kind).inc()
         self._last_error = text
         return backoff.next_delay()
 
     async def _follow(self, bbs: BbsClient) -> None:
-        """One connection: subscribe, list, publish, then apply events until the stream fails."""
+        """One connection: subscribe, list, publish, then apply events until the stream fails
+        (raises) or goes silent while a re-list found drift (returns)."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
         async with bbs.lrp_instance_events() as stream:
             queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
             reader = asyncio.create_task(_read(stream, queue), name="bbs-event-reader")
@@ -253,20 +294,32 @@ class BbsWatcher:
                 await self._relist(bbs, queue)
                 self._queue = queue
                 self._metrics.connected.set(1)
+                relist_at = loop.time() + cfg.relist_interval
+                suspect_until: float | None = None  # drift seen: the stream must deliver something by then
                 while True:
-                    items = [await queue.get()]
-                    while not queue.empty():
-                        items.append(queue.get_nowait())
+                    deadline = relist_at if suspect_until is None else min(relist_at, suspect_until)
+                    items = await _next_items(queue, deadline)
+                    if not items and suspect_until is not None and loop.time() >= suspect_until:
+                        return
                     affected = Affected()
-                    for item in items:
+                    for item in items or [_RESYNC]:
                         if isinstance(item, BbsEvent):
+                            suspect_until = None
                             affected.merge(self._apply(item))
                             continue
                         await self._publish_affected(affected)  # what came before is true: keep it
                         affected = Affected()
                         if isinstance(item, BbsError):
                             raise item
-                        await self._relist(bbs, queue)
+                        drift, delivered = await self._relist(bbs, queue)
+                        relist_at = loop.time() + cfg.relist_interval
+                        if delivered:
+                            suspect_until = None
+                        if drift:
+                            self._metrics.drift.inc(drift)
+                            log.warning("a re-list found %d message(s) the event stream had not delivered", drift)
+                            if not delivered and suspect_until is None:
+                                suspect_until = loop.time() + cfg.request_timeout
                     await self._publish_affected(affected)
             finally:
                 reader.cancel()
@@ -293,21 +346,24 @@ class BbsWatcher:
         self._loaded = True
         log.info("found %d LRP containers and %d app instance sets on NATS", len(self._live), len(self._live_apps))
 
-    async def _relist(self, bbs: BbsClient, queue: asyncio.Queue[_QueueItem]) -> None:
-        """List desired and actual LRPs, apply the events queued meanwhile, publish the difference."""
+    async def _relist(self, bbs: BbsClient, queue: asyncio.Queue[_QueueItem]) -> tuple[int, int]:
+        """List desired and actual LRPs, apply the events queued meanwhile, publish the difference.
+        Returns how many messages changed NATS, and how many events the stream delivered meanwhile."""
         desired = await bbs.desired_lrps()
         actual = await bbs.actual_lrps()
         self._metrics.relists.inc()
         problems = self._view.reset(desired, actual)
+        delivered = 0
         while not queue.empty():
             item = queue.get_nowait()
             if isinstance(item, BbsError):
                 raise item  # events were lost: this listing cannot be brought up to date
             if isinstance(item, BbsEvent):
+                delivered += 1
                 self._metrics.events.labels(event=item.name).inc()
                 problems += self._view.apply(item)[1]
         self._report(problems, replace=True)
-        await self._publish_all()
+        changed = await self._publish_all()
         log.info(
             "listed %d desired and %d actual LRPs: %d containers, %d apps with instances",
             len(desired),
@@ -315,6 +371,7 @@ class BbsWatcher:
             len(self._live),
             len(self._live_apps),
         )
+        return changed, delivered
 
     def _apply(self, event: BbsEvent) -> Affected:
         self._metrics.events.labels(event=event.name).inc()
@@ -324,19 +381,22 @@ class BbsWatcher:
 
     # ---- publishing --------------------------------------------------------------------------
 
-    async def _publish_all(self) -> None:
+    async def _publish_all(self) -> int:
+        """Make NATS hold the view; returns how many messages that took."""
+        changed = 0
         containers = self._view.all_containers()
         for (cell_id, handle), (process_guid, container) in containers.items():
-            await self._publish_container(cell_id, handle, process_guid, container)
+            changed += await self._publish_container(cell_id, handle, process_guid, container)
         for app_guid in sorted(self._view.apps()):
-            await self._publish_app(app_guid)
+            changed += await self._publish_app(app_guid)
         for app_guid in sorted(self._live_apps - self._view.apps()):
-            await self._publish_app(app_guid)
+            changed += await self._publish_app(app_guid)
         wanted = {subjects.container(cell_id, handle) for cell_id, handle in containers}
         for subject in sorted(set(self._live) - wanted):
-            await self._delete_container(subject)
+            changed += await self._delete_container(subject)
         self.in_sync.set()
         self._update_gauges()
+        return changed
 
     async def _publish_affected(self, affected: Affected) -> None:
         wanted: set[str] = set()
@@ -351,33 +411,39 @@ class BbsWatcher:
             await self._delete_container(subject)
         self._update_gauges()
 
-    async def _publish_container(self, cell_id: str, handle: str, process_guid: str, container: Container) -> None:
+    async def _publish_container(self, cell_id: str, handle: str, process_guid: str, container: Container) -> bool:
         message = ContainerMessage(version=self._next_version(), cell_id=cell_id, handle=handle, container=container)
-        if await self._publisher.publish(message):
+        sent = await self._publisher.publish(message)
+        if sent:
             self._metrics.published.labels(kind="container").inc()
         self._own(message.subject(), process_guid)
+        return sent
 
-    async def _delete_container(self, subject: str) -> None:
+    async def _delete_container(self, subject: str) -> bool:
         cell_id, handle = _container_key(subject)
         message = ContainerMessage(version=self._next_version(), cell_id=cell_id, handle=handle, container=None)
-        if await self._publisher.publish(message):
+        sent = await self._publisher.publish(message)
+        if sent:
             self._metrics.published.labels(kind="container").inc()
         process_guid = self._live.pop(subject)
         self._live_by_process[process_guid].discard(subject)
         if not self._live_by_process[process_guid]:
             del self._live_by_process[process_guid]
+        return sent
 
-    async def _publish_app(self, app_guid: str) -> None:
+    async def _publish_app(self, app_guid: str) -> bool:
         addresses = self._view.app_addresses(app_guid)
         if not addresses and app_guid not in self._live_apps:
-            return  # never published, nothing to delete
+            return False  # never published, nothing to delete
         message = AppInstancesMessage(version=self._next_version(), app_guid=app_guid, addresses=addresses)
-        if await self._publisher.publish(message):
+        sent = await self._publisher.publish(message)
+        if sent:
             self._metrics.published.labels(kind="app").inc()
         if addresses:
             self._live_apps.add(app_guid)
         else:
             self._live_apps.discard(app_guid)
+        return sent
 
     def _own(self, subject: str, process_guid: str | None) -> None:
         previous = self._live.get(subject, process_guid)
@@ -400,6 +466,24 @@ class BbsWatcher:
             if text not in self._known_problems:
                 log.warning("%s", text)
         self._known_problems = set(problems) if replace else self._known_problems | set(problems)
+
+
+async def _next_items(queue: asyncio.Queue[_QueueItem], deadline: float) -> list[_QueueItem]:
+    """Everything queued, waiting until `deadline` (loop time) for the first item; [] if none came."""
+    if queue.empty():
+        try:
+            async with asyncio.timeout_at(deadline):
+                return [await queue.get(), *_drain(queue)]
+        except TimeoutError:
+            return []
+    return _drain(queue)
+
+
+def _drain(queue: asyncio.Queue[_QueueItem]) -> list[_QueueItem]:
+    items: list[_QueueItem] = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 async def _read(stream: EventStream, queue: asyncio.Queue[_QueueItem]) -> None:

@@ -40,7 +40,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum, auto
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
 
@@ -126,10 +126,21 @@ class _Fault:
     error_type: int | None = None  # set: HTTP 200 with this Error.Type in the response's error field
 
 
+class _StreamEnd(Enum):
+    """What a stream's queue may hold besides events."""
+
+    END = auto()  # end the stream as BBS does: terminating chunk, then close
+    CUT = auto()  # cut it: close without the terminating chunk (a crash, a broken network)
+    STALL = auto()  # keep the connection open and never write again
+
+
+_END, _CUT, _STALL = _StreamEnd.END, _StreamEnd.CUT, _StreamEnd.STALL
+
+
 @dataclass(slots=True)
 class _Subscriber:
     cell_id: str
-    queue: asyncio.Queue[Message | None]
+    queue: asyncio.Queue[Message | _StreamEnd]
 
 
 M = TypeVar("M", bound=Message)
@@ -157,6 +168,8 @@ class BbsSimulator:
         port: int = 0,
     ) -> None:
         self.requests: Counter[BbsRoute] = Counter()
+        self.lrp_events = 0
+        """How many events the lrp_instances stream has had to carry (to every subscriber, unfiltered)."""
         self._overlay = IPv4Network(overlay_network)
         self._subnets = self._overlay.subnets(new_prefix=24)
         next(self._subnets)  # x.y.0.0/24 is not handed to cells, as in silk
@@ -168,6 +181,7 @@ class BbsSimulator:
         self._task_subscribers: list[_Subscriber] = []
         self._faults: dict[BbsRoute | None, _Fault] = {}
         self._delays: dict[BbsRoute | None, float] = {}
+        self._stopping = asyncio.Event()
         self.app = self._app()
         """The aiohttp application; routes may be added until `start()` (see events/bbs/simcontrol.py)."""
         self._site = HttpsSite(self.app, server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
@@ -180,6 +194,7 @@ class BbsSimulator:
         return await self._site.start()
 
     async def stop(self) -> None:
+        self._stopping.set()
         self.drop_streams()
         await self._site.stop()
 
@@ -494,11 +509,21 @@ class BbsSimulator:
         self._faults.clear()
         self._delays.clear()
 
-    def drop_streams(self) -> None:
-        """Cut every open event stream now, mid-stream, without the chunked terminator. Events
-        emitted afterwards reach only streams opened afterwards."""
+    def drop_streams(self, *, cut: bool = False) -> None:
+        """End every open event stream now, as BBS does when its event hub closes (the terminating
+        chunk, then close) or, with `cut`, without the terminator, as a crash or a broken network
+        does. Events emitted afterwards reach only streams opened afterwards."""
+        self._end_streams(_CUT if cut else _END)
+
+    def stall_streams(self) -> None:
+        """Every open event stream goes silent: the connection stays open and no byte is ever
+        written again (a hung BBS, a half-dead proxy). Events emitted afterwards reach only
+        streams opened afterwards."""
+        self._end_streams(_STALL)
+
+    def _end_streams(self, how: _StreamEnd) -> None:
         for subscriber in self._lrp_subscribers + self._task_subscribers:
-            subscriber.queue.put_nowait(None)
+            subscriber.queue.put_nowait(how)
         self._lrp_subscribers.clear()
         self._task_subscribers.clear()
 
@@ -582,6 +607,7 @@ class BbsSimulator:
                 cell.in_use.discard(IPv4Address(address))
 
     def _emit_lrp(self, message: Message) -> None:
+        self.lrp_events += 1
         cell_id = _event_cell(message)
         for subscriber in self._lrp_subscribers:
             if cell_id is None or not subscriber.cell_id or subscriber.cell_id == cell_id:
@@ -707,6 +733,9 @@ class BbsSimulator:
         return await self._stream(request, self._task_subscribers, "")
 
     async def _stream(self, request: web.Request, subscribers: list[_Subscriber], cell_id: str) -> web.StreamResponse:
+        """Headers through aiohttp (Go's: these three, Transfer-Encoding: chunked, Date), then every
+        chunk written raw to the connection as BBS writes it after hijacking it: `<hex size>;\\r\\n`
+        (an empty chunk extension), the event, `\\r\\n` (bbs handlers/events_handlers.go)."""
         response = web.StreamResponse(
             status=200,
             headers={
@@ -716,22 +745,27 @@ class BbsSimulator:
             },
         )
         response.enable_chunked_encoding()
-        await response.prepare(request)
+        await response.prepare(request)  # a StreamResponse sends its head at once
+        transport = request.transport
+        assert transport is not None
         subscriber = _Subscriber(cell_id, asyncio.Queue())
         subscribers.append(subscriber)
         try:
             for event_id in itertools.count():
-                message = await subscriber.queue.get()
-                if message is None:
+                item = await subscriber.queue.get()
+                if item is _STALL:
+                    await self._stopping.wait()  # connection open, never another byte (until stop())
+                if not isinstance(item, Message) or transport.is_closing():
+                    if item is _END and not transport.is_closing():
+                        transport.write(b"0\r\n\r\n")  # BBS's deferred terminator when a stream ends
                     break
-                await response.write(encode_bbs_event(event_id, message))  # one event per chunk, like BBS
-        except ConnectionResetError:
-            pass  # the subscriber went away
+                frame = encode_bbs_event(event_id, item)
+                transport.write(b"%x;\r\n%s\r\n" % (len(frame), frame))
         finally:
             if subscriber in subscribers:
                 subscribers.remove(subscriber)
-        if request.transport is not None:
-            request.transport.abort()  # mid-stream: no terminating chunk, the client sees a broken stream
+            if not transport.is_closing():
+                transport.abort()  # the connection was hijacked: it is never reused
         return response
 
 
