@@ -7,7 +7,8 @@ and every group published before — in this run, or by an earlier run, as read 
 `StatePublisher.load_published` — that is missing from the listing gets an explicit null.
 
 `collect_security_groups` is the parsing half both share: each raw group through the source's
-lenient parser, bad rules dropped and described, unusable groups left out and described.
+lenient parser, bad rules dropped and described, unusable groups left out and described; unknown
+keys (a newer CF's fields) are ignored without counting as dropped.
 
 Callers must pass a *complete* listing: a failed or partial listing must never reach this
 function, or its missing groups would be published as deleted.
@@ -74,7 +75,8 @@ def collect_security_groups(
             problems[where] = f"security group {where}: left out entirely: {reason}"
             continue
         for problem in found:
-            problems[f"{where} {problem.path}"] = f"security group {where}: {problem}"
+            if problem.dropped:  # an unknown key cost nothing: the group and its rules are kept
+                problems[f"{where} {problem.path}"] = f"security group {where}: {problem}"
         groups[group.guid] = group
 
 

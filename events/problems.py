@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from typing import Any, TypeVar
 
@@ -65,10 +65,14 @@ def format_path(loc: Loc) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with an input document: where (`loc`, printed as `path`) and what (`message`)."""
+    """One thing wrong with an input document: where (`loc`, printed as `path`) and what (`message`).
+
+    `dropped` is False for the one kind of problem a lenient reader recovers from without leaving
+    anything out: an unknown key, ignored while its entry is kept (a newer CF may add fields)."""
 
     loc: Loc
     message: str
+    dropped: bool = True
 
     @property
     def path(self) -> str:
@@ -193,7 +197,7 @@ def validate_unit(
 ) -> tuple[M | None, list[Problem]]:
     """Validate one droppable unit (a container, a group, a rule, a policy) leniently.
 
-    Unknown keys are reported and ignored. Lists named in `nested` (key -> parser of one item)
+    Unknown keys are reported (as not `dropped`) and ignored. Lists named in `nested` (key -> parser of one item)
     are checked item by item, and only their bad items are dropped. Any other problem drops the
     whole unit: the result is None.
     """
@@ -211,9 +215,10 @@ def validate_unit(
         unit = model.model_validate(data)
     except ValidationError as error:
         errors = error.errors()
-        problems = problems_from(error, at) + problems
+        found = problems_from(error, at)
         if not all(e["type"] == "extra_forbidden" for e in errors):
-            return None, problems
+            return None, found + problems
+        problems = [replace(p, dropped=False) for p in found] + problems
         for e in errors:
             data = _without(data, _clean_loc(e["loc"]))
         try:

@@ -1,9 +1,5 @@
-"""Helpers for tests that run watchers against the CF simulators: certificates and a NATS state view.
-
-`make_pki` issues, with trustme, a CA, a server certificate for 127.0.0.1, a client certificate,
-and a client certificate from another CA (the "wrong certificate" case). ECDSA keys: RSA ones take
-seconds to generate here, and the clients negotiate TLS 1.3, where the policy server's TLS 1.2
-cipher restriction (ECDHE-RSA only) does not apply.
+"""Helpers for tests that run watchers against the CF simulators: a NATS state view and waiting.
+(Certificates come from lab/pki.py.)
 
 `StateView` is what a reconciler sees: an ordered JetStream consumer on the state stream, last
 message per subject first and then every new one. It keeps the current state per subject and the
@@ -16,51 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import trustme
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from events import subjects
 from events.publisher import ensure_state_stream
-from events.tls import TlsFiles
 
 WAIT = 15.0
 """Upper bound for an expected outcome to show up; only reached when a test fails."""
-
-
-@dataclass(frozen=True, slots=True)
-class Pki:
-    """PEM files for one test run."""
-
-    ca: Path
-    server: Path
-    client: Path
-    other_client: Path
-
-    def server_files(self) -> TlsFiles:
-        return TlsFiles(self.ca, self.server, self.server)
-
-    def client_files(self) -> TlsFiles:
-        return TlsFiles(self.ca, self.client, self.client)
-
-
-def make_pki(directory: Path) -> Pki:
-    directory.mkdir(parents=True, exist_ok=True)
-    ca, other = trustme.CA(), trustme.CA()
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    # Key and chain in one file: load_cert_chain takes the same path for both.
-    for name, issuer, identity in (
-        ("server", ca, "127.0.0.1"),
-        ("client", ca, "cfnft-watcher"),
-        ("other-client", other, "cfnft-watcher"),
-    ):
-        issuer.issue_cert(identity).private_key_and_cert_chain_pem.write_to_path(str(directory / f"{name}.pem"))
-    return Pki(directory / "ca.pem", directory / "server.pem", directory / "client.pem", directory / "other-client.pem")
 
 
 class StateView:

@@ -12,66 +12,20 @@ import asyncio
 import base64
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 
 from events.bbs import bbs_pb2 as pb
 from events.bbs.client import RUNNING, BbsClient, EventStream
 from events.bbs.errors import BbsApiError, BbsTlsError, BbsUnavailableError
 from events.bbs.sse import BbsEvent, EventName
 from events.tls import TlsFiles, client_context
+from lab.pki import Pki
 from lab.sim.bbs import EVACUATING, BbsRoute, BbsSimulator
 from lab.sim.bbs_control import add_control_routes
-
-SERVER_NAME = "bbs.service.cf.internal"
-
-
-@dataclass(frozen=True, slots=True)
-class Pki:
-    """Certificates for one test: BBS's server side, our client, and impostors."""
-
-    server: TlsFiles
-    client: TlsFiles
-    client_of_other_ca: TlsFiles  # a client certificate BBS's CA never signed
-    trusting_other_ca: TlsFiles  # our client certificate, but trusting a CA that did not sign BBS
-
-
-def make_pki(directory: Path) -> Pki:
-    """Write a CA, a BBS server certificate (bbs.service.cf.internal and 127.0.0.1), a client
-    certificate, and the same from an unrelated CA, as PEM files under `directory`."""
-    # ECDSA keys are quick to make; the handshake is TLS 1.3, whose suites CF's TLS 1.2 cipher list leaves alone.
-    ca, other_ca = trustme.CA(), trustme.CA()
-
-    def write(name: str, blob: trustme.Blob) -> Path:
-        path = directory / name
-        blob.write_to_path(str(path))
-        return path
-
-    ca_pem, other_ca_pem = write("ca.pem", ca.cert_pem), write("other-ca.pem", other_ca.cert_pem)
-    server = ca.issue_cert(SERVER_NAME, "127.0.0.1")
-    client = ca.issue_cert("bbs-watcher")
-    rogue = other_ca.issue_cert("bbs-watcher")
-    client_files = (write("client.pem", client.cert_chain_pems[0]), write("client.key", client.private_key_pem))
-    return Pki(
-        server=TlsFiles(
-            ca_pem, write("server.pem", server.cert_chain_pems[0]), write("server.key", server.private_key_pem)
-        ),
-        client=TlsFiles(ca_pem, *client_files),
-        client_of_other_ca=TlsFiles(
-            ca_pem, write("rogue.pem", rogue.cert_chain_pems[0]), write("rogue.key", rogue.private_key_pem)
-        ),
-        trusting_other_ca=TlsFiles(other_ca_pem, *client_files),
-    )
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("bbs-pki"))
+from tests.cffixtures import BBS_SERVER_NAME as SERVER_NAME
 
 
 @pytest.fixture

@@ -32,16 +32,12 @@ from events.models import Container, Workload
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher, ensure_state_stream
 from events.tls import TlsFiles
+from lab.pki import Pki
 from lab.sim.bbs import EVACUATING, SUSPECT, BbsRoute, BbsSimulator, egress_rule
-from tests.test_bbs_client import SERVER_NAME, Pki, make_pki
+from tests.cffixtures import BBS_SERVER_NAME as SERVER_NAME
 
 State = dict[str, dict[str, Any]]
 EVENT_NAMES = [name.value for name in EventName]
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("bbs-watcher-pki"))
 
 
 @pytest.fixture
@@ -393,9 +389,9 @@ async def test_a_silently_stalled_stream_is_found_by_the_relist_and_resubscribed
     await converged(nats_client, sim)  # repaired by a periodic re-list: the stream still looks connected
     assert running.metric("drift_total") >= 2  # app-2's container and its instance set
     async with asyncio.timeout(10):
-        while running.metric("stream_restarts_total", reason="stalled") < 1:
+        while running.metric("stream_restarts_total", reason="stalled") < 1 or running.metric("connected") < 1:
             await asyncio.sleep(0.02)
-    assert sim.requests[BbsRoute.LRP_INSTANCE_EVENTS] == 2
+    assert sim.requests[BbsRoute.LRP_INSTANCE_EVENTS] == 2  # re-subscribed once, and in sync again
 
     events_before = sum(running.metric("events_total", event=name) for name in EVENT_NAMES)
     sim.push_app("app-3", "space-1", "org-1", cells=["cell-c"])

@@ -29,6 +29,7 @@ from cni.config import DEFAULT_SOCKET_PATH, DEFAULT_TIMEOUT_SECONDS, PluginConfi
 from cni.errors import CniError
 from cni.invocation import SUPPORTED_VERSIONS
 from events.bbs.watcher import BbsWatcherConfig
+from events.cc.stamp import AsgTriggerConfig
 from events.cc.watcher import CcWatcherConfig
 from events.connect import NatsConfig
 from events.models import CellConfig
@@ -490,6 +491,27 @@ def test_watcher_carries_every_property_into_its_config(tmp_path: Path) -> None:
     )
     assert rendered["config/certs/cloud_controller/internal_client.key"].strip() == cc["internal_client_key"]
     assert rendered["config/certs/bbs/ca.crt"].strip() == bbs["ca_cert"]
+
+
+def test_ccs_stamp_triggers_the_policy_servers_asg_listings_when_cc_is_not_the_source(tmp_path: Path) -> None:
+    """cloud_controller.internal_url without cloud_controller.enabled: the policy watcher reads CC's
+    asg_latest_update (with the UAA client) to decide when to list the policy server's groups."""
+    cc = full("cfnft-watcher")["cloud_controller"] | {"enabled": False}
+    cfg = watcher_config(render("cfnft-watcher", merged(MINIMAL["cfnft-watcher"], {"cloud_controller": cc})), tmp_path)
+    certs = Path("/var/vcap/jobs/cfnft-watcher/config/certs/cloud_controller")
+    assert cfg.cc is None and cfg.policy is not None and cfg.policy.asgs
+    assert cfg.policy.asg_trigger == AsgTriggerConfig(
+        internal_url=cc["internal_url"],
+        internal_ca_file=certs / "internal_ca.crt",
+        internal_cert_file=certs / "internal_client.crt",
+        internal_key_file=certs / "internal_client.key",
+        uaa_url=cc["uaa_url"],
+        client_id=cc["client_id"],
+        client_secret=cc["client_secret"],
+        ca_file=certs / "ca.crt",
+    )
+    unset = watcher_config(render("cfnft-watcher", MINIMAL["cfnft-watcher"]), tmp_path)
+    assert unset.policy is not None and unset.policy.asg_trigger is None
 
 
 # --- the conflist --------------------------------------------------------------------------------

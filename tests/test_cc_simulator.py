@@ -5,7 +5,8 @@ payloads parse with events.models."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 
 from events.models import SecurityGroup
 from events.tls import TlsFiles, client_context
-from lab.cfsim import Pki, shape
+from lab.cfsim import shape
+from lab.pki import Pki
 from lab.sim.cc import CcRoute, CloudControllerSimulator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cc"
@@ -38,7 +40,7 @@ async def token(cc: CloudControllerSimulator, pki: Pki, session: aiohttp.ClientS
         session,
         "POST",
         f"{cc.uaa_url}/oauth/token",
-        client_context(TlsFiles(pki.ca)),
+        client_context(TlsFiles(pki.client.ca)),
         data={"grant_type": "client_credentials"},
         headers={"Authorization": aiohttp.encode_basic_auth("network-policy", "s3cret")},
     )
@@ -51,7 +53,11 @@ async def list_page(
 ) -> tuple[int, Any]:
     headers = {"Authorization": f"bearer {bearer}"} if bearer else {}
     return await call(
-        session, "GET", f"{cc.api_url}/v3/security_groups?{query}", client_context(TlsFiles(pki.ca)), headers=headers
+        session,
+        "GET",
+        f"{cc.api_url}/v3/security_groups?{query}",
+        client_context(TlsFiles(pki.client.ca)),
+        headers=headers,
     )
 
 
@@ -69,9 +75,9 @@ def test_recorded_resources_parse() -> None:
 async def test_token_and_listing_match_the_recorded_shapes(
     cc: CloudControllerSimulator, pki: Pki, session: aiohttp.ClientSession
 ) -> None:
-    cc.create_security_group("g0", RULES, running=True, staging_spaces=("s1",))
-    cc.create_security_group("g1", [{"protocol": "all", "destination": "10.10.11.0-10.10.11.255", "log": True}])
-    cc.create_security_group("g2", [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}])
+    cc.add_security_group("g0", RULES, running_default=True, staging_spaces=("s1",))
+    cc.add_security_group("g1", [{"protocol": "all", "destination": "10.10.11.0-10.10.11.255", "log": True}])
+    cc.add_security_group("g2", [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}])
     bearer = await token(cc, pki, session)
     assert len(bearer) > 20
     _, first = await list_page(cc, pki, session, "page=1&per_page=2", bearer)
@@ -83,7 +89,7 @@ async def test_token_and_listing_match_the_recorded_shapes(
 
 async def test_pagination_object(cc: CloudControllerSimulator, pki: Pki, session: aiohttp.ClientSession) -> None:
     for n in range(5):
-        cc.create_security_group(f"g{n}", [])
+        cc.add_security_group(f"g{n}", [])
     bearer = await token(cc, pki, session)
 
     def link(page: int) -> dict[str, str]:
@@ -147,7 +153,7 @@ async def test_uaa_refuses_bad_client_credentials(
         session,
         "POST",
         f"{cc.uaa_url}/oauth/token",
-        client_context(TlsFiles(pki.ca)),
+        client_context(TlsFiles(pki.client.ca)),
         data={"grant_type": "client_credentials"},
         headers={"Authorization": aiohttp.encode_basic_auth("network-policy", "wrong")},
     )
@@ -155,39 +161,44 @@ async def test_uaa_refuses_bad_client_credentials(
     assert cc.tokens_issued == 0
 
 
-async def test_asg_latest_update_is_rfc3339_seconds_and_moves_on_v3_writes(
+async def test_asg_latest_update_has_nine_fraction_digits_and_moves_on_every_v3_write(
     cc: CloudControllerSimulator, pki: Pki, session: aiohttp.ClientSession
 ) -> None:
-    mtls = client_context(pki.client_files())
+    """Current CC: microsecond precision written with nine fraction digits and +00:00, pretty-printed."""
+    mtls = client_context(pki.client)
     url = f"{cc.internal_url}/internal/v4/asg_latest_update"
     status, body = await call(session, "GET", url, mtls)
-    assert (status, body) == (200, {"last_update": "1970-01-01T00:00:00Z"})
+    assert (status, body) == (200, {"last_update": "1970-01-01T00:00:00.000000000+00:00"})
     async with session.get(url, ssl=mtls) as response:
         assert await response.text() == json.dumps(fixture("asg_latest_update.json") | body, indent=2)
-    guid = cc.create_security_group("g", [])
+    guid = cc.add_security_group("g", [])
+    seen = set()
     for change in (
         lambda: cc.bind_security_group(guid, "s1", "running"),
         lambda: cc.unbind_security_group(guid, "s1", "running"),
         lambda: cc.delete_security_group(guid),
     ):
-        cc.last_update = datetime(2000, 1, 1, tzinfo=UTC)
         change()
         _, body = await call(session, "GET", url, mtls)
-        assert not body["last_update"].startswith("2000")
-        assert body["last_update"] == cc.last_update.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}000\+00:00", body["last_update"])
+        assert datetime.fromisoformat(body["last_update"]) == cc.last_update
+        seen.add(body["last_update"])
+    assert len(seen) == 3  # writes within one second each move it
 
 
 async def test_internal_api_requires_a_client_certificate(
     cc: CloudControllerSimulator, pki: Pki, session: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(aiohttp.ClientOSError, match="certificate required"):
-        await call(session, "GET", f"{cc.internal_url}/internal/v4/asg_latest_update", client_context(TlsFiles(pki.ca)))
+        await call(
+            session, "GET", f"{cc.internal_url}/internal/v4/asg_latest_update", client_context(TlsFiles(pki.client.ca))
+        )
     assert cc.requests[CcRoute.ASG_LATEST_UPDATE] == 0
 
 
 async def test_older_cc_answers_404_for_asg_latest_update(pki: Pki, session: aiohttp.ClientSession) -> None:
-    async with CloudControllerSimulator(pki.server_files(), asg_latest_update_endpoint=False) as cc:
+    async with CloudControllerSimulator(pki.server, asg_latest_update_endpoint=False) as cc:
         status, body = await call(
-            session, "GET", f"{cc.internal_url}/internal/v4/asg_latest_update", client_context(pki.client_files())
+            session, "GET", f"{cc.internal_url}/internal/v4/asg_latest_update", client_context(pki.client)
         )
     assert status == 404 and body["errors"][0]["title"] == "CF-NotFound"

@@ -4,7 +4,7 @@ internal API), ending in the NATS state stream as a subscriber reads it."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,10 +13,13 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from events import subjects
+from events.cc.stamp import parse_last_update
 from events.cc.watcher import CcWatcher, CcWatcherConfig
+from events.httpsource import Reason, SourceError
 from events.poller import FatalSourceError
 from events.publisher import StatePublisher
-from lab.cfsim import Pki, StateView, wait_until
+from lab.cfsim import StateView, wait_until
+from lab.pki import Pki
 from lab.sim.cc import CcRoute, CloudControllerSimulator
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
@@ -28,19 +31,17 @@ def config(cc: CloudControllerSimulator, pki: Pki, *, internal: bool = True, **o
         "api_url": cc.api_url,
         "uaa_url": cc.uaa_url,
         "client_secret": "s3cret",
-        "ca_file": pki.ca,
+        "ca_file": pki.client.ca,
         "poll_interval": 0.02,
-        # CC's stamp is in whole seconds: the confirming listing must come after that second ended.
-        "latest_update_settle": 1.1,
         "backoff_initial": 0.01,
         "backoff_max": 0.05,
     }
     if internal:
         settings |= {
             "internal_url": cc.internal_url,
-            "internal_ca_file": pki.ca,
-            "internal_cert_file": pki.client,
-            "internal_key_file": pki.client,
+            "internal_ca_file": pki.client.ca,
+            "internal_cert_file": pki.client.cert,
+            "internal_key_file": pki.client.key,
         }
     return CcWatcherConfig(**(settings | overrides))
 
@@ -65,7 +66,7 @@ def published(view: StateView, guid: str) -> bool:
 async def test_groups_across_pages_end_as_nats_state(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guids = [cc.create_security_group(f"g{i}", DNS, running=i == 0) for i in range(5)]
+    guids = [cc.add_security_group(f"g{i}", DNS, running_default=i == 0) for i in range(5)]
     async with watcher(cc, pki, nats_client, per_page=2):
         await view.wait_for(lambda s: all(subjects.security_group(g) in s for g in guids), "all five groups")
     pages = [query for route, query in cc.request_log if route is CcRoute.SECURITY_GROUPS][:3]
@@ -78,7 +79,7 @@ async def test_groups_across_pages_end_as_nats_state(
 async def test_bind_and_unbind_running_and_staging(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guid = cc.create_security_group("ping", PING)
+    guid = cc.add_security_group("ping", PING)
 
     def spaces(lifecycle: str) -> Any:
         return lambda s: [
@@ -86,7 +87,7 @@ async def test_bind_and_unbind_running_and_staging(
             for d in s[subjects.security_group(guid)]["security_group"]["relationships"][f"{lifecycle}_spaces"]["data"]
         ]
 
-    async with watcher(cc, pki, nats_client, internal=False):  # binds within one second: list every cycle
+    async with watcher(cc, pki, nats_client):
         await view.wait_for(lambda s: subjects.security_group(guid) in s, "the group")
         cc.bind_security_group(guid, "space-1", "running")
         await view.wait_for(lambda s: spaces("running")(s) == ["space-1"], "a running binding")
@@ -102,38 +103,24 @@ async def test_bind_and_unbind_running_and_staging(
 async def test_unchanged_asg_latest_update_means_no_listing(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guid = cc.create_security_group("dns", DNS, running=True)
+    """One listing per change of CC's microsecond stamp, however quickly writes follow each other."""
+    guid = cc.add_security_group("dns", DNS, running_default=True)
     async with watcher(cc, pki, nats_client):
         await view.wait_for(lambda s: published(view, guid), "the group")
-        await wait_until(lambda: cc.requests[CcRoute.SECURITY_GROUPS] == 2, "the confirming listing")
         checks = cc.requests[CcRoute.ASG_LATEST_UPDATE]
         await wait_until(lambda: cc.requests[CcRoute.ASG_LATEST_UPDATE] >= checks + 10, "ten more checks")
-        assert cc.requests[CcRoute.SECURITY_GROUPS] == 2
+        assert cc.requests[CcRoute.SECURITY_GROUPS] == 1
 
-        cc.update_security_group(guid, name="dns-renamed")
-        cc.last_update += timedelta(seconds=1)  # a later second than the one listed, whenever this runs
-        await view.wait_for(lambda s: view.group(guid)["name"] == "dns-renamed", "the new name")  # type: ignore[index]
-        assert cc.requests[CcRoute.SECURITY_GROUPS] == 3
-
-
-async def test_a_write_within_the_same_second_is_caught_by_the_settle_listing(
-    cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
-) -> None:
-    """CC's stamp has one-second resolution: a later write may leave it unchanged. The confirming
-    listing after `latest_update_settle` still sees it."""
-    guid = cc.create_security_group("dns", DNS, running=True)
-    async with watcher(cc, pki, nats_client):
-        await view.wait_for(lambda s: published(view, guid), "the group")
-        stamp = cc.last_update
-        cc.update_security_group(guid, name="same-second")
-        cc.last_update = stamp  # as if the write landed in the second already reported
-        await view.wait_for(lambda s: view.group(guid)["name"] == "same-second", "the write")  # type: ignore[index]
+        for n in range(3):  # within a second: CC's stamp moves with each
+            cc.update_security_group(guid, name=f"dns-{n}")
+            await view.wait_for(lambda s, n=n: view.group(guid)["name"] == f"dns-{n}", f"name {n}")  # type: ignore[index]
+        assert cc.requests[CcRoute.SECURITY_GROUPS] == 4
 
 
 async def test_without_the_internal_endpoint_every_cycle_lists(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guid = cc.create_security_group("dns", DNS, running=True)
+    guid = cc.add_security_group("dns", DNS, running_default=True)
     async with watcher(cc, pki, nats_client, internal=False):
         await view.wait_for(lambda s: published(view, guid), "the group")
         await wait_until(lambda: cc.requests[CcRoute.SECURITY_GROUPS] >= 5, "five listings")
@@ -144,7 +131,7 @@ async def test_expiring_tokens_are_refreshed_before_they_expire(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
     cc.token_ttl = 1  # refreshed when half of it is left
-    guid = cc.create_security_group("dns", DNS, running=True)
+    guid = cc.add_security_group("dns", DNS, running_default=True)
     async with watcher(cc, pki, nats_client, internal=False) as w:
         await view.wait_for(lambda s: published(view, guid), "the group")
         await wait_until(lambda: cc.tokens_issued >= 3, "three tokens")
@@ -156,7 +143,7 @@ async def test_expiring_tokens_are_refreshed_before_they_expire(
 async def test_a_refused_token_is_replaced_once_and_the_cycle_succeeds(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guid = cc.create_security_group("dns", DNS, running=True)
+    guid = cc.add_security_group("dns", DNS, running_default=True)
     async with watcher(cc, pki, nats_client, internal=False):
         await view.wait_for(lambda s: published(view, guid), "the group")
         assert cc.tokens_issued == 1
@@ -171,13 +158,12 @@ async def test_a_refused_token_is_replaced_once_and_the_cycle_succeeds(
 async def test_a_failing_page_publishes_nothing_and_the_watcher_recovers(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    guids = [cc.create_security_group(f"g{i}", DNS) for i in range(4)]
+    guids = [cc.add_security_group(f"g{i}", DNS) for i in range(4)]
     async with watcher(cc, pki, nats_client, per_page=2):
         await view.wait_for(lambda s: all(subjects.security_group(g) in s for g in guids), "the groups")
         before = metric("errors_total", kind="asg", reason="http")
         cc.fail(CcRoute.SECURITY_GROUPS, times=5, page=2)
         cc.delete_security_group(guids[0])
-        cc.last_update += timedelta(seconds=1)
         await view.wait_for(lambda s: s[subjects.security_group(guids[0])]["security_group"] is None, "g0 deleted")
         assert metric("errors_total", kind="asg", reason="http") - before == 5
     deleted = {subject for subject, doc in view.history if doc["security_group"] is None}
@@ -188,13 +174,12 @@ async def test_a_listing_that_moved_meanwhile_is_refused_and_retried(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
     """asg_latest_update moved during the listing: the listing is not published; the retry is."""
-    first = cc.create_security_group("first", DNS)
+    first = cc.add_security_group("first", DNS)
     cc.delay(CcRoute.SECURITY_GROUPS, 0.3)
     before = metric("errors_total", kind="asg", reason="unstable")
     async with watcher(cc, pki, nats_client):
         await wait_until(lambda: cc.requests[CcRoute.SECURITY_GROUPS] == 1, "the first listing in flight")
-        second = cc.create_security_group("second", DNS)
-        cc.last_update += timedelta(seconds=1)
+        second = cc.add_security_group("second", DNS)
         await view.wait_for(lambda s: published(view, first) and published(view, second), "both groups")
     assert metric("errors_total", kind="asg", reason="unstable") - before == 1
     assert sorted(s for s, _ in view.history) == sorted(map(subjects.security_group, (first, second)))
@@ -204,7 +189,7 @@ async def test_a_bad_rule_is_dropped_and_the_group_still_published(
     cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView, caplog: pytest.LogCaptureFixture
 ) -> None:
     rules = [*DNS, {"protocol": "tcp", "destination": "192.0.2.1"}]  # tcp without ports
-    guid = cc.create_security_group("half-bad", rules, running=True)
+    guid = cc.add_security_group("half-bad", rules, running_default=True)
     with caplog.at_level(logging.WARNING, logger="events.poller"):
         async with watcher(cc, pki, nats_client):
             await view.wait_for(lambda s: published(view, guid), "the group")
@@ -231,8 +216,8 @@ async def test_a_refused_internal_client_certificate_stops_the_watcher(
         cc,
         pki,
         nats_client,
-        internal_cert_file=pki.other_client,
-        internal_key_file=pki.other_client,
+        internal_cert_file=pki.client_of_other_ca.cert,
+        internal_key_file=pki.client_of_other_ca.key,
         max_config_failures=2,
     )
     with pytest.raises(FatalSourceError, match=r"refused our client certificate \(tlsv1 alert unknown ca\)"):
@@ -245,3 +230,24 @@ def test_config_errors_name_the_key() -> None:
         CcWatcherConfig(api_url="https://api", uaa_url="https://uaa", client_secret="x", internal_url="https://cc:9023")
     with pytest.raises(ValidationError, match="must be an https:// URL"):
         CcWatcherConfig(api_url="http://api", uaa_url="https://uaa", client_secret="x")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-10-24T16:13:44.123456000+00:00", datetime(2024, 10, 24, 16, 13, 44, 123456, tzinfo=UTC)),
+        ("2020-02-22T11:00:00Z", datetime(2020, 2, 22, 11, 0, 0, tzinfo=UTC)),
+        ("1970-01-01T00:00:00.000000000+00:00", datetime(1970, 1, 1, tzinfo=UTC)),
+        ("2024-10-24T18:13:44.5+02:00", datetime(2024, 10, 24, 16, 13, 44, 500000, tzinfo=UTC)),
+    ],
+)
+def test_asg_latest_update_in_both_of_ccs_formats(text: str, expected: datetime) -> None:
+    """Current CC's nine fraction digits and older CC's whole seconds with Z both parse, exactly."""
+    assert parse_last_update("u", {"last_update": text}) == expected
+
+
+@pytest.mark.parametrize("value", ["2024-10-24 16:13:44Z", "2024-10-24T16:13:44", "2024-10-24T16:13:44.123456789Z", 5])
+def test_asg_latest_update_that_is_not_cc_rfc3339_is_invalid(value: object) -> None:
+    with pytest.raises(SourceError) as info:
+        parse_last_update("u", {"last_update": value})
+    assert info.value.reason is Reason.INVALID

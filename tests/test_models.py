@@ -456,7 +456,7 @@ def egress_policy(source: dict, lifecycle: str = "all", **destination: object) -
 
 
 def test_egress_policy_conversion() -> None:
-    fix = parse_internal_policies(fixture("internal_policies.json"))[1]
+    fix = parse_internal_policies(fixture("policy/internal_policies_with_egress.json"))[1]
     assert fix[0].egress_rule() == EgressRule(
         protocol=Protocol.TCP, destinations=(a("192.0.2.100", "192.0.2.101"),), ports=(p(5432),), description="postgres"
     )
@@ -517,7 +517,7 @@ def test_egress_policy_lifecycle_null_means_all() -> None:
 
 def test_cc_v3_list_page_resources_parse_verbatim() -> None:
     """Resources of GET /v3/security_groups paste in as they are (created_at, links and all)."""
-    groups = [SecurityGroup.model_validate(r) for r in fixture("cc_v3_security_groups_page.json")["resources"]]
+    groups = [SecurityGroup.model_validate(r) for r in fixture("cc/security_groups_one_page.json")["resources"]]
     dns, payments, mirror = groups
     assert dns.applies_to("any-space", Workload.APP) and dns.applies_to("any-space", Workload.STAGING)
     space = "5d0c9b1e-2f3a-4c5d-8e7f-0a1b2c3d4e5f"
@@ -531,8 +531,8 @@ def test_cc_v3_list_page_resources_parse_verbatim() -> None:
 
 def test_internal_security_groups_response() -> None:
     """The policy server's internal groups (rules as a JSON string) become the same CC groups."""
-    internal = fixture("internal_security_groups.json")["security_groups"]
-    cc = fixture("cc_v3_security_groups_page.json")["resources"]
+    internal = fixture("policy/internal_security_groups.json")["security_groups"]
+    cc = fixture("cc/security_groups_one_page.json")["resources"]
     for item, resource in zip(internal, cc):
         group = InternalSecurityGroup.model_validate(item).to_security_group()
         expected = SecurityGroup.model_validate(resource)
@@ -543,9 +543,9 @@ def test_internal_security_groups_response() -> None:
 
 def test_internal_security_group_dumps_like_the_policy_server() -> None:
     """For simulators: the CC group -> internal form reproduces the policy server's seven-key rules string."""
-    resource = fixture("cc_v3_security_groups_page.json")["resources"][1]
+    resource = fixture("cc/security_groups_one_page.json")["resources"][1]
     dumped = InternalSecurityGroup.from_security_group(SecurityGroup.model_validate(resource)).model_dump()
-    assert dumped == fixture("internal_security_groups.json")["security_groups"][1]
+    assert dumped == fixture("policy/internal_security_groups.json")["security_groups"][1]
     assert isinstance(dumped["rules"], str)
 
 
@@ -557,7 +557,7 @@ def test_internal_group_space_lists_may_be_null() -> None:
 
 
 def test_internal_policies_response() -> None:
-    c2c, egress = parse_internal_policies(fixture("internal_policies.json"))
+    c2c, egress = parse_internal_policies(fixture("policy/internal_policies_with_egress.json"))
     assert [
         (c.source.id[:4], c.destination.protocol, c.destination.ports.start, c.destination.ports.end) for c in c2c
     ] == [

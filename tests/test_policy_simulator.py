@@ -1,5 +1,6 @@
-"""The policy server simulator speaks the internal API as docs/cf-facts.md §1 describes it, in the shapes
-of the recorded payloads in tests/fixtures/policy, and those payloads parse with events.models."""
+"""The policy server simulator speaks the internal API as the real Go server does (docs/cf-facts.md §1):
+its routes and no others, its headers, its error bodies, the shapes of the recorded payloads in
+tests/fixtures/policy (which parse with events.models), historical egress included."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from events.models import InternalSecurityGroup, parse_internal_policies
+from events.asgsync import collect_security_groups
+from events.models import InternalSecurityGroup, SecurityGroup, parse_internal_policies
 from events.tls import client_context
-from lab.cfsim import Pki, shape
-from lab.sim.policy import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
+from lab.cfsim import shape
+from lab.pki import Pki
+from lab.sim.policy import (
+    GO_SNIFFED_TEXT,
+    HSTS,
+    C2CPolicySpec,
+    EgressDestinationSpec,
+    PolicyRoute,
+    PolicyServerSimulator,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "policy"
 API = "/networking/v1/internal"
@@ -29,12 +39,16 @@ class Api:
 
     def __init__(self, sim: PolicyServerSimulator, pki: Pki, session: aiohttp.ClientSession) -> None:
         self._base = sim.url
-        self._ssl = client_context(pki.client_files())
+        self._ssl = client_context(pki.client)
         self._session = session
 
     async def text(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        status, _, text = await self.response(method, path, body)
+        return status, text
+
+    async def response(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], str]:
         async with self._session.request(method, self._base + path, ssl=self._ssl, json=body) as response:
-            return response.status, await response.text()
+            return response.status, dict(response.headers), await response.text()
 
     async def json(self, path: str) -> Any:
         status, text = await self.text("GET", path)
@@ -53,31 +67,71 @@ def test_recorded_policies_parse() -> None:
     assert [(p.destination.protocol, p.destination.ports.start, p.destination.ports.end) for p in c2c] == [
         ("tcp", 8080, 8080),
         ("udp", 9000, 9010),
+        ("tcp", 9090, 9090),
     ]
     assert egress == []
     c2c, egress = parse_internal_policies(fixture("internal_policies_with_egress.json"))
-    assert len(c2c) == 1 and [e.destination.name for e in egress] == ["partner-api", "ping-anywhere"]
+    assert len(c2c) == 3 and [e.destination.name for e in egress] == ["postgres", "ping"]
+    assert egress[1].source.type == "default" and egress[1].source.id == ""
 
 
 def test_recorded_security_groups_parse_from_their_rules_strings() -> None:
-    dns, backend = (
+    dns, payments, mirror = (
         InternalSecurityGroup.parse_lenient(g) for g in fixture("internal_security_groups.json")["security_groups"]
     )
-    assert dns[1] == [] and backend[1] == []
+    assert dns[1] == payments[1] == mirror[1] == []
     assert dns[0].globally_enabled.running and dns[0].globally_enabled.staging
-    assert [r.destination for r in backend[0].rules] == ["10.0.11.0/24", "10.0.11.0-10.0.11.255", "192.0.2.10"]
-    assert backend[0].rules[0].description == "backends & admin"  # Go's \u0026 escape
-    assert backend[0].running_space_guids == {"7f3d9b4e-5b8a-4c1e-9d2f-0a1b2c3d4e5f"}
+    assert [r.destination for r in payments[0].rules] == [
+        "203.0.113.0/24",
+        "192.0.2.10-192.0.2.20",
+        "203.0.113.1",
+        "198.51.100.0/25,2001:db8:1::/48",
+        "192.0.2.200",
+    ]
+    assert mirror[0].rules[0].description == "apt & pip mirror"  # Go's \u0026 escape
+    assert payments[0].running_space_guids == {"5d0c9b1e-2f3a-4c5d-8e7f-0a1b2c3d4e5f"}
 
 
-def test_recorded_bad_rules_are_dropped_one_by_one() -> None:
-    half_bad, garbled = fixture("internal_security_groups_bad_rule.json")["security_groups"]
-    group, problems = InternalSecurityGroup.parse_lenient(half_bad)
-    assert [r.destination for r in group.rules] == ["192.0.2.0/24"]
+def test_bad_rules_are_dropped_one_by_one() -> None:
+    """Hand-made (the asg-syncer stores only what CC validated, as valid JSON): what the lenient parser
+    does with a bad rule, and with a rules string that is not JSON."""
+    rules = [
+        {"protocol": "tcp", "destination": "192.0.2.0/24", "ports": "443"},
+        {"protocol": "tcp", "destination": "10.0.0.300", "ports": "80"},
+        {"protocol": "udp", "destination": "198.51.100.0/24", "ports": "9000-8000"},
+    ]
+    group = {"guid": "g", "name": "half-bad", "rules": json.dumps(rules), "running_default": True}
+    parsed, problems = InternalSecurityGroup.parse_lenient(
+        group | {"staging_space_guids": [], "running_space_guids": []}
+    )
+    assert [r.destination for r in parsed.rules] == ["192.0.2.0/24"]
     assert [p.path for p in problems] == ["rules[1].destination", "rules[2].ports"]
-    group, problems = InternalSecurityGroup.parse_lenient(garbled)
-    assert group.rules == [] and group.running_space_guids == frozenset()  # Go's null lists
-    assert [p.path for p in problems] == ["rules"] and "not valid JSON" in problems[0].message
+    parsed, problems = InternalSecurityGroup.parse_lenient(group | {"rules": '[{"protocol":'})
+    assert parsed.rules == [] and [p.path for p in problems] == ["rules"] and "not valid JSON" in problems[0].message
+
+
+def test_an_unknown_key_is_ignored_and_not_counted_as_dropped() -> None:
+    """A newer server may add keys: the entry is kept, and the problem says nothing was dropped."""
+    raw = fixture("internal_security_groups.json")["security_groups"][0]
+    rules = json.loads(raw["rules"])
+    rules[0]["priority"] = 7
+    groups: dict[str, SecurityGroup] = {}
+    problems: dict[str, str] = {}
+    collect_security_groups(
+        [raw | {"rules": json.dumps(rules), "created_by": "syncer"}],
+        InternalSecurityGroup.parse_lenient,
+        groups,
+        problems,
+    )
+    assert problems == {} and len(groups[raw["guid"]].rules) == 2
+    body = fixture("internal_policies.json")
+    body["policies"][0]["destination"]["priority"] = 1
+    c2c, _, found = parse_internal_policies(body | {"generation": 2}, lenient=True)
+    assert len(c2c) == 3 and [str(p) for p in found] == [
+        "generation: unknown key",
+        "policies[0].destination.priority: unknown key",
+    ]
+    assert not any(p.dropped for p in found)
 
 
 async def test_policies_match_the_recorded_shape(sim: PolicyServerSimulator, api: Api) -> None:
@@ -85,14 +139,37 @@ async def test_policies_match_the_recorded_shape(sim: PolicyServerSimulator, api
     assert shape(await api.json(f"{API}/policies")) == shape(fixture("internal_policies.json"))
 
 
-async def test_egress_policies_match_the_recorded_shape(pki: Pki) -> None:
-    async with PolicyServerSimulator(pki.server_files(), egress_policies=True) as sim, aiohttp.ClientSession() as s:
+async def test_egress_policies_have_the_historical_internal_shape(pki: Pki) -> None:
+    """One entry per destination rule; source.id always there ("" for default); icmp fields for icmp only;
+    no egress keys at all while there are no egress policies (both were omitempty)."""
+    async with PolicyServerSimulator(pki.server, egress_policies=True) as sim, aiohttp.ClientSession() as s:
+        api = Api(sim, pki, s)
         sim.add_c2c_policy(C2CPolicySpec("app-a", "app-b"))
+        assert list(await api.json(f"{API}/policies")) == ["total_policies", "policies"]
         sim.add_egress_policy("app-a", "partner", [EgressDestinationSpec("tcp", "198.51.100.1", "198.51.100.9", 1, 2)])
-        body = await Api(sim, pki, s).json(f"{API}/policies")
+        sim.add_egress_policy(
+            "",
+            "ping",
+            [EgressDestinationSpec("icmp", "203.0.113.1", "203.0.113.1", icmp_type=8)],
+            source_type="default",
+        )
+        body = await api.json(f"{API}/policies")
     recorded = fixture("internal_policies_with_egress.json")
     assert shape(body) == shape(recorded)
-    assert parse_internal_policies(body)[1][0].destination.name == "partner"
+    tcp, icmp = body["egress_policies"]
+    assert list(tcp["destination"]) == ["id", "name", "protocol", "ports", "ips"]
+    assert icmp["source"] == {"id": "", "type": "default"}
+    assert (icmp["destination"]["icmp_type"], icmp["destination"]["icmp_code"]) == (8, -1)
+    assert list(recorded["egress_policies"][1]["destination"]) == [
+        "id",
+        "name",
+        "description",
+        "protocol",
+        "ips",
+        "icmp_type",
+        "icmp_code",
+    ]
+    assert [e.destination.name for e in parse_internal_policies(body)[1]] == ["partner", "ping"]
 
 
 async def test_security_groups_match_the_recorded_shape(sim: PolicyServerSimulator, api: Api) -> None:
@@ -125,7 +202,7 @@ async def test_id_filter_selects_source_or_destination(sim: PolicyServerSimulato
 
 
 async def test_tags_are_upper_hex_padded_to_twice_the_tag_length(pki: Pki) -> None:
-    async with PolicyServerSimulator(pki.server_files(), tag_length=1) as sim, aiohttp.ClientSession() as session:
+    async with PolicyServerSimulator(pki.server, tag_length=1) as sim, aiohttp.ClientSession() as session:
         api = Api(sim, pki, session)
         for n in range(11):
             sim.add_c2c_policy(C2CPolicySpec(f"src-{n}", "dst"))
@@ -185,8 +262,55 @@ async def test_last_updated_is_a_bare_nanosecond_integer_that_moves_on_change(
 
 async def test_faults_answer_with_the_servers_error_body(sim: PolicyServerSimulator, api: Api) -> None:
     sim.fail(PolicyRoute.POLICIES, times=1)
-    assert await api.text("GET", f"{API}/policies") == (500, '{"error":"database read failed"}')
+    assert await api.text("GET", f"{API}/policies") == (500, '{"error": "database read failed"}')
     assert (await api.text("GET", f"{API}/policies"))[0] == 200
     sim.fail(PolicyRoute.SECURITY_GROUPS, times=1, paged_only=True)
     assert (await api.text("GET", f"{API}/security_groups?limit=1"))[0] == 200
     assert (await api.text("GET", f"{API}/security_groups?limit=1&from=2"))[0] == 500
+
+
+async def test_replies_carry_gos_sniffed_content_type_and_hsts(sim: PolicyServerSimulator, api: Api) -> None:
+    """Handlers set no Content-Type, so Go sniffs text/plain for JSON and integers alike; HSTSHandler
+    wraps every handler, so error replies carry it too."""
+    sim.fail(PolicyRoute.POLICIES, times=1)
+    for path in ("policies", "policies", "policies_last_updated", "security_groups?limit=x"):
+        status, headers, _ = await api.response("GET", f"{API}/{path}")
+        assert headers["Content-Type"] == GO_SNIFFED_TEXT == "text/plain; charset=utf-8", (path, status)
+        assert headers["Strict-Transport-Security"] == "max-age=31536000", (path, status)
+    status, headers, text = await api.response("PUT", f"{API}/tags", {"id": "app-a", "type": "app"})
+    assert (status, headers["Content-Type"], headers["Strict-Transport-Security"]) == (200, GO_SNIFFED_TEXT, HSTS)
+    assert list(json.loads(text)) == ["id", "tag", "type"]  # api.Tag's field order
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        ("from=x", '{"error": "invalid value for \'from\' parameter"}'),
+        ("from=", '{"error": "invalid value for \'from\' parameter"}'),
+        ("from=1_0", '{"error": "invalid value for \'from\' parameter"}'),
+        ("limit=ten", '{"error": "invalid value for \'limit\' parameter"}'),
+        ("from=x&limit=ten", '{"error": "invalid value for \'from\' parameter"}'),
+    ],
+)
+async def test_bad_from_and_limit_get_the_handlers_own_500s(api: Api, query: str, body: str) -> None:
+    """strconv.Atoi's refusals, one error body per parameter, `from` checked first (handlers/asgs_index.go)."""
+    assert await api.text("GET", f"{API}/security_groups?{query}") == (500, body)
+
+
+async def test_only_the_real_routes_exist(api: Api) -> None:
+    """security_groups_last_updated is not a route of the internal server: the router's plain 404, no HSTS.
+    A known path with another method is the router's 405 with Allow."""
+    for path in (f"{API}/security_groups_last_updated", "/networking/v1/internal/nope", "/"):
+        status, headers, text = await api.response("GET", path)
+        assert (status, text, headers["Content-Type"]) == (404, "404 page not found\n", GO_SNIFFED_TEXT), path
+        assert headers["X-Content-Type-Options"] == "nosniff" and "Strict-Transport-Security" not in headers
+    status, headers, text = await api.response("GET", f"{API}/tags")
+    assert (status, headers["Allow"], text) == (405, "PUT", "Method Not Allowed\n")
+    status, headers, _ = await api.response("PUT", f"{API}/policies", {})
+    assert (status, headers["Allow"]) == (405, "GET")
+    status, _, _ = await api.response("PUT", "/networking/v0/internal/tags", {"id": "a", "type": "app"})
+    assert status == 404  # tags is registered for v1 only
+
+
+async def test_tags_refuse_a_body_that_is_not_a_json_object(api: Api) -> None:
+    assert await api.text("PUT", f"{API}/tags", "{not json") == (400, '{"error": "failed parsing request body"}')

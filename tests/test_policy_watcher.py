@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 from events import subjects
+from events.cc.stamp import AsgTriggerConfig
 from events.messages import ContainerMessage
 from events.models import Container
 from events.policy.spaces import ContainerSpaces, StaticSpaces
-from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
+from events.policy.watcher import AsgSchedule, PolicyWatcher, PolicyWatcherConfig
 from events.poller import Backoff, FatalSourceError
 from events.publisher import StatePublisher
-from lab.cfsim import WAIT, Pki, StateView, wait_until
+from lab.cfsim import WAIT, StateView, wait_until
+from lab.pki import Pki
+from lab.sim.cc import CcRoute, CloudControllerSimulator
 from lab.sim.policy import C2CPolicySpec, EgressDestinationSpec, PolicyRoute, PolicyServerSimulator
 
 DNS = [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}]
@@ -29,9 +35,9 @@ def config(sim: PolicyServerSimulator, pki: Pki, **overrides: Any) -> PolicyWatc
     """Fast intervals and backoff, so a test takes milliseconds per cycle."""
     settings: dict[str, Any] = {
         "url": sim.url,
-        "ca_file": pki.ca,
-        "cert_file": pki.client,
-        "key_file": pki.client,
+        "ca_file": pki.client.ca,
+        "cert_file": pki.client.cert,
+        "key_file": pki.client.key,
         "poll_interval": 0.02,
         "asg_poll_interval": 0.02,
         "backoff_initial": 0.01,
@@ -171,21 +177,141 @@ async def test_paging_follows_next_with_a_real_limit(
     assert {q["space_guids"] for q in listing} == {"space-1"}
 
 
-async def test_asg_change_check_skips_unchanged_listings(
+def trigger(cc: CloudControllerSimulator, pki: Pki) -> dict[str, Any]:
+    """Settings that make CC's asg_latest_update the trigger of security-group listings."""
+    return {
+        "asg_trigger": AsgTriggerConfig(
+            internal_url=cc.internal_url,
+            internal_ca_file=pki.client.ca,
+            internal_cert_file=pki.client.cert,
+            internal_key_file=pki.client.key,
+            uaa_url=cc.uaa_url,
+            client_secret=SecretStr("s3cret"),
+            ca_file=pki.client.ca,
+        ),
+        "asg_trigger_interval": 0.02,
+        "poll_interval": 60,
+    }
+
+
+def listings(sim: PolicyServerSimulator) -> int:
+    return sim.requests[PolicyRoute.SECURITY_GROUPS]
+
+
+async def test_with_the_cc_trigger_the_policy_server_is_listed_only_until_a_change_arrives(
+    sim: PolicyServerSimulator, cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """CC's stamp stands still: no listing at all. It moves: the policy server is listed at the window's
+    pace while the asg-syncer has not copied the change yet, then once more to confirm it, and no more."""
+    sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
+    cc.add_security_group("dns", DNS, guid="g-dns", running_default=True)
+    async with watcher(sim, pki, nats_client, **trigger(cc, pki), asg_poll_interval=0.05, asg_resync_interval=600):
+        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the group")
+        assert listings(sim) == 2  # the first listing, and the second that confirms it
+        checks = cc.requests[CcRoute.ASG_LATEST_UPDATE]
+        await wait_until(lambda: cc.requests[CcRoute.ASG_LATEST_UPDATE] >= checks + 10, "ten stamp reads")
+        assert listings(sim) == 2
+
+        cc.update_security_group("g-dns", name="dns-2")  # CC moved; the syncer has not copied it yet
+        await wait_until(lambda: listings(sim) >= 6, "listings while the change is on its way")
+        assert view.group("g-dns")["name"] == "dns"  # type: ignore[index]
+        sim.update_security_group("g-dns", name="dns-2")  # the syncer's Replace
+        await view.wait_for(lambda s: s[subjects.security_group("g-dns")]["security_group"]["name"] == "dns-2", "it")
+        after = listings(sim)
+        checks = cc.requests[CcRoute.ASG_LATEST_UPDATE]
+        await wait_until(lambda: cc.requests[CcRoute.ASG_LATEST_UPDATE] >= checks + 10, "ten stamp reads")
+        assert listings(sim) == after  # the window closed with the change
+
+
+async def test_with_the_cc_trigger_a_safety_listing_catches_what_moved_no_stamp(
+    sim: PolicyServerSimulator, cc: CloudControllerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """A v2 write reaches the policy server without moving CC's stamp: the next safety listing finds it."""
+    sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
+    async with watcher(sim, pki, nats_client, **trigger(cc, pki), asg_resync_interval=0.2):
+        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the group")
+        sim.update_security_group("g-dns", name="dns-v2")
+        await view.wait_for(
+            lambda s: s[subjects.security_group("g-dns")]["security_group"]["name"] == "dns-v2", "the v2 write"
+        )
+
+
+async def test_without_ccs_stamp_the_watcher_lists_at_the_untriggered_pace(
     sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
 ) -> None:
-    """With `asg_change_check`, a listing happens only when security_groups_last_updated or the spaces move."""
+    """An older CC answers 404 for asg_latest_update: every asg_poll_interval, as without a trigger."""
     sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
-    async with watcher(sim, pki, nats_client, asg_change_check=True, poll_interval=60):
-        await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the group")
-        checks = sim.requests[PolicyRoute.SECURITY_GROUPS_LAST_UPDATED]
-        await wait_until(lambda: sim.requests[PolicyRoute.SECURITY_GROUPS_LAST_UPDATED] >= checks + 10, "more checks")
-        assert sim.requests[PolicyRoute.SECURITY_GROUPS] == 1
-        sim.update_security_group("g-dns", name="dns-2")
-        await view.wait_for(
-            lambda s: s[subjects.security_group("g-dns")]["security_group"]["name"] == "dns-2", "rename"
+    async with CloudControllerSimulator(pki.server, client_secret="s3cret", asg_latest_update_endpoint=False) as old:
+        async with watcher(sim, pki, nats_client, **trigger(old, pki), asg_poll_interval=0.05):
+            await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the group")
+            sim.update_security_group("g-dns", name="dns-2")
+            await view.wait_for(
+                lambda s: s[subjects.security_group("g-dns")]["security_group"]["name"] == "dns-2", "the change"
+            )
+            await wait_until(lambda: listings(sim) >= 10, "listings at the poll pace")
+
+
+async def test_a_listing_that_changed_while_it_was_paged_is_not_published(
+    sim: PolicyServerSimulator, pki: Pki, nats_client: NATS, view: StateView
+) -> None:
+    """The syncer replaces groups between two pages: the mixed listing (g0 old, g2 new) is refused as
+    unstable and listed again; what is published is the state after the change, whole."""
+    for n in range(3):
+        sim.add_security_group(f"g{n}", DNS, guid=f"g{n}", running_default=True)
+    before = metric("errors_total", kind="asg", reason="unstable")
+    async with watcher(sim, pki, nats_client, asg_page_size=1, asg_poll_interval=0.05):
+        await view.wait_for(lambda s: all(subjects.security_group(f"g{n}") in s for n in range(3)), "three groups")
+        sim.delay(PolicyRoute.SECURITY_GROUPS, 0.05)
+        seen = len(sim.request_log)
+        await wait_until(
+            lambda: any(q.get("from") == "2" for _, q in sim.request_log[seen:]), "a listing past its first page"
         )
-        assert sim.requests[PolicyRoute.SECURITY_GROUPS] == 2
+        sim.update_security_group("g0", name="g0-new")  # already read in this listing
+        sim.update_security_group("g2", name="g2-new")  # not read yet
+        await view.wait_for(
+            lambda s: s[subjects.security_group("g2")]["security_group"]["name"] == "g2-new", "the change"
+        )
+        await view.wait_for(lambda s: s[subjects.security_group("g0")]["security_group"]["name"] == "g0-new", "g0")
+    assert metric("errors_total", kind="asg", reason="unstable") > before
+    names = [(s, doc["security_group"]["name"]) for s, doc in view.history if doc.get("kind") == "asg"]
+    assert names.index((subjects.security_group("g0"), "g0-new")) < names.index(
+        (subjects.security_group("g2"), "g2-new")
+    )
+
+
+def test_asg_schedule_lists_on_a_moved_stamp_within_the_window_and_resyncs_outside() -> None:
+    """The trigger logic alone, on a made-up clock."""
+    cfg = PolicyWatcherConfig(
+        ca_file=Path("ca"),
+        cert_file=Path("c"),
+        key_file=Path("k"),
+        asg_poll_interval=10,
+        asg_trigger=AsgTriggerConfig(
+            internal_url="https://cc",
+            internal_ca_file=Path("ca"),
+            internal_cert_file=Path("c"),
+            internal_key_file=Path("k"),
+            uaa_url="https://uaa",
+            client_secret=SecretStr("s"),
+        ),
+        asg_sync_window=90,
+        asg_resync_interval=600,
+    )
+    schedule = AsgSchedule(cfg)
+    t0, t1 = datetime(2024, 10, 24, 16, 13, 44, 1, tzinfo=UTC), datetime(2024, 10, 24, 16, 13, 44, 2, tzinfo=UTC)
+    schedule.stamp_read(t0, 0)
+    assert schedule.listing_due(0)
+    schedule.listed(0, changed=True)  # the first listing: the window closes
+    schedule.stamp_read(t0, 5)
+    assert not schedule.listing_due(5) and not schedule.listing_due(599) and schedule.listing_due(600)
+    schedule.stamp_read(t1, 100)  # moved: look at once, then every asg_poll_interval
+    assert schedule.listing_due(100)
+    schedule.listed(100, changed=False)  # the syncer has not copied it yet
+    assert not schedule.listing_due(105) and schedule.listing_due(110)
+    schedule.listed(110, changed=True)  # here it is: the window closes
+    assert not schedule.listing_due(120) and schedule.listing_due(710)
+    schedule.stamp_read(None, 200)  # CC unreachable or without the endpoint: the untriggered pace
+    assert schedule.listing_due(200)
 
 
 async def test_a_bad_rule_is_dropped_and_the_group_still_published(
@@ -245,8 +371,8 @@ async def test_client_certificate_of_another_ca_stops_the_watcher_with_a_clear_e
         sim,
         pki,
         nats_client,
-        cert_file=pki.other_client,
-        key_file=pki.other_client,
+        cert_file=pki.client_of_other_ca.cert,
+        key_file=pki.client_of_other_ca.key,
         asgs=False,
         max_config_failures=3,
     )
@@ -261,11 +387,11 @@ async def test_client_certificate_of_another_ca_stops_the_watcher_with_a_clear_e
 
 
 async def test_egress_policies_of_an_older_policy_server(pki: Pki, nats_client: NATS, view: StateView) -> None:
-    async with PolicyServerSimulator(pki.server_files(), egress_policies=True) as sim:
+    async with PolicyServerSimulator(pki.server, egress_policies=True) as sim:
         rules = [EgressDestinationSpec("tcp", "198.51.100.1", "198.51.100.9", 8000, 9000)]
         guid = sim.add_egress_policy("app-a", "partner", rules)
         sim.add_egress_policy(
-            None, "ntp", [EgressDestinationSpec("udp", "203.0.113.5", "203.0.113.5", 123, 123)], source_type="default"
+            "", "ntp", [EgressDestinationSpec("udp", "203.0.113.5", "203.0.113.5", 123, 123)], source_type="default"
         )
         async with watcher(sim, pki, nats_client, asgs=False):
             await view.wait_for(lambda s: len(s.get(subjects.EGRESS_POLICIES, {}).get("policies", [])) == 2, "egress")

@@ -1,5 +1,5 @@
-"""The calls the CC watcher makes: a UAA token, Cloud Controller's v3 security groups, and CC's
-internal `asg_latest_update` (docs/cf-facts.md §1.5, §2.1).
+"""The calls the CC watcher makes: a UAA token and Cloud Controller's v3 security groups
+(docs/cf-facts.md §1.5, §2.1). CC's internal `asg_latest_update` is events/cc/stamp.py.
 
 Token: OAuth2 client credentials (HTTP basic client authentication), cached and refreshed
 before it expires — when less than `min(refresh_margin, expires_in / 2)` is left — and, once,
@@ -18,7 +18,6 @@ import base64
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
@@ -90,7 +89,7 @@ class UaaTokenSource:
 
 
 class CloudControllerClient:
-    """v3 security groups (bearer token) and, when configured, the internal mTLS change stamp."""
+    """v3 security groups, with a bearer token."""
 
     def __init__(
         self,
@@ -100,8 +99,6 @@ class CloudControllerClient:
         tokens: UaaTokenSource,
         timeout: float,
         per_page: int,
-        internal_url: str | None = None,
-        internal_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self._session = session
         self._api = api_url.rstrip("/")
@@ -109,36 +106,6 @@ class CloudControllerClient:
         self._tokens = tokens
         self._timeout = timeout
         self._per_page = per_page
-        self._internal = internal_url.rstrip("/") if internal_url else None
-        self._internal_ssl = internal_ssl
-
-    @property
-    def has_latest_update(self) -> bool:
-        return self._internal is not None
-
-    async def asg_latest_update(self) -> datetime | None:
-        """When a v3 security-group write last happened; None if CC lacks the endpoint (404),
-        which means: always list."""
-        assert self._internal is not None and self._internal_ssl is not None
-        url = f"{self._internal}/internal/v4/asg_latest_update"
-        status, text = await request_text(
-            self._session,
-            "GET",
-            url,
-            ssl_context=self._internal_ssl,
-            timeout=self._timeout,
-            headers={"Authorization": f"bearer {await self._tokens.token()}"},
-            ok=(200, 404),
-        )
-        if status == 404:
-            return None
-        body = decode_json(url, text)
-        value = body.get("last_update") if isinstance(body, dict) else None
-        try:
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            pass
-        raise SourceError(url, Reason.INVALID, f"'last_update' is {value!r}, not an RFC 3339 time")
 
     async def security_groups(self) -> list[object]:
         """Every security group resource (raw v3 JSON objects), across all pages."""

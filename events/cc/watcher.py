@@ -3,17 +3,17 @@
 For foundations whose policy server does not sync ASGs (no policy-server-asg-syncer), this
 watcher does the syncer's job and publishes straight to NATS. One poll loop, every `poll_interval`:
 
-1. With `internal_url` configured, read CC's `asg_latest_update` (mutual TLS). If it equals the
-   value read before the last successful listing, and that value has been confirmed (below),
-   nothing else happens. A 404 (an older CC) means "unknown": always list.
+1. With `internal_url` configured, read CC's `asg_latest_update` (mutual TLS, events/cc/stamp.py).
+   If it equals the value read before the last successful listing, nothing else happens. A 404
+   (an older CC) means "unknown": always list.
 2. List `GET /v3/security_groups` with a UAA token, following `pagination.next` (events/cc/client.py).
 3. With the internal endpoint, read `asg_latest_update` again; if it moved the listing is refused
    as unstable (as the asg-syncer does) and retried after a backoff.
 4. Publish every group and delete vanished ones (events/asgsync.py, shared with the policy watcher).
 
-CC keeps `asg_latest_update` to the second, so a write in the same second as the value we saw
-leaves it unchanged. One more listing is therefore made once `latest_update_settle` seconds have
-passed since we first read a new value; after that, an unchanged value means nothing changed.
+Current CC keeps the stamp to the microsecond, so every write moves it and an unchanged stamp means
+nothing changed. (CC before that kept it to the second, where a second write within the same second
+left it unchanged; cfnft no longer lists again to cover that case.)
 
 A failed call publishes nothing. An invalid rule is dropped from its group (logged once, counted);
 a group whose own fields are invalid is left out, and so, if it was published before, deleted.
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
 from events.cc.client import CloudControllerClient, UaaTokenSource
+from events.cc.stamp import AsgStamp
 from events.httpsource import Reason, SourceError
 from events.models import SecurityGroup
 from events.poller import Backoff, DroppedEntries, PollingWatcher, PollLoop, WatcherMetrics
@@ -78,9 +79,6 @@ class CcWatcherConfig(BaseModel):
     """Seconds for one HTTP request (a page of 5000 groups takes CC a while)."""
     token_refresh_margin: float = Field(default=60.0, ge=0)
     """Fetch a new token when less than this (or half its lifetime) is left."""
-    latest_update_settle: float = Field(default=2.0, ge=0)
-    """Seconds after first seeing a new `asg_latest_update` before the confirming listing (CC's stamp has
-    one-second resolution)."""
     backoff_initial: float = Field(default=0.5, gt=0)
     """First retry delay after an error; doubles per failure (with jitter)."""
     backoff_max: float = Field(default=30.0, gt=0)
@@ -128,10 +126,9 @@ class CcWatcher(PollingWatcher):
             )
         self._session: aiohttp.ClientSession | None = None
         self._client: CloudControllerClient | None = None
+        self._stamp: AsgStamp | None = None
         self._tokens: UaaTokenSource | None = None
         self._listed_stamp: datetime | None = None
-        self._stamp_seen_at = 0.0
-        self._confirmed = False
         self._dropped = DroppedEntries("asg", METRICS)
 
     @property
@@ -154,15 +151,12 @@ class CcWatcher(PollingWatcher):
             config.token_refresh_margin,
         )
         self._client = CloudControllerClient(
-            session,
-            config.api_url,
-            self._api_ssl,
-            self._tokens,
-            config.request_timeout,
-            config.per_page,
-            config.internal_url,
-            self._internal_ssl,
+            session, config.api_url, self._api_ssl, self._tokens, config.request_timeout, config.per_page
         )
+        if config.internal_url is not None and self._internal_ssl is not None:
+            self._stamp = AsgStamp(
+                session, config.internal_url, self._internal_ssl, self._tokens, config.request_timeout
+            )
 
     async def _close(self) -> None:
         if self._session is not None:
@@ -187,15 +181,14 @@ class CcWatcher(PollingWatcher):
         assert self._client is not None, "CcWatcher used before run()"
         METRICS.polls.labels("asg").inc()
         stamp: datetime | None = None
-        read_at = time.monotonic()
-        if self._client.has_latest_update:
-            stamp = await self._client.asg_latest_update()
-            if not full and not self._listing_needed(stamp, read_at):
+        if self._stamp is not None:
+            stamp = await self._stamp.read()
+            if not full and stamp is not None and stamp == self._listed_stamp:
                 return
         resources = await self._client.security_groups()
-        if stamp is not None and (after := await self._client.asg_latest_update()) != stamp:
+        if self._stamp is not None and stamp is not None and (after := await self._stamp.read()) != stamp:
             raise SourceError(
-                f"{self.config.internal_url}/internal/v4/asg_latest_update",
+                self._stamp.url,
                 Reason.UNSTABLE,
                 f"security groups changed while they were listed ({stamp.isoformat()} -> {after})",
             )
@@ -203,19 +196,7 @@ class CcWatcher(PollingWatcher):
         groups = self._parse(resources)
         result = await publish_security_groups(self._publisher, groups, self._clock())
         METRICS.published.labels("asg").inc(result.published + result.deleted)
-        self._listed(stamp, read_at)
-
-    def _listing_needed(self, stamp: datetime | None, read_at: float) -> bool:
-        if stamp is None or stamp != self._listed_stamp:
-            return True
-        return not self._confirmed and read_at - self._stamp_seen_at >= self.config.latest_update_settle
-
-    def _listed(self, stamp: datetime | None, read_at: float) -> None:
-        if stamp != self._listed_stamp:
-            self._listed_stamp, self._stamp_seen_at = stamp, read_at
-            self._confirmed = self.config.latest_update_settle == 0
-        elif read_at - self._stamp_seen_at >= self.config.latest_update_settle:
-            self._confirmed = True
+        self._listed_stamp = stamp
 
     def _parse(self, resources: list[object]) -> dict[str, SecurityGroup]:
         groups: dict[str, SecurityGroup] = {}

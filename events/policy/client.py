@@ -1,5 +1,9 @@
 """The calls the policy watcher makes to the policy server's internal API (docs/cf-facts.md §1.2–1.3).
 
+There is no change stamp for security groups among these routes (a `security_groups_last_updated`
+is a 404 at the cf-networking-release cf-facts.md reads); the policy watcher's trigger for listing
+them is Cloud Controller's (events/cc/stamp.py).
+
 Each method returns the decoded response with its envelope checked (the `next` cursor, the
 lists being lists); the entries themselves are left to the lenient parsers in events.models so
 that one bad entry costs only that entry. Every failure is a `SourceError` naming the URL.
@@ -39,14 +43,6 @@ class PolicyServerClient:
     async def policies_last_updated(self) -> int:
         """When c2c (and egress) policies last changed, in Unix nanoseconds."""
         return await self._integer(f"{self._base}{API}/policies_last_updated")
-
-    async def security_groups_last_updated(self) -> int | None:
-        """When security groups last changed (newer servers only); None when the server lacks the route."""
-        url = f"{self._base}{API}/security_groups_last_updated"
-        status, body = await request_text(
-            self._session, "GET", url, ssl_context=self._ssl, timeout=self._timeout, ok=(200, 404)
-        )
-        return None if status == 404 else _integer(url, body)
 
     async def policies(self) -> dict[str, object]:
         """All c2c policies (no `id` filter: the watcher serves every cell), and egress policies

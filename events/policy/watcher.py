@@ -8,16 +8,30 @@ Two poll loops (events/poller.py) share one mutual-TLS session:
   grouped by destination app into `C2CPoliciesMessage`s; an app whose last policy went away gets
   an explicit empty message. When the server returns `egress_policies` (an old policy server with
   dynamic egress), they are published as one `EgressPoliciesMessage`.
-- **asg** (every `asg_poll_interval`): `/internal/security_groups` for the spaces that have
-  containers (events/policy/spaces.py), read with a real `limit` and followed by `next` until it
-  is 0; then every group is published and every vanished one deleted (events/asgsync.py). With
-  `asg_change_check` the listing is skipped while `security_groups_last_updated` (newer servers)
-  and the space set stay the same.
+- **asg**: `/internal/security_groups` for the spaces that have containers (events/policy/spaces.py),
+  read with a real `limit` and followed by `next` until it is 0; then every group is published and
+  every vanished one deleted (events/asgsync.py). When to list is the expensive question: a listing
+  of thousands of groups is megabytes, and the policy server has no cheap change stamp for groups
+  (its routes are tags, policies, policies_last_updated and security_groups, docs/cf-facts.md §1.2).
+  - Without `asg_trigger`, the loop lists every `asg_poll_interval`.
+  - With `asg_trigger`, it reads Cloud Controller's `asg_latest_update` every `asg_trigger_interval`
+    (the stamp the asg-syncer itself polls, events/cc/stamp.py; a few bytes, on CC). The policy
+    server only has a change once the syncer copied it, up to the syncer's poll interval later, so
+    a moved stamp opens a window of `asg_sync_window` seconds in which the policy server is listed
+    every `asg_poll_interval` until a listing shows a change. Outside a window, a safety listing
+    runs every `asg_resync_interval` (it also catches v2 writes, which do not move the stamp).
+  A new space with containers, an error and `resync()` list at once. lab/bench/policyload.py
+  measures the load each way puts on the policy server.
+
+  Paging is not a snapshot: the syncer may replace groups between two pages. A listing that
+  differs from what was last published is therefore read a second time and published only if
+  both agree (a group listed twice in one listing, in two space batches, must agree too);
+  otherwise the cycle fails as unstable and is retried after a backoff, as the CC watcher does.
 
 A cycle builds the complete state before it publishes anything, so a failed call (or one failed
 page of a listing) publishes nothing: the last published state stays. An invalid entry (a rule
 in a group's rules string, a policy) is left out, logged once with where it was, and counted;
-the rest of its group or listing is published.
+the rest of its group or listing is published. An unknown key is ignored and not counted.
 
 Versions are the publisher's clock, `time.time_ns()` when the cycle's listing completed (the
 policy server has no per-object version).
@@ -30,6 +44,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events import subjects
 from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
+from events.cc.stamp import AsgStamp, AsgTriggerConfig
 from events.httpsource import Reason, SourceError
 from events.messages import C2CPoliciesMessage, EgressPoliciesMessage
 from events.models import (
@@ -77,14 +93,22 @@ class PolicyWatcherConfig(BaseModel):
     """Seconds between c2c checks (the vxlan-policy-agent's default is 5)."""
     asgs: bool = True
     """Publish security groups from the policy server (dynamic ASGs). Turn off when the CC watcher publishes them."""
-    asg_poll_interval: float = Field(default=1.0, gt=0)
-    """Seconds between security-group listings (the vxlan-policy-agent's default is 60)."""
+    asg_poll_interval: float = Field(default=10.0, gt=0)
+    """Seconds between security-group listings: without `asg_trigger`, the longest an ASG change waits here
+    (the vxlan-policy-agent's default is 60); with it, the pace of listings inside a sync window."""
+    asg_trigger: AsgTriggerConfig | None = None
+    """Cloud Controller's `asg_latest_update` (internal API and UAA client), read to list only after a change."""
+    asg_trigger_interval: float = Field(default=1.0, gt=0)
+    """With `asg_trigger`: seconds between reads of CC's stamp."""
+    asg_sync_window: float = Field(default=90.0, gt=0)
+    """With `asg_trigger`: seconds after the stamp moved in which the change must reach the policy server
+    (the asg-syncer polls CC every 60 s by default, then lists every group from CC)."""
+    asg_resync_interval: float = Field(default=600.0, gt=0)
+    """With `asg_trigger`: seconds between safety listings while the stamp stands still."""
     asg_page_size: int = Field(default=500, ge=1)
     """`limit` of one `/internal/security_groups` page."""
     space_batch_size: int = Field(default=200, ge=1)
     """Space guids per listing request (keeps URLs short; each batch is paged on its own)."""
-    asg_change_check: bool = False
-    """Skip the listing while `security_groups_last_updated` and the space set are unchanged (servers that have it)."""
     request_timeout: float = Field(default=5.0, gt=0)
     """Seconds for one HTTP request (the vxlan-policy-agent uses 5)."""
     backoff_initial: float = Field(default=0.5, gt=0)
@@ -130,8 +154,10 @@ class PolicyWatcher(PollingWatcher):
         self._session: aiohttp.ClientSession | None = None
         self._client: PolicyServerClient | None = None
         self._c2c_stamp: int | None = None
-        self._asg_stamp: int | None = None
+        self._trigger: AsgStamp | None = None
+        self._asg_schedule = AsgSchedule(config)
         self._asg_spaces: frozenset[str] | None = None
+        self._asg_listed: dict[str, SecurityGroup] | None = None  # what the last published listing held
         self._c2c_dropped = DroppedEntries("c2c", METRICS)
         self._egress_dropped = DroppedEntries("egress", METRICS)
         self._asg_dropped = DroppedEntries("asg", METRICS)
@@ -144,6 +170,8 @@ class PolicyWatcher(PollingWatcher):
             await self._publisher.load_published(f"{ASG_SUBJECT_PREFIX}>")
         self._session = aiohttp.ClientSession()
         self._client = PolicyServerClient(self._session, self.config.url, self._ssl, self.config.request_timeout)
+        if self.config.asgs and self.config.asg_trigger is not None:
+            self._trigger = AsgStamp.from_config(self.config.asg_trigger, self._session, self.config.request_timeout)
 
     async def _close(self) -> None:
         if self._session is not None:
@@ -164,7 +192,8 @@ class PolicyWatcher(PollingWatcher):
 
         loops = [loop("c2c", self._c2c_cycle, self.config.poll_interval)]
         if self.config.asgs:
-            asg = loop("asg", self._asg_cycle, self.config.asg_poll_interval)
+            interval = self.config.asg_trigger_interval if self._trigger else self.config.asg_poll_interval
+            asg = loop("asg", self._asg_cycle, interval)
             self._spaces.on_change = lambda: asg.wake(full=False)
             loops.append(asg)
         return loops
@@ -194,12 +223,13 @@ class PolicyWatcher(PollingWatcher):
         except StateError as err:
             raise SourceError(f"{self.config.url}{API}/policies", Reason.INVALID, err.one_line())
         by_app, unusable = _by_destination(c2c)
-        self._c2c_dropped.report([str(p) for p in problems if p.loc[:1] != ("egress_policies",)] + unusable)
+        dropped = [p for p in problems if p.dropped]  # an unknown key drops nothing
+        self._c2c_dropped.report([str(p) for p in dropped if p.loc[:1] != ("egress_policies",)] + unusable)
         version = self._clock()
         await self._publish_c2c(by_app, version)
         if "egress_policies" in body or self._publisher.published_subjects(subjects.EGRESS_POLICIES):
             # An upgraded server stops sending egress policies: that is an explicit "none".
-            self._egress_dropped.report([str(p) for p in problems if p.loc[:1] == ("egress_policies",)])
+            self._egress_dropped.report([str(p) for p in dropped if p.loc[:1] == ("egress_policies",)])
             await self._publish_egress(egress, version)
         self._c2c_stamp = stamp
 
@@ -230,24 +260,36 @@ class PolicyWatcher(PollingWatcher):
             if not self._spaces.ready.is_set():
                 return
         spaces = self._spaces.spaces()
-        stamp: int | None = None
-        if self.config.asg_change_check:
+        now = time.monotonic()
+        if self._trigger is not None:
             try:
-                stamp = await self._api.security_groups_last_updated()
+                self._asg_schedule.stamp_read(await self._trigger.read(), now)
             except SourceError as exc:
                 if exc.reason.is_config_problem:
                     raise
-                log.debug("asg: change check failed, listing anyway: %s", exc)
-            if not full and stamp is not None and stamp == self._asg_stamp and spaces == self._asg_spaces:
-                return
+                log.debug("asg: CC's stamp could not be read, listing on the untriggered pace: %s", exc)
+                self._asg_schedule.stamp_read(None, now)
+        if not (full or spaces != self._asg_spaces or self._asg_schedule.listing_due(now)):
+            return
         groups = await self._list_security_groups(spaces)
+        if groups != self._asg_listed:
+            # Paging is not a snapshot: publish a change only once a second listing agrees.
+            again = await self._list_security_groups(spaces)
+            if again != groups:
+                raise SourceError(
+                    f"{self.config.url}{API}/security_groups",
+                    Reason.UNSTABLE,
+                    "security groups changed while they were listed; listing again after a pause",
+                )
         METRICS.fetches.labels("asg").inc()
         result = await publish_security_groups(self._publisher, groups, self._clock())
         METRICS.published.labels("asg").inc(result.published + result.deleted)
-        self._asg_stamp, self._asg_spaces = stamp, spaces
+        self._asg_schedule.listed(now, changed=groups != self._asg_listed)
+        self._asg_spaces, self._asg_listed = spaces, groups
 
     async def _list_security_groups(self, spaces: frozenset[str]) -> dict[str, SecurityGroup]:
-        """Every group for `spaces`, across space batches and pages; raises on any failed page."""
+        """Every group for `spaces`, across space batches and pages; raises on any failed page, and
+        as unstable when a group listed in two batches differs between them."""
         ordered = sorted(spaces)
         size = self.config.space_batch_size
         batches = [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
@@ -257,12 +299,54 @@ class PolicyWatcher(PollingWatcher):
             start = 0
             while True:
                 page = await self._api.security_groups_page(batch, start, self.config.asg_page_size)
-                collect_security_groups(page.groups, InternalSecurityGroup.parse_lenient, groups, problems)
+                found: dict[str, SecurityGroup] = {}
+                collect_security_groups(page.groups, InternalSecurityGroup.parse_lenient, found, problems)
+                for guid, group in found.items():
+                    if groups.setdefault(guid, group) != group:
+                        raise SourceError(
+                            f"{self.config.url}{API}/security_groups",
+                            Reason.UNSTABLE,
+                            f"security group {guid} changed between two requests of one listing",
+                        )
                 if page.next == 0:
                     break
                 start = page.next
         self._asg_dropped.report(sorted(problems.values()))
         return groups
+
+
+class AsgSchedule:
+    """When the ASG loop lists, with CC's stamp as the trigger (see the module docstring). Pure: it is
+    told what was read and when (monotonic seconds), and answers whether a listing is due."""
+
+    def __init__(self, config: PolicyWatcherConfig) -> None:
+        self._config = config
+        self._triggered = config.asg_trigger is not None
+        self._stamp: datetime | None = None
+        self._window_until = float("-inf")
+        self._last_listing = float("-inf")
+
+    def stamp_read(self, stamp: datetime | None, now: float) -> None:
+        """CC's stamp as just read; None when it is unknown (CC without the endpoint, or CC unreachable):
+        then list every `asg_poll_interval`, as without a trigger, until it is known again."""
+        self._triggered = stamp is not None
+        if stamp is not None and stamp != self._stamp:
+            self._window_until = now + self._config.asg_sync_window
+            if self._stamp is not None:
+                self._last_listing = float("-inf")  # the syncer may be quick: look at once
+            self._stamp = stamp
+
+    def listing_due(self, now: float) -> bool:
+        since = now - self._last_listing
+        if not self._triggered or now < self._window_until:
+            return since >= self._config.asg_poll_interval
+        return since >= self._config.asg_resync_interval
+
+    def listed(self, now: float, *, changed: bool) -> None:
+        """A listing was published; `changed`: it differed from the one before."""
+        self._last_listing = now
+        if changed:
+            self._window_until = now  # the syncer has written: the change is here
 
 
 def _by_destination(policies: list[C2CPolicy]) -> tuple[dict[str, list[C2CPolicy]], list[str]]:

@@ -14,7 +14,7 @@ headers; `id` counts from 0 per connection and nothing is replayed. The `cell_id
 instance and crash events only, desired-LRP events reach every subscriber.
 
 The scenario API plays Cloud Controller, the auctioneer and the reps, and emits the instance events
-BBS's event calculator emits for each transition (bbs controllers/event_calculator.go):
+BBS's event calculator emits for each transition (bbs events/calculator/actual_lrp_event_calculator.go):
 
     claim + start                 changed (UNCLAIMED->CLAIMED, keys of the new instance), changed (->RUNNING)
     restartable crash             crashed, created (UNCLAIMED ordinary), removed (the old instance)
@@ -53,7 +53,7 @@ from events.bbs.client import CLAIMED, CRASHED, RUNNING, UNCLAIMED
 from events.bbs.sse import CONTENT_TYPE as SSE_CONTENT_TYPE
 from events.bbs.sse import encode_bbs_event
 from events.tls import CF_TLS12_CIPHERS, TlsFiles, server_context
-from lab.sim.server import HttpsSite
+from lab.sim.server import HttpsSite, SimulatedServer
 
 APPS_DOMAIN = "cf-apps"
 TASKS_DOMAIN = "cf-tasks"
@@ -149,7 +149,7 @@ _BBS_ERROR = web.RequestKey("bbs_error", pb.Error)
 _LrpSlot = tuple[str, int, int]  # (process guid, index, presence): BBS's primary key for actual LRPs
 
 
-class BbsSimulator:
+class BbsSimulator(SimulatedServer):
     """BBS over mutual TLS, plus a scenario API. Example::
 
     async with BbsSimulator(TlsFiles(ca, server_cert, server_key)) as bbs:
@@ -183,27 +183,18 @@ class BbsSimulator:
         self._delays: dict[BbsRoute | None, float] = {}
         self._stopping = asyncio.Event()
         self.app = self._app()
-        """The aiohttp application; routes may be added until `start()` (see events/bbs/simcontrol.py)."""
+        """The aiohttp application; routes may be added until `start()` (see lab/sim/bbs_control.py)."""
         self._site = HttpsSite(self.app, server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
+        super().__init__(self._site)
 
     @property
     def url(self) -> str:
         return self._site.url
 
-    async def start(self) -> str:
-        return await self._site.start()
-
     async def stop(self) -> None:
-        self._stopping.set()
+        self._stopping.set()  # stalled streams return
         self.drop_streams()
-        await self._site.stop()
-
-    async def __aenter__(self) -> BbsSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     # ---- what BBS holds (for assertions) -------------------------------------------------------
 

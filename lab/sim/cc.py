@@ -5,13 +5,13 @@ Three HTTPS servers, as in a real foundation:
     UAA        POST /oauth/token                       client_credentials grant, HTTP basic client auth
     CC (v3)    GET  /v3/security_groups?page&per_page  bearer token required; v3 pagination object
     CC (internal, mutual TLS)
-               GET  /internal/v4/asg_latest_update     {"last_update": "<RFC 3339, seconds>"}
+               GET  /internal/v4/asg_latest_update     {"last_update": "<RFC 3339, nine fraction digits>"}
 
-A scenario API (plain methods) creates, updates, binds, unbinds and deletes groups. Every such
-write goes through "v3", so it moves `asg_latest_update` (docs/cf-facts.md §1.5) — at CC's one-second
-resolution, so two writes within a second leave it unchanged, as they do in CC.
-Rules are stored as given (CC omits keys that were not set) and are not validated, so tests can
-feed the watcher rules that CC's validator would have refused.
+A scenario API (plain methods, lab/sim/asgs.py, shared with the policy-server simulator) creates,
+updates, binds, unbinds and deletes groups. Every such write goes through "v3", so it moves
+`asg_latest_update` (docs/cf-facts.md §1.5). Current CC stores that stamp with microsecond precision
+(Sequel's microsecond_timestamp_precision plugin on AsgLatestUpdate) and renders it with nine
+fraction digits, e.g. `2024-10-24T16:13:44.123456000+00:00`; so does this simulator.
 
 Only the `page` and `per_page` query parameters are implemented; others are refused with CC's
 400 error, so a watcher that starts relying on one will notice.
@@ -31,14 +31,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
 from events.tls import TlsFiles, server_context
-from lab.sim.server import HttpsSite
-
-Lifecycle = Literal["running", "staging"]
+from lab.sim.asgs import SecurityGroupRow, SecurityGroupScenario
+from lab.sim.server import HttpsSite, SimulatedServer
 
 MAX_PER_PAGE = 5000
 DEFAULT_PER_PAGE = 50
@@ -53,20 +52,6 @@ class CcRoute(StrEnum):
 
 
 @dataclass(slots=True)
-class _Group:
-    id: int
-    guid: str
-    name: str
-    rules: list[dict[str, Any]]
-    running: bool
-    staging: bool
-    running_spaces: list[str]
-    staging_spaces: list[str]
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(slots=True)
 class _Fault:
     status: int
     remaining: int
@@ -74,17 +59,23 @@ class _Fault:
 
 
 def _rfc3339(moment: datetime) -> str:
+    """How v3 presenters write created_at/updated_at: seconds, `Z`."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class CloudControllerSimulator:
+def asg_latest_update_text(moment: datetime) -> str:
+    """How current CC writes `last_update`: nine fraction digits, of which the last three are 0."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000+00:00")
+
+
+class CloudControllerSimulator(SimulatedServer, SecurityGroupScenario):
     """Cloud Controller (external v3 API and internal mTLS API) plus UAA, with a scenario API.
 
     Example::
 
         async with CloudControllerSimulator(TlsFiles(ca, cert, key), client_secret="s3cret") as cc:
-            guid = cc.create_security_group("dns", [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}],
-                                            running=True)
+            guid = cc.add_security_group("dns", [{"protocol": "udp", "destination": "0.0.0.0/0", "ports": "53"}],
+                                         running_default=True)
             cc.bind_security_group(guid, "space-1", "staging")
             ... # point a watcher at cc.uaa_url, cc.api_url, cc.internal_url
     """
@@ -101,22 +92,22 @@ class CloudControllerSimulator:
     ) -> None:
         """`tls.cert`/`tls.key` serve all three servers; `tls.ca` verifies client certificates on the
         internal API. `asg_latest_update_endpoint=False` answers it with 404, like an older CC."""
+        self._uaa = HttpsSite(self._uaa_app(), server_context(tls, require_client_cert=False), host)
+        self._api = HttpsSite(self._api_app(), server_context(tls, require_client_cert=False), host)
+        self._internal = HttpsSite(self._internal_app(), server_context(tls), host)
+        SimulatedServer.__init__(self, self._uaa, self._api, self._internal)
+        SecurityGroupScenario.__init__(self)
         self.client_id = client_id
         self.client_secret = client_secret
         self.token_ttl = token_ttl
         self.tokens_issued = 0
         self.requests: Counter[CcRoute] = Counter()
         self.request_log: list[tuple[CcRoute, dict[str, str]]] = []
-        self.groups: dict[str, _Group] = {}
         self.last_update = datetime.fromtimestamp(0, UTC)
         self._latest_update_endpoint = asg_latest_update_endpoint
         self._tokens: dict[str, float] = {}
         self._faults: dict[CcRoute, _Fault] = {}
         self._delays: dict[CcRoute, float] = {}
-        self._next_id = 1
-        self._uaa = HttpsSite(self._uaa_app(), server_context(tls, require_client_cert=False), host)
-        self._api = HttpsSite(self._api_app(), server_context(tls, require_client_cert=False), host)
-        self._internal = HttpsSite(self._internal_app(), server_context(tls), host)
 
     @property
     def uaa_url(self) -> str:
@@ -129,92 +120,6 @@ class CloudControllerSimulator:
     @property
     def internal_url(self) -> str:
         return self._internal.url
-
-    async def start(self) -> None:
-        for site in (self._uaa, self._api, self._internal):
-            await site.start()
-
-    async def stop(self) -> None:
-        for site in (self._uaa, self._api, self._internal):
-            await site.stop()
-
-    async def __aenter__(self) -> CloudControllerSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # ---- scenario: security groups --------------------------------------------------------------
-
-    def create_security_group(
-        self,
-        name: str,
-        rules: list[dict[str, Any]],
-        *,
-        guid: str | None = None,
-        running: bool = False,
-        staging: bool = False,
-        running_spaces: tuple[str, ...] = (),
-        staging_spaces: tuple[str, ...] = (),
-    ) -> str:
-        """Create a group; `running`/`staging` are its `globally_enabled` flags. Returns the guid."""
-        guid = guid or str(uuid.uuid4())
-        if guid in self.groups:
-            raise ValueError(f"security group {guid} already exists")
-        now = datetime.now(UTC)
-        self.groups[guid] = _Group(
-            self._next_id,
-            guid,
-            name,
-            [dict(r) for r in rules],
-            running,
-            staging,
-            list(running_spaces),
-            list(staging_spaces),
-            now,
-            now,
-        )
-        self._next_id += 1
-        self._touch(guid)
-        return guid
-
-    def update_security_group(
-        self,
-        guid: str,
-        *,
-        name: str | None = None,
-        rules: list[dict[str, Any]] | None = None,
-        running: bool | None = None,
-        staging: bool | None = None,
-    ) -> None:
-        group = self._group(guid)
-        if name is not None:
-            group.name = name
-        if rules is not None:
-            group.rules = [dict(r) for r in rules]
-        if running is not None:
-            group.running = running
-        if staging is not None:
-            group.staging = staging
-        self._touch(guid)
-
-    def bind_security_group(self, guid: str, space_guid: str, lifecycle: Lifecycle) -> None:
-        spaces = self._spaces(guid, lifecycle)
-        if space_guid not in spaces:
-            spaces.append(space_guid)
-        self._touch(guid)
-
-    def unbind_security_group(self, guid: str, space_guid: str, lifecycle: Lifecycle) -> None:
-        spaces = self._spaces(guid, lifecycle)
-        if space_guid in spaces:
-            spaces.remove(space_guid)
-        self._touch(guid)
-
-    def delete_security_group(self, guid: str) -> None:
-        self._group(guid)
-        del self.groups[guid]
-        self._touch(None)
 
     # ---- scenario: tokens and faults ------------------------------------------------------------
 
@@ -235,22 +140,9 @@ class CloudControllerSimulator:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _group(self, guid: str) -> _Group:
-        try:
-            return self.groups[guid]
-        except KeyError:
-            raise KeyError(f"no security group {guid} in the Cloud Controller simulator") from None
-
-    def _spaces(self, guid: str, lifecycle: Lifecycle) -> list[str]:
-        group = self._group(guid)
-        return group.running_spaces if lifecycle == "running" else group.staging_spaces
-
-    def _touch(self, guid: str | None) -> None:
-        now = datetime.now(UTC)
-        if guid is not None:
-            self.groups[guid].updated_at = now
-        # CC stores and reports this with one-second resolution.
-        self.last_update = now.replace(microsecond=0)
+    def _security_groups_changed(self, guid: str | None) -> None:
+        super()._security_groups_changed(guid)
+        self.last_update = datetime.now(UTC)  # AsgLatestUpdate.renew on every v3 write
 
     def _uaa_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -339,7 +231,7 @@ class CloudControllerSimulator:
                 10005,
                 f"The query parameter is invalid: Per page must be between 1 and {MAX_PER_PAGE}",
             )
-        ordered = sorted(self.groups.values(), key=lambda g: g.id)
+        ordered = self.security_group_rows()
         total_pages = max(1, math.ceil(len(ordered) / per_page))
         chunk = ordered[(page - 1) * per_page : page * per_page]
 
@@ -360,13 +252,13 @@ class CloudControllerSimulator:
             }
         )
 
-    def _resource(self, g: _Group) -> dict[str, Any]:
+    def _resource(self, g: SecurityGroupRow) -> dict[str, Any]:
         return {
             "guid": g.guid,
             "created_at": _rfc3339(g.created_at),
             "updated_at": _rfc3339(g.updated_at),
             "name": g.name,
-            "globally_enabled": {"running": g.running, "staging": g.staging},
+            "globally_enabled": {"running": g.running_default, "staging": g.staging_default},
             "rules": g.rules,
             "relationships": {
                 "staging_spaces": {"data": [{"guid": s} for s in g.staging_spaces]},
@@ -379,7 +271,7 @@ class CloudControllerSimulator:
         if not self._latest_update_endpoint:
             return _cc_error(404, "CF-NotFound", 10000, "Unknown request")
         # CC renders this one with MultiJson pretty-printing.
-        body = json.dumps({"last_update": _rfc3339(self.last_update)}, indent=2)
+        body = json.dumps({"last_update": asg_latest_update_text(self.last_update)}, indent=2)
         return web.Response(text=body, content_type="application/json")
 
 

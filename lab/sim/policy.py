@@ -1,18 +1,30 @@
-"""A faithful simulator of the policy server's internal API (docs/cf-facts.md §1), over mutual TLS.
+"""A simulator of the policy server's internal API (docs/cf-facts.md §1), over mutual TLS, byte for byte.
 
-It serves what `policy-server-internal` serves, in the same wire format:
+It serves exactly the routes `policy-server-internal` registers (cf-networking-release
+`policy-server/cmd/policy-server-internal/main.go`, at the commit cf-facts.md names):
 
-    GET /networking/:version/internal/policies                  {"total_policies", "policies"} (+ egress when enabled)
-    GET /networking/:version/internal/policies_last_updated     bare integer, Unix nanoseconds
-    GET /networking/:version/internal/security_groups           {"next", "security_groups"}, rules as a JSON string
-    GET /networking/:version/internal/security_groups_last_updated  bare integer (newer servers only)
-    PUT /networking/v1/internal/tags                            create-or-get a tag
+    PUT /networking/v1/internal/tags                         create-or-get a tag: {"id","tag","type"}
+    GET /networking/:version/internal/policies               {"total_policies","policies"} (+ historical egress)
+    GET /networking/:version/internal/policies_last_updated  bare integer, Unix nanoseconds
+    GET /networking/:version/internal/security_groups        {"next","security_groups"}, rules as a JSON string
 
-and is driven by a scenario API (plain Python methods) that plays the parts of the external API
-and the asg-syncer: add/remove c2c policies, create/update/bind/delete security groups, and
-inject faults. Security groups are rows with an increasing id, as in the policy DB, so `from`,
-`limit` and `next` behave exactly like the store (limit+1 rows fetched, `next` = id of the extra row).
+and answers as that Go server does:
 
+- every handler's reply, JSON or integer, goes out without a Content-Type of its own, so Go sniffs
+  `text/plain; charset=utf-8`, and with `Strict-Transport-Security: max-age=31536000` (HSTSHandler
+  wraps every internal handler);
+- errors are `{"error": "<description>"}` as `fmt.Sprintf` writes them (a space after the colon,
+  the description not escaped), e.g. "invalid value for 'from' parameter" (handlers/asgs_index.go);
+- any other path is the router's `404 page not found`, and a known path with another method
+  `405 Method Not Allowed` with `Allow` (bmizerany/pat, Go's http.NotFound and http.Error), neither
+  with HSTS. In particular `security_groups_last_updated` is a 404.
+
+It is driven by a scenario API (plain Python methods) that plays the external API and the
+asg-syncer: add and remove c2c policies, edit security groups (lab/sim/asgs.py, shared with the Cloud
+Controller simulator), and inject faults. Groups are rows with an increasing id, so `from`, `limit`
+and `next` behave like the store's (limit+1 rows fetched, `next` = id of the extra row). With
+`egress_policies=True` it is a server from before cf-networking 3.6.0, whose `/internal/policies`
+also carried dynamic egress policies in their historical internal shape (cf-facts.md §1.7).
 Like the real internal routes, `:version` is not checked.
 """
 
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -30,9 +43,8 @@ from typing import Any, Literal
 from aiohttp import web
 
 from events.tls import CF_TLS12_CIPHERS, TlsFiles, server_context
-from lab.sim.server import HttpsSite
-
-Lifecycle = Literal["running", "staging"]
+from lab.sim.asgs import SecurityGroupRow, SecurityGroupScenario
+from lab.sim.server import HttpsSite, SimulatedServer
 
 # The seven keys the asg-syncer writes for every rule (it re-marshals CC rules through a Go struct
 # without omitempty), with the zero values Go gives to the ones CC omitted.
@@ -45,6 +57,11 @@ _RULE_KEYS_AND_ZEROS: tuple[tuple[str, Any], ...] = (
     ("description", ""),
     ("log", False),
 )
+# What Go's http.DetectContentType makes of a JSON or integer body, and what HSTSHandler sets (one year).
+GO_SNIFFED_TEXT = "text/plain; charset=utf-8"
+HSTS = "max-age=31536000"
+# strconv.Atoi: an optional sign and ASCII digits, nothing else (no spaces, no underscores), within int64.
+_ATOI = re.compile(r"[+-]?[0-9]+")
 
 
 class PolicyRoute(StrEnum):
@@ -53,7 +70,6 @@ class PolicyRoute(StrEnum):
     POLICIES = "policies"
     POLICIES_LAST_UPDATED = "policies_last_updated"
     SECURITY_GROUPS = "security_groups"
-    SECURITY_GROUPS_LAST_UPDATED = "security_groups_last_updated"
     TAGS = "tags"
 
 
@@ -84,31 +100,12 @@ class EgressDestinationSpec:
 @dataclass(slots=True)
 class _Egress:
     guid: str
-    source_id: str | None
+    source_id: str  # "" for a `default` source: the store's column, never null
     source_type: Literal["app", "space", "default"]
     destination_guid: str
     destination_name: str
     rules: list[EgressDestinationSpec]
     app_lifecycle: Literal["running", "staging", "all"]
-
-
-@dataclass(slots=True)
-class _SecurityGroupRow:
-    id: int
-    guid: str
-    name: str
-    rules: list[dict[str, Any]]
-    staging_default: bool
-    running_default: bool
-    staging_spaces: list[str]
-    running_spaces: list[str]
-    rules_override: str | None = None
-
-    def rules_string(self) -> str:
-        if self.rules_override is not None:
-            return self.rules_override
-        full = [{key: rule.get(key, zero) for key, zero in _RULE_KEYS_AND_ZEROS} for rule in self.rules]
-        return go_json(full)
 
 
 @dataclass(slots=True)
@@ -126,23 +123,23 @@ class _Tag:
 
 @dataclass(slots=True)
 class PolicyServerState:
-    """What the policy DB holds. Exposed for assertions; change it through the simulator's methods."""
+    """What the policy DB holds besides security groups. Change it through the simulator's methods."""
 
     policies: list[C2CPolicySpec] = field(default_factory=list)
     egress: list[_Egress] = field(default_factory=list)
-    security_groups: dict[str, _SecurityGroupRow] = field(default_factory=dict)
     tags: dict[str, _Tag] = field(default_factory=dict)
     policies_last_updated: int = 0
-    security_groups_last_updated: int = 0
 
 
 def go_json(value: Any) -> str:
-    """JSON as Go's encoding/json writes it: compact, with <, > and & escaped as \\u00XX."""
+    """JSON as Go's encoding/json writes it: compact, with <, >, &, U+2028 and U+2029 escaped as \\uXXXX."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
 
 
-class PolicyServerSimulator:
+class PolicyServerSimulator(SimulatedServer, SecurityGroupScenario):
     """The policy server internal API over mutual TLS, plus a scenario API.
 
     Example::
@@ -166,35 +163,26 @@ class PolicyServerSimulator:
     ) -> None:
         """`egress_policies=True` makes it behave like a policy server before cf-networking 3.6.0, which
         also returned dynamic egress policies from `/internal/policies`."""
+        self._site = HttpsSite(self._app(), server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
+        SimulatedServer.__init__(self, self._site)
+        SecurityGroupScenario.__init__(self)
         self.state = PolicyServerState()
         self.requests: Counter[PolicyRoute] = Counter()
+        """Requests per route that reached a handler (faults included)."""
+        self.bytes_sent: Counter[PolicyRoute] = Counter()
+        """Response body bytes per route: what the watchers cost the server."""
         self.request_log: list[tuple[PolicyRoute, dict[str, str]]] = []
         self._tag_length = tag_length
         self._egress_enabled = egress_policies
         self._faults: dict[PolicyRoute, _Fault] = {}
         self._delays: dict[PolicyRoute, float] = {}
+        self._rules_overrides: dict[str, str] = {}
         self._next_tag_id = 1
-        self._next_sg_id = 1
-        self._site = HttpsSite(self._app(), server_context(tls, tls12_ciphers=tls12_ciphers), host, port)
         self._bump_policies()
-        self._bump_security_groups()
 
     @property
     def url(self) -> str:
         return self._site.url
-
-    async def start(self) -> str:
-        return await self._site.start()
-
-    async def stop(self) -> None:
-        await self._site.stop()
-
-    async def __aenter__(self) -> PolicyServerSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # ---- scenario: c2c policies -------------------------------------------------------------
 
@@ -215,14 +203,15 @@ class PolicyServerSimulator:
 
     def add_egress_policy(
         self,
-        source_id: str | None,
+        source_id: str,
         destination_name: str,
         rules: list[EgressDestinationSpec],
         *,
         source_type: Literal["app", "space", "default"] = "app",
         app_lifecycle: Literal["running", "staging", "all"] = "all",
     ) -> str:
-        """Create a dynamic egress policy to a new destination; returns the policy guid."""
+        """Create a dynamic egress policy to a new destination (`source_id` "" for a default source);
+        returns the policy guid."""
         guid = str(uuid.uuid4())
         egress = _Egress(guid, source_id, source_type, str(uuid.uuid4()), destination_name, rules, app_lifecycle)
         self.state.egress.append(egress)
@@ -233,88 +222,17 @@ class PolicyServerSimulator:
         self.state.egress = [e for e in self.state.egress if e.guid != guid]
         self._bump_policies()
 
-    # ---- scenario: security groups (what the asg-syncer writes) ----------------------------
-
-    def add_security_group(
-        self,
-        name: str,
-        rules: list[dict[str, Any]],
-        *,
-        guid: str | None = None,
-        running_default: bool = False,
-        staging_default: bool = False,
-        running_spaces: tuple[str, ...] = (),
-        staging_spaces: tuple[str, ...] = (),
-    ) -> str:
-        """Insert a group (CC rule objects, keys omitted as CC omits them); returns its guid.
-        The rules are stored without validation, as the syncer stores what CC gives it."""
-        guid = guid or str(uuid.uuid4())
-        if guid in self.state.security_groups:
-            raise ValueError(f"security group {guid} already exists")
-        self.state.security_groups[guid] = _SecurityGroupRow(
-            self._next_sg_id,
-            guid,
-            name,
-            [dict(r) for r in rules],
-            staging_default,
-            running_default,
-            list(staging_spaces),
-            list(running_spaces),
-        )
-        self._next_sg_id += 1
-        self._bump_security_groups()
-        return guid
-
-    def update_security_group(
-        self,
-        guid: str,
-        *,
-        name: str | None = None,
-        rules: list[dict[str, Any]] | None = None,
-        running_default: bool | None = None,
-        staging_default: bool | None = None,
-    ) -> None:
-        """Change a group in place (the row keeps its id, as the syncer's upsert does)."""
-        row = self._group(guid)
-        if name is not None:
-            row.name = name
-        if rules is not None:
-            row.rules = [dict(r) for r in rules]
-            row.rules_override = None
-        if running_default is not None:
-            row.running_default = running_default
-        if staging_default is not None:
-            row.staging_default = staging_default
-        self._bump_security_groups()
-
-    def bind_security_group(self, guid: str, space_guid: str, lifecycle: Lifecycle) -> None:
-        spaces = self._spaces(guid, lifecycle)
-        if space_guid not in spaces:
-            spaces.append(space_guid)
-        self._bump_security_groups()
-
-    def unbind_security_group(self, guid: str, space_guid: str, lifecycle: Lifecycle) -> None:
-        spaces = self._spaces(guid, lifecycle)
-        if space_guid in spaces:
-            spaces.remove(space_guid)
-        self._bump_security_groups()
-
-    def delete_security_group(self, guid: str) -> None:
-        self._group(guid)
-        del self.state.security_groups[guid]
-        self._bump_security_groups()
-
-    def set_rules_string(self, guid: str, raw: str) -> None:
-        """Fault: store `raw` verbatim as the group's rules string (e.g. a list holding one bad rule,
-        or something that is not JSON at all)."""
-        self._group(guid).rules_override = raw
-        self._bump_security_groups()
-
     # ---- scenario: faults ---------------------------------------------------------------------
 
+    def set_rules_string(self, guid: str, raw: str) -> None:
+        """Fault: serve `raw` as the group's rules string (e.g. something that is not JSON, which the
+        asg-syncer never writes) for as long as the group exists."""
+        self.security_group(guid)
+        self._rules_overrides[guid] = raw
+
     def fail(self, route: PolicyRoute, times: int = 1, status: int = 500, *, paged_only: bool = False) -> None:
-        """Answer the next `times` requests to `route` with `status` and the server's error body.
-        `paged_only`: only requests with `from` > 0 fail (an error in the middle of a listing)."""
+        """Answer the next `times` requests to `route` with `status` and the server's "database read
+        failed" body. `paged_only`: only requests with `from` > 0 fail (an error in the middle of a listing)."""
         self._faults[route] = _Fault(status, times, paged_only)
 
     def clear_faults(self) -> None:
@@ -327,15 +245,15 @@ class PolicyServerSimulator:
 
     # ---- internals ------------------------------------------------------------------------------
 
-    def _group(self, guid: str) -> _SecurityGroupRow:
-        try:
-            return self.state.security_groups[guid]
-        except KeyError:
-            raise KeyError(f"no security group {guid} in the policy server simulator") from None
+    def _security_groups_changed(self, guid: str | None) -> None:
+        super()._security_groups_changed(guid)
+        if guid is None:  # a deletion: its fault goes with it
+            self._rules_overrides = {g: raw for g, raw in self._rules_overrides.items() if g in self.security_groups}
 
-    def _spaces(self, guid: str, lifecycle: Lifecycle) -> list[str]:
-        row = self._group(guid)
-        return row.running_spaces if lifecycle == "running" else row.staging_spaces
+    def _rules_string(self, row: SecurityGroupRow) -> str:
+        if row.guid in self._rules_overrides:
+            return self._rules_overrides[row.guid]
+        return go_json([{key: rule.get(key, zero) for key, zero in _RULE_KEYS_AND_ZEROS} for rule in row.rules])
 
     def _tag_for(self, guid: str, type_: str) -> _Tag:
         tag = self.state.tags.get(guid)
@@ -353,34 +271,38 @@ class PolicyServerSimulator:
     def _bump_policies(self) -> None:
         self.state.policies_last_updated = max(time.time_ns(), self.state.policies_last_updated + 1)
 
-    def _bump_security_groups(self) -> None:
-        self.state.security_groups_last_updated = max(time.time_ns(), self.state.security_groups_last_updated + 1)
-
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_get("/networking/{version}/internal/policies", self._policies)
-        app.router.add_get("/networking/{version}/internal/policies_last_updated", self._policies_last_updated)
-        app.router.add_get("/networking/{version}/internal/security_groups", self._security_groups)
+        app.router.add_get("/networking/{version}/internal/policies", self._policies, allow_head=False)
         app.router.add_get(
-            "/networking/{version}/internal/security_groups_last_updated", self._security_groups_last_updated
+            "/networking/{version}/internal/policies_last_updated", self._policies_last_updated, allow_head=False
         )
+        app.router.add_get("/networking/{version}/internal/security_groups", self._security_groups, allow_head=False)
         app.router.add_put("/networking/v1/internal/tags", self._tags)
         return app
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         route = _ROUTE_BY_SUFFIX.get(request.path.rsplit("/", 1)[-1])
-        if route is None:
-            return await handler(request)
-        self.requests[route] += 1
-        self.request_log.append((route, dict(request.query)))
-        if seconds := self._delays.get(route):
-            await asyncio.sleep(seconds)
-        fault = self._faults.get(route)
-        if fault and fault.remaining > 0 and (not fault.paged_only or int(request.query.get("from", "0") or 0) > 0):
-            fault.remaining -= 1
-            return _error(fault.status, "database read failed")
-        return await handler(request)
+        try:
+            if route is not None:
+                self.requests[route] += 1
+                self.request_log.append((route, dict(request.query)))
+                if seconds := self._delays.get(route):
+                    await asyncio.sleep(seconds)
+                fault = self._faults.get(route)
+                paged = (_atoi(request.query.get("from")) or 0) > 0
+                if fault and fault.remaining > 0 and (paged or not fault.paged_only):
+                    fault.remaining -= 1
+                    return _error(fault.status, "database read failed")
+            response = await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            response = _go_plain(405, "Method Not Allowed", {"Allow": ", ".join(sorted(exc.allowed_methods))})
+        except web.HTTPNotFound:
+            response = _go_plain(404, "404 page not found")
+        if route is not None and isinstance(response, web.Response) and response.body is not None:
+            self.bytes_sent[route] += len(response.body)  # type: ignore[arg-type]
+        return response
 
     async def _policies(self, request: web.Request) -> web.Response:
         ids = set(request.query["id"].split(",")) if "id" in request.query else None
@@ -390,15 +312,12 @@ class PolicyServerSimulator:
             "policies": [self._policy_json(p) for p in selected],
         }
         if self._egress_enabled:
-            egress = [
-                e
-                for e in self.state.egress
-                if ids is None or e.source_type == "default" or (e.source_id is not None and e.source_id in ids)
-            ]
+            egress = [e for e in self.state.egress if ids is None or e.source_type == "default" or e.source_id in ids]
             entries = [_egress_json(e, rule) for e in egress for rule in e.rules]
-            body["total_egress_policies"] = len(entries)
-            body["egress_policies"] = entries
-        return _json(body)
+            if entries:  # both keys were omitempty
+                body["total_egress_policies"] = len(entries)
+                body["egress_policies"] = entries
+        return _ok(go_json(body))
 
     def _policy_json(self, p: C2CPolicySpec) -> dict[str, Any]:
         return {
@@ -412,30 +331,23 @@ class PolicyServerSimulator:
         }
 
     async def _policies_last_updated(self, request: web.Request) -> web.Response:
-        return web.Response(text=str(self.state.policies_last_updated))
-
-    async def _security_groups_last_updated(self, request: web.Request) -> web.Response:
-        return web.Response(text=str(self.state.security_groups_last_updated))
+        return _ok(str(self.state.policies_last_updated))
 
     async def _security_groups(self, request: web.Request) -> web.Response:
         spaces = set(request.query["space_guids"].split(",")) if "space_guids" in request.query else set()
-        try:
-            start = int(request.query.get("from", "0"))
-            limit = int(request.query.get("limit", "0"))
-        except ValueError:
-            # The real handler answers a bad integer with a 500 and this description.
-            return _error(500, "invalid value for 'from' or 'limit' parameter")
-        rows = sorted(
-            (
-                row
-                for row in self.state.security_groups.values()
-                if row.staging_default
-                or row.running_default
-                or spaces.intersection(row.staging_spaces)
-                or spaces.intersection(row.running_spaces)
-            ),
-            key=lambda row: row.id,
-        )
+        start, limit = _atoi(request.query.get("from")), _atoi(request.query.get("limit"))
+        if start is None:
+            return _error(500, "invalid value for 'from' parameter")
+        if limit is None:
+            return _error(500, "invalid value for 'limit' parameter")
+        rows = [
+            row
+            for row in self.security_group_rows()
+            if row.staging_default
+            or row.running_default
+            or spaces.intersection(row.staging_spaces)
+            or spaces.intersection(row.running_spaces)
+        ]
         if start > 0:
             rows = [row for row in rows if row.id >= start]
         next_id = 0
@@ -444,63 +356,79 @@ class PolicyServerSimulator:
             if len(rows) > limit:
                 next_id = rows[limit].id
             rows = rows[:limit]
-        return _json(
-            {
-                "next": next_id,
-                "security_groups": [
-                    {
-                        "guid": row.guid,
-                        "name": row.name,
-                        "rules": row.rules_string(),
-                        "staging_default": row.staging_default,
-                        "running_default": row.running_default,
-                        "staging_space_guids": row.staging_spaces,
-                        "running_space_guids": row.running_spaces,
-                    }
-                    for row in rows
-                ],
-            }
+        return _ok(
+            go_json(
+                {
+                    "next": next_id,
+                    "security_groups": [
+                        {
+                            "guid": row.guid,
+                            "name": row.name,
+                            "rules": self._rules_string(row),
+                            "staging_default": row.staging_default,
+                            "running_default": row.running_default,
+                            "staging_space_guids": row.staging_spaces,
+                            "running_space_guids": row.running_spaces,
+                        }
+                        for row in rows
+                    ],
+                }
+            )
         )
 
     async def _tags(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            guid, type_ = body["id"], body["type"]
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "missing or invalid id or type")
+            body = json.loads(await request.read())
+            guid, type_ = body.get("id", ""), body.get("type", "")
+        except (ValueError, AttributeError):
+            return _error(400, "failed parsing request body")
+        if not isinstance(guid, str) or not isinstance(type_, str):
+            return _error(400, "failed parsing request body")
         tag = self._tag_for(guid, type_)
-        return _json({"id": guid, "type": tag.type, "tag": self._tag_text(guid)})
+        return _ok(go_json({"id": guid, "tag": self._tag_text(guid), "type": tag.type}))
 
 
-_ROUTE_BY_SUFFIX = {
-    "policies": PolicyRoute.POLICIES,
-    "policies_last_updated": PolicyRoute.POLICIES_LAST_UPDATED,
-    "security_groups": PolicyRoute.SECURITY_GROUPS,
-    "security_groups_last_updated": PolicyRoute.SECURITY_GROUPS_LAST_UPDATED,
-    "tags": PolicyRoute.TAGS,
-}
+_ROUTE_BY_SUFFIX = {route.value: route for route in PolicyRoute}
+
+
+def _atoi(value: str | None) -> int | None:
+    """A query integer as the handler reads it: absent is 0; anything strconv.Atoi refuses is None."""
+    if value is None:
+        return 0
+    if not _ATOI.fullmatch(value) or not -(2**63) <= int(value) < 2**63:
+        return None
+    return int(value)
 
 
 def _egress_json(e: _Egress, rule: EgressDestinationSpec) -> dict[str, Any]:
-    source: dict[str, Any] = {"type": e.source_type}
-    if e.source_id is not None:
-        source["id"] = e.source_id
-    destination: dict[str, Any] = {
-        "id": e.destination_guid,
-        "name": e.destination_name,
-        "protocol": rule.protocol,
-        "ips": [{"start": rule.ip_start, "end": rule.ip_end}],
-        "icmp_type": rule.icmp_type,
-        "icmp_code": rule.icmp_code,
-    }
+    """One rule of a destination in the historical internal shape (api.InternalEgressPolicy at
+    cf-networking-release 90b2ad56^): no policy id, `source.id` always present, `description` and
+    `ports` omitted when empty, `icmp_type`/`icmp_code` only for icmp."""
+    source: dict[str, Any] = {"id": e.source_id, "type": e.source_type}
+    destination: dict[str, Any] = {"id": e.destination_guid, "name": e.destination_name, "protocol": rule.protocol}
     if rule.port_start is not None:
         destination["ports"] = [{"start": rule.port_start, "end": rule.port_end or rule.port_start}]
+    destination["ips"] = [{"start": rule.ip_start, "end": rule.ip_end}]
+    if rule.protocol == "icmp":
+        destination["icmp_type"] = rule.icmp_type
+        destination["icmp_code"] = rule.icmp_code
     return {"source": source, "destination": destination, "app_lifecycle": e.app_lifecycle}
 
 
-def _json(body: Any) -> web.Response:
-    return web.Response(text=go_json(body), content_type="application/json")
+def _ok(text: str) -> web.Response:
+    return web.Response(text=text, headers={"Content-Type": GO_SNIFFED_TEXT, "Strict-Transport-Security": HSTS})
 
 
 def _error(status: int, description: str) -> web.Response:
-    return web.Response(status=status, text=go_json({"error": description}), content_type="application/json")
+    """httperror.ErrorResponse: the description spliced in with fmt.Sprintf, not JSON-encoded."""
+    return web.Response(
+        status=status,
+        text=f'{{"error": "{description}"}}',
+        headers={"Content-Type": GO_SNIFFED_TEXT, "Strict-Transport-Security": HSTS},
+    )
+
+
+def _go_plain(status: int, text: str, extra: dict[str, str] | None = None) -> web.Response:
+    """Go's http.Error (and http.NotFound): plain text with a newline, nosniff."""
+    headers = {"Content-Type": GO_SNIFFED_TEXT, "X-Content-Type-Options": "nosniff", **(extra or {})}
+    return web.Response(status=status, text=text + "\n", headers=headers)

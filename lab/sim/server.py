@@ -1,9 +1,10 @@
-"""Serving a simulator's aiohttp application over HTTPS on an ephemeral local port.
+"""The one HTTPS server lifecycle of the simulators: an aiohttp application on an ephemeral port.
 
 The simulators of CF components (policy server, Cloud Controller, UAA, BBS) are real HTTPS
-servers so that the watchers under test run their production TLS and HTTP code. Binding the
-socket ourselves (port 0) lets the kernel pick a free port with no race, and the URL is known
-before the first request.
+servers so that the watchers under test run their production TLS and HTTP code. Each is a
+`SimulatedServer`: one or more `HttpsSite`s started and stopped together, usable with `async with`.
+Binding the socket ourselves (port 0) lets the kernel pick a free port with no race, and the URL
+is known before the first request.
 
 One deliberate deviation from a plain `web.SockSite`: when a server-side TLS handshake fails
 (a client certificate from the wrong CA, or none), asyncio closes the connection without sending
@@ -18,7 +19,8 @@ import asyncio
 import socket
 import ssl
 from asyncio import sslproto
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -76,3 +78,29 @@ class HttpsSite:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class SimulatedServer:
+    """Base of the simulators: the sites they serve, started in order and stopped together.
+
+    Subclasses pass their sites to `__init__` and extend `stop()` to end what they hold open."""
+
+    def __init__(self, *sites: HttpsSite) -> None:
+        self._sites = sites
+
+    async def start(self) -> None:
+        for site in self._sites:
+            await site.start()
+
+    async def stop(self) -> None:
+        for site in self._sites:
+            await site.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
