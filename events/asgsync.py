@@ -8,7 +8,8 @@ and every group published before — in this run, or by an earlier run, as read 
 
 `collect_security_groups` is the parsing half both share: each raw group through the source's
 lenient parser, bad rules dropped and described, unusable groups left out and described; unknown
-keys (a newer CF's fields) are ignored without counting as dropped.
+keys (a newer CF's fields) are ignored without counting as dropped. `ParseCache` keeps that parsing
+from being repeated for the groups that did not change since the last listing.
 
 Callers must pass a *complete* listing: a failed or partial listing must never reach this
 function, or its missing groups would be published as deleted.
@@ -16,6 +17,7 @@ function, or its missing groups would be published as deleted.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -57,6 +59,39 @@ async def publish_security_groups(
 
 
 GroupParser = Callable[[object], tuple[SecurityGroup, list[Problem]]]
+
+
+class ParseCache:
+    """A GroupParser that remembers its results by the raw group's JSON, from one listing to the next.
+
+    A listing of thousands of groups mostly repeats the one before, and parsing is what it costs
+    the watcher (every rule validated: about half a millisecond a group). Call `listing_done()`
+    after each listing: what the last two listings did not contain is forgotten, so memory stays
+    bounded by the size of a listing.
+    """
+
+    def __init__(self, parse: GroupParser) -> None:
+        self._parse = parse
+        self._current: dict[str, tuple[SecurityGroup, list[Problem]] | StateError] = {}
+        self._previous: dict[str, tuple[SecurityGroup, list[Problem]] | StateError] = {}
+
+    def __call__(self, raw: object) -> tuple[SecurityGroup, list[Problem]]:
+        key = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        result = self._current.get(key) or self._previous.get(key)
+        if result is None:
+            try:
+                result = self._parse(raw)
+            except StateError as err:
+                result = err
+        self._current[key] = result
+        if isinstance(result, StateError):
+            # A fresh exception each time, so no traceback piles up on the cached one.
+            raise StateError(result.problems, result.source, result.what)
+        group, problems = result
+        return group, list(problems)
+
+    def listing_done(self) -> None:
+        self._previous, self._current = self._current, {}
 
 
 def collect_security_groups(

@@ -15,12 +15,14 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from events import subjects
+from events.asgsync import ParseCache
 from events.cc.stamp import AsgTriggerConfig
 from events.messages import ContainerMessage
-from events.models import Container
+from events.models import Container, InternalSecurityGroup, SecurityGroup
 from events.policy.spaces import ContainerSpaces, StaticSpaces
 from events.policy.watcher import AsgSchedule, PolicyWatcher, PolicyWatcherConfig
 from events.poller import Backoff, FatalSourceError
+from events.problems import Problem, StateError
 from events.publisher import StatePublisher
 from lab.cfsim import WAIT, StateView, wait_until
 from lab.pki import Pki
@@ -453,3 +455,30 @@ async def test_container_spaces_are_ready_only_when_complete(nats_client: NATS) 
             assert known.spaces() == spaces - {"space-0"}
         await asyncio.wait_for(known.ready.wait(), WAIT)
         assert known.spaces() == spaces - {"space-0"}
+
+
+def test_parse_cache_parses_each_raw_group_once_per_change_and_forgets_what_left() -> None:
+    """A listing that repeats the last one costs no parsing; a changed or bad group is parsed (and
+    refused) as itself; groups absent from two listings in a row are forgotten."""
+    calls: list[str] = []
+
+    def parse(raw: object) -> tuple[SecurityGroup, list[Problem]]:
+        assert isinstance(raw, dict)
+        calls.append(raw["name"])
+        return InternalSecurityGroup.parse_lenient(raw)
+
+    cache = ParseCache(parse)
+    raw = {"guid": "g", "name": "a", "rules": "[]", "running_default": True}
+    bad = {"guid": "h", "name": "bad", "rules": "[]", "running_default": "maybe"}
+    for _ in range(3):
+        assert cache(raw)[0].name == "a"
+        for _ in range(2):
+            with pytest.raises(StateError, match="running_default"):
+                cache(bad)
+        cache.listing_done()
+    assert calls == ["a", "bad"]
+    assert cache(raw | {"name": "b"})[0].name == "b"
+    cache.listing_done()
+    cache.listing_done()  # two listings without "a"
+    cache(raw)
+    assert calls == ["a", "bad", "b", "a"]

@@ -33,7 +33,7 @@ from typing import Self
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
+from events.asgsync import ASG_SUBJECT_PREFIX, ParseCache, collect_security_groups, publish_security_groups
 from events.cc.client import CloudControllerClient, UaaTokenSource
 from events.cc.stamp import AsgStamp
 from events.httpsource import Reason, SourceError
@@ -130,6 +130,7 @@ class CcWatcher(PollingWatcher):
         self._tokens: UaaTokenSource | None = None
         self._listed_stamp: datetime | None = None
         self._dropped = DroppedEntries("asg", METRICS)
+        self._parse_group = ParseCache(SecurityGroup.parse_lenient)
 
     @property
     def tokens_fetched(self) -> int:
@@ -201,6 +202,7 @@ class CcWatcher(PollingWatcher):
     def _parse(self, resources: list[object]) -> dict[str, SecurityGroup]:
         groups: dict[str, SecurityGroup] = {}
         problems: dict[str, str] = {}
-        collect_security_groups(resources, SecurityGroup.parse_lenient, groups, problems)
+        collect_security_groups(resources, self._parse_group, groups, problems)
+        self._parse_group.listing_done()
         self._dropped.report(sorted(problems.values()))
         return groups

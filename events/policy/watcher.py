@@ -51,7 +51,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from events import subjects
-from events.asgsync import ASG_SUBJECT_PREFIX, collect_security_groups, publish_security_groups
+from events.asgsync import ASG_SUBJECT_PREFIX, ParseCache, collect_security_groups, publish_security_groups
 from events.cc.stamp import AsgStamp, AsgTriggerConfig
 from events.httpsource import Reason, SourceError
 from events.messages import C2CPoliciesMessage, EgressPoliciesMessage
@@ -158,6 +158,7 @@ class PolicyWatcher(PollingWatcher):
         self._asg_schedule = AsgSchedule(config)
         self._asg_spaces: frozenset[str] | None = None
         self._asg_listed: dict[str, SecurityGroup] | None = None  # what the last published listing held
+        self._asg_parse = ParseCache(InternalSecurityGroup.parse_lenient)
         self._c2c_dropped = DroppedEntries("c2c", METRICS)
         self._egress_dropped = DroppedEntries("egress", METRICS)
         self._asg_dropped = DroppedEntries("asg", METRICS)
@@ -300,7 +301,7 @@ class PolicyWatcher(PollingWatcher):
             while True:
                 page = await self._api.security_groups_page(batch, start, self.config.asg_page_size)
                 found: dict[str, SecurityGroup] = {}
-                collect_security_groups(page.groups, InternalSecurityGroup.parse_lenient, found, problems)
+                collect_security_groups(page.groups, self._asg_parse, found, problems)
                 for guid, group in found.items():
                     if groups.setdefault(guid, group) != group:
                         raise SourceError(
@@ -311,6 +312,7 @@ class PolicyWatcher(PollingWatcher):
                 if page.next == 0:
                     break
                 start = page.next
+        self._asg_parse.listing_done()
         self._asg_dropped.report(sorted(problems.values()))
         return groups
 

@@ -146,11 +146,61 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
                 r.linear_pps / r.pps,
             )
 
+    if "policy-load" in scenarios:
+        _policy_load(report, quick)
+
     if as_json:
         print(json.dumps({"shape": asdict(shape), "rows": [asdict(r) for r in report.rows]}, indent=2))
     else:
         print(report.table())
     return 0
+
+
+def _policy_load(report: Report, quick: bool) -> None:
+    from lab.bench.policyload import Load, policy_load
+
+    r = policy_load(period=3.0 if quick else 10.0, syncer_lag=3.0 if quick else 10.0)
+    agents = r.agents_asg
+    kb = 1e-3
+    report.add(
+        "policy-load",
+        f"{r.groups:,} groups: one cfnft listing",
+        r.listing_bytes * kb,
+        "KB",
+        note=f"{r.listing_requests} requests (space batches x pages)",
+    )
+    report.add("policy-load", f"{r.cells:,} agents, ASGs every 60 s", agents.requests_per_s, "req/s")
+    report.add("policy-load", f"{r.cells:,} agents, ASGs every 60 s", agents.bytes_per_s * kb, "KB/s")
+    report.add(
+        "policy-load",
+        f"{r.cells:,} agents, c2c check every 5 s",
+        r.agents_c2c.requests_per_s,
+        "req/s",
+        note=f"{r.agents_c2c.bytes_per_s * kb:.1f} KB/s",
+    )
+
+    def vs_agents(metric: str, load: Load, note: str = "") -> None:
+        report.add("policy-load", metric, load.requests_per_s, "req/s", note=note)
+        ratio = load.bytes_per_s / agents.bytes_per_s
+        report.add("policy-load", metric, load.bytes_per_s * kb, "KB/s", "", "agents' ASG bytes", ratio)
+
+    vs_agents("cfnft, no trigger, every 1 s (old)", r.cfnft_untriggered_1s, "measured: as fast as it could list")
+    vs_agents("cfnft, no trigger, every 10 s", r.untriggered(10.0), "from the listing's cost")
+    vs_agents(
+        "cfnft, CC trigger, idle",
+        r.cfnft_triggered_idle,
+        f"measured; CC's stamp read {r.stamp_reads_per_s:.1f}/s (on CC)",
+    )
+    report.add(
+        "policy-load",
+        "cfnft, CC trigger, one change",
+        r.change_listings,
+        "listings",
+        note=f"measured: syncer {r.syncer_lag:.0f} s late, published after {r.change_seconds:.1f} s",
+    )
+    vs_agents("cfnft, CC trigger, 60 changes/hour", r.triggered(60), "from the above, + safety listings")
+    check_bytes = r.agents_c2c.bytes_per_s / r.agents_c2c.requests_per_s
+    report.add("policy-load", "cfnft, c2c check every 1 s", 1.0, "req/s", note=f"{check_bytes * kb:.3f} KB/s")
 
 
 def _rules_per_container(state) -> float:
