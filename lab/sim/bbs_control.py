@@ -46,6 +46,7 @@ SCENARIO_METHODS = frozenset(
         "delay",
         "clear_faults",
         "drop_streams",
+        "stall_streams",
     }
 )
 
