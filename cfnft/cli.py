@@ -22,6 +22,7 @@ daemons and operations:
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
+  cfnft explain --from H --to tcp:IP:PORT   would this packet pass, and which rule decides it
 """
 
 
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", required=True)
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
+
+    from cfnft.operate import add_explain_parser
+
+    add_explain_parser(sub, _nats_args)
 
     parser.description = DESCRIPTION + _add_plugin_commands(sub)
     return parser

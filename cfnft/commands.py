@@ -258,6 +258,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cfnft.operate import cmd_explain as explain
+
+    return explain(args)
+
+
 _HANDLERS = {
     "render": cmd_render,
     "apply": cmd_apply,
@@ -267,4 +273,5 @@ _HANDLERS = {
     "publish": cmd_publish,
     "resync": cmd_resync,
     "status": cmd_status,
+    "explain": cmd_explain,
 }

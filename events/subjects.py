@@ -16,6 +16,7 @@ Plain (not stored) subjects:
 
     cfnft.resync.all / cfnft.resync.cell.<cell_id>   ResyncRequest   re-list sources, re-read kernels
     cfnft.status.<cell_id>                           request/reply   a reconciler's view of its cell
+    cfnft.explain.<cell_id>                          request/reply   explain a packet from what the cell committed
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ STATE_WILDCARD = "cfnft.state.>"
 RESYNC_ALL = "cfnft.resync.all"
 RESYNC_CELL_PREFIX = "cfnft.resync.cell"
 STATUS_PREFIX = "cfnft.status"
+EXPLAIN_PREFIX = "cfnft.explain"
 
 # NATS subject tokens may not contain these; handles and guids never do, but input is input.
 _BAD_TOKEN = re.compile(r"[\s.*>]")
@@ -74,3 +76,7 @@ def resync_cell(cell_id: str) -> str:
 
 def status(cell_id: str) -> str:
     return f"{STATUS_PREFIX}.{token(cell_id, 'cell id')}"
+
+
+def explain(cell_id: str) -> str:
+    return f"{EXPLAIN_PREFIX}.{token(cell_id, 'cell id')}"

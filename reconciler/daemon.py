@@ -46,6 +46,7 @@ from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
 from reconciler.feed import StateFeed
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.operator import serve_operator_requests
 from reconciler.store import DesiredStore
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Reconciler:
         self.nc: NATS | None = None
         self._feed: StateFeed | None = None
         self.last_commit_at: float | None = None
+        self.committed: tuple[CellState, Ruleset] | None = None  # what the kernel holds (operator questions)
 
     # ------------------------------------------------------------------ inputs (cheap, sync)
 
@@ -198,9 +200,11 @@ class Reconciler:
             log.warning("rebuilding table %s whole after %d failures", TABLE.name, self._failures)
         self._desired = desired
         if tx.is_empty:
+            self.committed = (state, desired)
             return False
         await self.runner.apply_async(tx)
         self._actual = desired
+        self.committed = (state, desired)
         chains, rules, elements = desired.counts()
         self.metrics.chains.set(chains)
         self.metrics.rules.set(rules)
@@ -335,6 +339,7 @@ class Reconciler:
         await nc.subscribe(subjects.RESYNC_ALL, cb=on_resync)
         await nc.subscribe(subjects.resync_cell(self.config.cell_id), cb=on_resync)
         await nc.subscribe(subjects.status(self.config.cell_id), cb=on_status)
+        await serve_operator_requests(self, nc)
         self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)
         self._feed = StateFeed(nc, self.config.cell_id, self._on_message, self._on_in_sync, self._on_bad_message)
         await self._feed.run()

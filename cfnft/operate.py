@@ -1,0 +1,109 @@
+"""Operators' questions: `cfnft explain`. Each answers offline from a cell state document or live
+from a cell's reconciler over NATS request/reply (what it last committed to its kernel)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cfnft.errors import EXIT_DIFFERS, EXIT_OK, InputError, OperationError
+
+
+async def request(args: argparse.Namespace, subject: str, payload: dict, what: str) -> dict:
+    """One NATS request/reply with a cell's reconciler; OperationError if nobody answers in time."""
+    from nats.errors import NoRespondersError, TimeoutError
+
+    from cfnft.commands import _connect
+
+    nc = await _connect(args)
+    try:
+        reply = await nc.request(subject, json.dumps(payload).encode(), timeout=args.timeout)
+    except (TimeoutError, NoRespondersError):
+        raise OperationError(f"no reconciler for cell {args.cell} answered {what} within {args.timeout}s") from None
+    finally:
+        await nc.close()
+    answer = json.loads(reply.data)
+    if "error" in answer:
+        raise (InputError if answer.get("bad_input") else OperationError)(f"cell {args.cell}: {answer['error']}")
+    return answer
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from events import subjects
+    from reconciler.explain import ExplainInputError, Explanation, Probe, explain
+
+    try:
+        probe = Probe.parse(args.to)
+        if args.trace and args.established:
+            raise ExplainInputError("--trace sends a new connection's first packet; it cannot trace --established")
+        if args.state is not None:
+            from cfnft.commands import _load_state
+
+            answer = explain(_load_state(args.state, False), args.source, probe, established=args.established)
+        else:
+            payload = {"source": args.source, "to": args.to, "established": args.established}
+            import asyncio
+
+            reply = asyncio.run(request(args, subjects.explain(args.cell), payload, "the explain request"))
+            answer = Explanation.model_validate(reply)
+    except ExplainInputError as e:
+        raise InputError(str(e)) from None
+    traced = None
+    if args.trace:
+        from cfnft.trace import TraceError, trace
+
+        try:
+            traced = trace(answer, probe, args.netns, timeout=5)
+        except TraceError as e:
+            raise OperationError(f"trace: {e}") from None
+    if args.json:
+        out = answer.model_dump(mode="json")
+        if traced is not None:
+            out["trace"] = {
+                "steps": [{"chain": s.chain, "rule": s.text, "verdict": s.verdict} for s in traced.steps],
+                "kernel_accepted": traced.accepted,
+                "agrees": traced.agrees,
+                "disagreement": traced.disagreement,
+            }
+        print(json.dumps(out, indent=2))
+    else:
+        print(answer.text())
+        if traced is not None:
+            print(traced.text())
+    if traced is not None and not traced.agrees:
+        raise OperationError(f"the kernel disagrees with the model: {traced.disagreement}")
+    return EXIT_OK if answer.allowed else EXIT_DIFFERS
+
+
+def add_explain_parser(sub, nats_args) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="would a container's packet pass, and which rule decides it",
+        description="Explain the fate of a new connection's first packet from a container: the verdict and the "
+        "one thing that decides it (security group and rule as Cloud Controller shows it, egress policy, c2c "
+        "policy, deny_networks, host access, established/related, or the default deny) with its nft rule. "
+        "Offline from --state, or live from --cell (the reconciler answers from what it committed). "
+        "Exit 0 allowed, 1 denied, 2 bad input, 3 the cell did not answer or --trace disagrees.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", type=Path, metavar="FILE", help="cell state document")
+    where.add_argument("--cell", help="ask this cell's reconciler over NATS")
+    p.add_argument("--from", dest="source", required=True, metavar="HANDLE", help="container handle or address")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="PROTO:IP[:PORT]",
+        help="tcp:IP:PORT, udp:IP:PORT, icmp:IP[:TYPE/CODE], icmpv6:IP[:TYPE/CODE]; IPv6 as [IP] before a port",
+    )
+    p.add_argument("--established", action="store_true", help="a packet of an existing connection")
+    p.add_argument("--json", action="store_true", help="the answer as JSON")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also send the packet through this machine's cell kernel with nftables tracing, and fail if the "
+        "kernel's path disagrees with the model (root; --netns for a cell in a namespace)",
+    )
+    p.add_argument("--netns", metavar="NAME", help="with --trace: the cell's network namespace")
+    p.add_argument("--timeout", type=float, default=2.0, help="with --cell: seconds to wait for the answer")
+    nats_args(p)
