@@ -23,6 +23,7 @@ daemons and operations:
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
   cfnft explain --from H --to tcp:IP:PORT   would this packet pass, and which rule decides it
+  cfnft stats --cell CELL [--unused]        packets and bytes per security-group rule and policy
 """
 
 
@@ -164,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
 
-    from cfnft.operate import add_explain_parser
+    from cfnft.operate import add_explain_parser, add_stats_parser
 
     add_explain_parser(sub, _nats_args)
+    add_stats_parser(sub, _nats_args)
 
     parser.description = DESCRIPTION + _add_plugin_commands(sub)
     return parser

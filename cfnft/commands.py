@@ -264,6 +264,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return explain(args)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from cfnft.operate import cmd_stats as stats
+
+    return stats(args)
+
+
 _HANDLERS = {
     "render": cmd_render,
     "apply": cmd_apply,
@@ -274,4 +280,5 @@ _HANDLERS = {
     "resync": cmd_resync,
     "status": cmd_status,
     "explain": cmd_explain,
+    "stats": cmd_stats,
 }

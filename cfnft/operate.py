@@ -1,5 +1,6 @@
-"""Operators' questions: `cfnft explain`. Each answers offline from a cell state document or live
-from a cell's reconciler over NATS request/reply (what it last committed to its kernel)."""
+"""Operators' questions: `cfnft explain` (offline from a cell state document, or live) and
+`cfnft stats`, answered by a cell's reconciler over NATS request/reply from what it last
+committed to its kernel."""
 
 from __future__ import annotations
 
@@ -106,4 +107,34 @@ def add_explain_parser(sub, nats_args) -> None:
     )
     p.add_argument("--netns", metavar="NAME", help="with --trace: the cell's network namespace")
     p.add_argument("--timeout", type=float, default=2.0, help="with --cell: seconds to wait for the answer")
+    nats_args(p)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from events import subjects
+    from reconciler.stats import CellStats
+
+    stats = CellStats.model_validate(asyncio.run(request(args, subjects.stats(args.cell), {}, "the stats request")))
+    if args.unused:
+        unused = stats.unused()
+        print(json.dumps(unused, indent=2) if args.json else "\n".join(unused) or "every rule has matched packets")
+    else:
+        print(json.dumps(stats.model_dump(mode="json"), indent=2) if args.json else stats.text())
+    return EXIT_OK
+
+
+def add_stats_parser(sub, nats_args) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="packets and bytes per security-group rule, c2c policy and deny rule on a cell",
+        description="Ask a cell's reconciler for its kernel's counters, mapped back to the rules as Cloud "
+        "Controller and the policy server show them: per security group and rule, per c2c and egress policy, "
+        "per deny_networks entry and default deny. Counters start when a rule's element is written.",
+    )
+    p.add_argument("--cell", required=True)
+    p.add_argument("--unused", action="store_true", help="only the rules that matched nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=5.0)
     nats_args(p)

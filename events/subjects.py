@@ -17,6 +17,7 @@ Plain (not stored) subjects:
     cfnft.resync.all / cfnft.resync.cell.<cell_id>   ResyncRequest   re-list sources, re-read kernels
     cfnft.status.<cell_id>                           request/reply   a reconciler's view of its cell
     cfnft.explain.<cell_id>                          request/reply   explain a packet from what the cell committed
+    cfnft.stats.<cell_id>                            request/reply   packets and bytes per rule, from the kernel
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ RESYNC_ALL = "cfnft.resync.all"
 RESYNC_CELL_PREFIX = "cfnft.resync.cell"
 STATUS_PREFIX = "cfnft.status"
 EXPLAIN_PREFIX = "cfnft.explain"
+STATS_PREFIX = "cfnft.stats"
 
 # NATS subject tokens may not contain these; handles and guids never do, but input is input.
 _BAD_TOKEN = re.compile(r"[\s.*>]")
@@ -80,3 +82,7 @@ def status(cell_id: str) -> str:
 
 def explain(cell_id: str) -> str:
     return f"{EXPLAIN_PREFIX}.{token(cell_id, 'cell id')}"
+
+
+def stats(cell_id: str) -> str:
+    return f"{STATS_PREFIX}.{token(cell_id, 'cell id')}"

@@ -35,6 +35,9 @@ class ReconcilerConfig(BaseModel):
     retry_max_seconds: float = Field(10.0, gt=0, description="cap of the apply retry backoff")
     rebuild_after_failures: int = Field(3, ge=1, description="failed applies before the table is rebuilt whole")
     give_up_after_failures: int = Field(20, ge=1, description="failed applies before the process exits for monit")
+    rule_metrics_seconds: float = Field(
+        30.0, gt=0, description="how often the per-group and per-policy totals on /metrics are read from the kernel"
+    )
 
 
 def load_config(path: Path) -> ReconcilerConfig:

@@ -46,7 +46,7 @@ from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
 from reconciler.feed import StateFeed
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.operator import serve_operator_requests
+from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
 from reconciler.store import DesiredStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class Reconciler:
         self._feed: StateFeed | None = None
         self.last_commit_at: float | None = None
         self.committed: tuple[CellState, Ruleset] | None = None  # what the kernel holds (operator questions)
+        self.rule_metrics = RuleMetrics()
+        self.metrics.registry.register(self.rule_metrics)
 
     # ------------------------------------------------------------------ inputs (cheap, sync)
 
@@ -368,6 +370,7 @@ class Reconciler:
         tasks = [
             asyncio.create_task(self._apply_loop(), name="apply"),
             asyncio.create_task(self._drift_loop(), name="drift"),
+            asyncio.create_task(refresh_rule_metrics(self, self.rule_metrics), name="rule-metrics"),
         ]
         if with_nats:
             tasks.append(asyncio.create_task(self._serve_nats(), name="nats"))

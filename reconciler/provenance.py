@@ -160,4 +160,3 @@ def c2c_policy_text(p: C2CPolicy) -> str:
     d = p.destination
     ports = f"{d.ports.start}" if d.ports.start == d.ports.end else f"{d.ports.start}-{d.ports.end}"
     return f"c2c policy {p.source.id} -> {d.id} {d.protocol} {ports}"
-
