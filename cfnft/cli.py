@@ -22,6 +22,7 @@ daemons and operations:
   cfnft publish --state cell.json           publish a state document to NATS as whole-state objects
   cfnft resync [--cell CELL]                ask watchers to re-list and reconcilers to repair drift
   cfnft status --cell CELL                  what a cell's reconciler knows, and whether it is in sync
+  cfnft status --all | --object asg:GUID    which cells enforce the latest state (or one object)
   cfnft explain --from H --to tcp:IP:PORT   would this packet pass, and which rule decides it
   cfnft stats --cell CELL [--unused]        packets and bytes per security-group rule and policy
 """
@@ -157,11 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "status",
-        help="ask a cell's reconciler what it knows",
-        description="Request/reply on cfnft.status.CELL; prints the reconciler's answer as JSON. "
-        "Exit 0 if it is in sync, 1 if not, 3 if it does not answer.",
+        help="ask a cell's reconciler what it knows, or whether every cell enforces a change",
+        description="--cell: request/reply on cfnft.status.CELL; prints the reconciler's answer as JSON. "
+        "Exit 0 if it is in sync, 1 if not, 3 if it does not answer. "
+        "--all: every cell's answer within --timeout: in sync, lagging (and why) or unreachable. "
+        "--object asg:GUID|c2c:APP|app:APP: on how many cells the object's current version is enforced. "
+        "Both exit 0 when every cell is in sync (enforces it), else 1.",
     )
-    p.add_argument("--cell", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cell")
+    which.add_argument("--all", action="store_true", help="every cell of the foundation")
+    which.add_argument("--object", metavar="KIND:ID", help="asg:GUID, c2c:APP (its policies) or app:APP")
+    p.add_argument(
+        "--expect", action="append", default=[], metavar="CELL", help="with --all/--object: a cell that must answer"
+    )
+    p.add_argument("--json", action="store_true", help="with --all/--object: the answers as JSON")
     p.add_argument("--timeout", type=float, default=2.0)
     _nats_args(p)
 

@@ -241,6 +241,10 @@ def cmd_resync(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.cell is None:
+        from cfnft.operate import cmd_fleet_status
+
+        return cmd_fleet_status(args)
     from nats.errors import NoRespondersError, TimeoutError
 
     from events import subjects

@@ -1,6 +1,6 @@
-"""Operators' questions: `cfnft explain` (offline from a cell state document, or live) and
-`cfnft stats`, answered by a cell's reconciler over NATS request/reply from what it last
-committed to its kernel."""
+"""Operators' questions: `cfnft explain` (offline from a cell state document, or live),
+`cfnft stats` and `cfnft status --all/--object`, answered by the cells' reconcilers over NATS
+from what they last committed to their kernels."""
 
 from __future__ import annotations
 
@@ -138,3 +138,41 @@ def add_stats_parser(sub, nats_args) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
     nats_args(p)
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cfnft import fleet
+    from cfnft.commands import _connect
+
+    subject = None
+    if args.object:
+        try:
+            subject = fleet.object_subject(args.object)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+    async def main() -> int:
+        nc = await _connect(args)
+        try:
+            expected = await fleet.known_cells(nc) | set(args.expect)
+            version = await fleet.stream_version(nc, subject) if subject else None
+            answers = await fleet.gather(nc, {"object": subject} if subject else {}, expected, args.timeout)
+        finally:
+            await nc.close()
+        if subject is not None:
+            report, everywhere = fleet.object_report(subject, version, answers, expected)
+            print(json.dumps({"subject": subject, "version": version, "cells": answers}) if args.json else report)
+            return EXIT_OK if everywhere else EXIT_DIFFERS
+        lines = fleet.cell_lines(answers, expected, args.timeout)
+        if args.json:
+            print(json.dumps([{"cell": x.cell, "state": x.state, "detail": x.detail} for x in lines], indent=2))
+        else:
+            width = max((len(x.cell) for x in lines), default=0)
+            print("\n".join(f"{x.cell:<{width}}  {x.state:<11}  {x.detail}" for x in lines) or "no cell answered")
+            in_sync = sum(x.state == "in sync" for x in lines)
+            print(f"{in_sync} of {len(lines)} cells in sync")
+        return EXIT_OK if lines and all(x.state == "in sync" for x in lines) else EXIT_DIFFERS
+
+    return asyncio.run(main())

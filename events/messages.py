@@ -4,7 +4,8 @@ Each message holds the complete current state of one object plus a `version` (a 
 only grows for that object: the source's own modification counter when it has one, else the
 publisher's clock in nanoseconds). A reader keeps, per subject, the message with the highest
 version, so duplicates from two watcher replicas and re-deliveries are harmless.
-A null object (or an empty list) is an explicit deletion.
+A null object (or an empty list) is an explicit deletion. `observed_at` (optional) is when the
+publisher saw the state at its source; it takes no part in what the message means.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = Field(ge=0, description="grows with every change of this object")
+    observed_at: float | None = Field(
+        None, description="unix time at which the watcher observed this state at its source (for latency metrics)"
+    )
 
     def subject(self) -> str:  # pragma: no cover - every subclass overrides
         raise NotImplementedError

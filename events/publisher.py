@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
@@ -85,6 +86,8 @@ class StatePublisher:
         """Publish `message` unless its content equals the last one on its subject. Returns whether it was sent."""
         await self._ensure()
         subject = message.subject()
+        if message.observed_at is None:  # the callers publish what they have just observed
+            message = message.model_copy(update={"observed_at": time.time()})
         data = message.model_dump_json().encode()
         key = _content_key(data)
         if self._last.get(subject) == key:
@@ -99,7 +102,8 @@ class StatePublisher:
 
 
 def _content_key(data: bytes) -> str:
-    """The message without its version: what decides whether anything changed."""
+    """The message without its version and observation time: what decides whether anything changed."""
     doc = json.loads(data)
     doc.pop("version", None)
+    doc.pop("observed_at", None)
     return json.dumps(doc, sort_keys=True)

@@ -18,6 +18,7 @@ Plain (not stored) subjects:
     cfnft.status.<cell_id>                           request/reply   a reconciler's view of its cell
     cfnft.explain.<cell_id>                          request/reply   explain a packet from what the cell committed
     cfnft.stats.<cell_id>                            request/reply   packets and bytes per rule, from the kernel
+    cfnft.fleet.status                               scatter/gather  every reconciler answers with its status
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ RESYNC_CELL_PREFIX = "cfnft.resync.cell"
 STATUS_PREFIX = "cfnft.status"
 EXPLAIN_PREFIX = "cfnft.explain"
 STATS_PREFIX = "cfnft.stats"
+FLEET_STATUS = "cfnft.fleet.status"
 
 # NATS subject tokens may not contain these; handles and guids never do, but input is input.
 _BAD_TOKEN = re.compile(r"[\s.*>]")

@@ -45,7 +45,8 @@ class FakeNft:
     """A fake of `NftRunner`: apply/check/read/read_counters, sync and async, plus inspection.
 
     `transactions` lists every committed transaction. `fail_next(n, error)` makes the next `n`
-    `apply` calls raise `error` (an NftError by default) without changing anything.
+    `apply` calls raise `error` (an NftError by default) without changing anything; `heal()` forgets
+    those still pending.
     """
 
     def __init__(self) -> None:
@@ -58,6 +59,10 @@ class FakeNft:
         """The next `n` calls of `apply` fail with `error` and change nothing."""
         injected = error or NftError(1, "Error: Could not process rule: Cannot allocate memory (injected)")
         self._failures.extend([injected] * n)
+
+    def heal(self) -> None:
+        """Forget the failures `fail_next` still holds: the next `apply` succeeds."""
+        self._failures.clear()
 
     def apply(self, tx: Transaction) -> None:
         lines = tx.render_lines()  # raises the transaction's validation error, as the runner does

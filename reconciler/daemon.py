@@ -47,6 +47,7 @@ from reconciler.config import ReconcilerConfig
 from reconciler.feed import StateFeed
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
+from reconciler.realization import Realization
 from reconciler.store import DesiredStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Reconciler:
         self._feed: StateFeed | None = None
         self.last_commit_at: float | None = None
         self.committed: tuple[CellState, Ruleset] | None = None  # what the kernel holds (operator questions)
+        self.realization = Realization(self.metrics.programming_latency)
         self.rule_metrics = RuleMetrics()
         self.metrics.registry.register(self.rule_metrics)
 
@@ -96,10 +98,11 @@ class Reconciler:
 
     def _on_message(self, msg: Message) -> None:
         self.metrics.messages.inc()
-        if self._replay_store is not None:
-            self._replay_store.apply(msg)
-        elif self.store.apply(msg):
+        replaying = self._replay_store is not None
+        changed = self._replay_store.apply(msg) if self._replay_store is not None else self.store.apply(msg)
+        if changed and not replaying:
             self._changed()
+        self.realization.received(msg, self.generation, changed=changed, replaying=replaying)
 
     def _on_bad_message(self, subject: str, reason: str) -> None:
         self.metrics.bad_messages.inc()
@@ -113,6 +116,7 @@ class Reconciler:
         self._nats_synced = True
         self._synced.set()
         self._changed()
+        self.realization.replay_done(self.generation)
         log.info("in sync with NATS: %s", self.store.summary())
 
     def register(self, container: Container) -> int:
@@ -260,6 +264,7 @@ class Reconciler:
             for g in [g for g in self._changed_at if g <= gen]:
                 self.metrics.enforce_latency.observe(now - self._changed_at.pop(g))
             self.committed_generation = gen
+            self.realization.committed(gen)
             self.last_commit_at = time.time()
             self.metrics.pending_changes.set(self.generation - gen)
             self.metrics.in_sync.set(1 if self.ready else 0)

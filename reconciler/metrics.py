@@ -28,6 +28,12 @@ class ReconcilerMetrics:
             buckets=_FAST,
             registry=r,
         )
+        self.programming_latency = Histogram(
+            "cfnft_programming_latency_seconds",
+            "from a watcher observing a change at its source (carried in the message) to its kernel commit here",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
         self.pending_changes = Gauge("cfnft_pending_changes", "state changes not yet committed", registry=r)
         self.chains = Gauge("cfnft_table_chains", "chains in inet cfnft", registry=r)
         self.rules = Gauge("cfnft_table_rules", "rules in inet cfnft", registry=r)

@@ -1,5 +1,7 @@
 """Operators' questions a reconciler answers over NATS request/reply, from what it committed to
-its kernel (not from what it is about to write): `cfnft explain --cell`, `cfnft stats --cell`.
+its kernel (not from what it is about to write): `cfnft explain --cell`, `cfnft stats --cell`,
+and `cfnft status --all/--object` (every reconciler answers `cfnft.fleet.status`, optionally with
+the version of one object it enforces).
 Answers are JSON; a question that cannot be answered is `{"error": ..., "bad_input": bool}`.
 
 Also the per-group and per-policy totals on /metrics. Their cardinality is bounded by what is on
@@ -118,6 +120,20 @@ async def refresh_rule_metrics(rec: Reconciler, collector: RuleMetrics) -> None:
             log.error("reading the rule counters for /metrics failed: %s", e)
 
 
+def answer_fleet_status(rec: Reconciler, data: bytes) -> dict:
+    """The cell's status; with `{"object": SUBJECT}`, also the version of that object it enforces."""
+    status = rec.status()
+    try:
+        request = json.loads(data or b"{}")
+    except ValueError:
+        request = {}
+    subject = request.get("object") if isinstance(request, dict) else None
+    if isinstance(subject, str):
+        version = rec.realization.enforced_version(subject, rec.store.versions, rec.committed_generation)
+        status["enforced"] = {"subject": subject, "version": version}
+    return status
+
+
 async def serve_operator_requests(rec: Reconciler, nc: NATS) -> None:
     """Subscribe this cell's operator subjects on `nc`."""
 
@@ -128,4 +144,9 @@ async def serve_operator_requests(rec: Reconciler, nc: NATS) -> None:
         await m.respond(json.dumps(await answer_stats(rec)).encode())
 
     await nc.subscribe(subjects.explain(rec.config.cell_id), cb=on_explain)
+
+    async def on_fleet_status(m: Msg) -> None:
+        await m.respond(json.dumps(answer_fleet_status(rec, m.data)).encode())
+
     await nc.subscribe(subjects.stats(rec.config.cell_id), cb=on_stats)
+    await nc.subscribe(subjects.FLEET_STATUS, cb=on_fleet_status)

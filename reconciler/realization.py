@@ -1,0 +1,62 @@
+"""What this cell has enforced, object by object, and how long a change took to get there.
+
+Per subject, the reconciler keeps the version it holds (the store's `versions`); this module adds
+which generation carried the last change of it, so "is version V of this object in the kernel?"
+is answered exactly: the store holds at least V and that generation is committed. A replay
+(start-up, reconnect) marks every replayed subject with the generation that ends it.
+
+`cfnft_programming_latency_seconds` (kube-proxy's network-programming latency): from the time
+the watcher observed a change at its source (`observed_at`, carried in the message) to the
+kernel commit that enforces it on this cell. Replayed messages are not observed (they are old
+news), and the figure includes any clock difference between the watcher's machine and the cell.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Histogram
+
+from events.messages import Message
+
+
+@dataclass
+class Realization:
+    latency: Histogram
+    _changed_in: dict[str, int] = field(default_factory=dict)  # subject -> generation of its last change
+    _replayed: set[str] = field(default_factory=set)
+    _observed: list[tuple[int, float]] = field(default_factory=list)  # (generation, observed_at)
+
+    def received(self, msg: Message, generation: int, *, changed: bool, replaying: bool) -> None:
+        """A message was taken into the store (or the replay store); `generation` carries it when changed."""
+        if replaying:
+            self._replayed.add(msg.subject())
+        elif changed:
+            self._changed_in[msg.subject()] = generation
+            if msg.observed_at is not None:
+                self._observed.append((generation, msg.observed_at))
+
+    def replay_done(self, generation: int) -> None:
+        for subject in self._replayed:
+            self._changed_in[subject] = generation
+        self._replayed.clear()
+
+    def committed(self, generation: int) -> None:
+        """Everything up to `generation` is in the kernel now."""
+        if not self._observed:
+            return
+        now = time.time()
+        waiting = []
+        for g, observed_at in self._observed:
+            if g <= generation:
+                self.latency.observe(max(0.0, now - observed_at))
+            else:
+                waiting.append((g, observed_at))
+        self._observed = waiting
+
+    def enforced_version(self, subject: str, versions: dict[str, int], committed_generation: int) -> int | None:
+        """The version of `subject` the kernel enforces; None if the cell holds none, or has not committed it."""
+        if subject not in versions or self._changed_in.get(subject, 0) > committed_generation:
+            return None
+        return versions[subject]
