@@ -21,8 +21,10 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from events import subjects
@@ -52,13 +54,13 @@ async def known_cells(nc: NATS) -> set[str]:
     return cells
 
 
-async def gather(nc: NATS, request: dict, expected: set[str], timeout: float) -> dict[str, dict]:
+async def gather(nc: NATS, request: dict[str, Any], expected: set[str], timeout: float) -> dict[str, dict[str, Any]]:
     """Every reconciler's answer to `request`, by cell id, within `timeout`."""
-    answers: dict[str, dict] = {}
+    answers: dict[str, dict[str, Any]] = {}
     done = asyncio.Event()
     inbox = nc.new_inbox()
 
-    async def on_answer(m) -> None:
+    async def on_answer(m: Msg) -> None:
         try:
             answer = json.loads(m.data)
         except ValueError:
@@ -87,7 +89,7 @@ class CellLine:
     detail: str
 
 
-def cell_lines(answers: dict[str, dict], expected: set[str], timeout: float) -> list[CellLine]:
+def cell_lines(answers: dict[str, dict[str, Any]], expected: set[str], timeout: float) -> list[CellLine]:
     out = []
     for cell in sorted(expected | answers.keys()):
         a = answers.get(cell)
@@ -111,7 +113,9 @@ def cell_lines(answers: dict[str, dict], expected: set[str], timeout: float) -> 
     return out
 
 
-def object_report(subject: str, version: int | None, answers: dict[str, dict], expected: set[str]) -> tuple[str, bool]:
+def object_report(
+    subject: str, version: int | None, answers: dict[str, dict[str, Any]], expected: set[str]
+) -> tuple[str, bool]:
     """The lines of `--object` and whether every cell enforces the stream's version."""
     cells = sorted(expected | answers.keys())
     if version is None:

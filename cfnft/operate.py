@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cfnft.errors import EXIT_DIFFERS, EXIT_OK, InputError, OperationError
 
 
-async def request(args: argparse.Namespace, subject: str, payload: dict, what: str) -> dict:
+async def request(args: argparse.Namespace, subject: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
     """One NATS request/reply with a cell's reconciler; OperationError if nobody answers in time."""
     from nats.errors import NoRespondersError, TimeoutError
 
@@ -24,7 +26,7 @@ async def request(args: argparse.Namespace, subject: str, payload: dict, what: s
         raise OperationError(f"no reconciler for cell {args.cell} answered {what} within {args.timeout}s") from None
     finally:
         await nc.close()
-    answer = json.loads(reply.data)
+    answer: dict[str, Any] = json.loads(reply.data)
     if "error" in answer:
         raise (InputError if answer.get("bad_input") else OperationError)(f"cell {args.cell}: {answer['error']}")
     return answer
@@ -77,7 +79,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if answer.allowed else EXIT_DIFFERS
 
 
-def add_explain_parser(sub, nats_args) -> None:
+def add_explain_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], nats_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
     p = sub.add_parser(
         "explain",
         help="would a container's packet pass, and which rule decides it",
@@ -125,7 +129,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_stats_parser(sub, nats_args) -> None:
+def add_stats_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], nats_args: Callable[[argparse.ArgumentParser], None]
+) -> None:
     p = sub.add_parser(
         "stats",
         help="packets and bytes per security-group rule, c2c policy and deny rule on a cell",

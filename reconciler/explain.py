@@ -162,8 +162,8 @@ class Explanation(BaseModel):
     reason: str
     logged: bool = False
     enforced_on: str = "this cell"
-    security_group: dict | None = None  # guid, name, rule_index, rule (as Cloud Controller shows it)
-    policy: dict | None = None  # the c2c or egress policy, as the policy server shows it
+    security_group: dict[str, object] | None = None  # guid, name, rule_index, rule (as Cloud Controller shows it)
+    policy: dict[str, object] | None = None  # the c2c or egress policy, as the policy server shows it
     network: str | None = None  # the deny_networks entry
     nft: NftRef
 
@@ -210,10 +210,24 @@ class _Explainer:
         self.state, self.c, self.p, self.rs = state, container, probe, ruleset
         if probe.dst.version == 6 and container.ipv6 is None:
             raise ExplainInputError(f"container {container.handle} has no IPv6 address: it cannot send {probe}")
-        self.src = container.ip if probe.dst.version == 4 else container.ipv6
+        src = container.ip if probe.dst.version == 4 else container.ipv6
+        assert src is not None  # checked just above
+        self.src: IPAddress = src
         self.v = probe.dst.version
 
-    def _answer(self, allowed: bool, decider: Decider, reason: str, rule: Rule, **extra) -> Explanation:
+    def _answer(
+        self,
+        allowed: bool,
+        decider: Decider,
+        reason: str,
+        rule: Rule,
+        *,
+        logged: bool = False,
+        enforced_on: str = "this cell",
+        security_group: dict[str, object] | None = None,
+        policy: dict[str, object] | None = None,
+        network: str | None = None,
+    ) -> Explanation:
         return Explanation(
             source=self.c.handle,
             source_ip=str(self.src),
@@ -221,8 +235,12 @@ class _Explainer:
             allowed=allowed,
             decider=decider,
             reason=reason,
+            logged=logged,
+            enforced_on=enforced_on,
+            security_group=security_group,
+            policy=policy,
+            network=network,
             nft=NftRef(chain=rule.chain, rule=rule.text, fingerprint=rule.fingerprint),
-            **extra,
         )
 
     def _rule(self, chain: str, needle: str | None = None, *, last: bool = False) -> Rule:
@@ -313,16 +331,14 @@ class _Explainer:
         cfg = self.state.config
         if chain is None:
             rule = self._rule(provenance.sources_of(self.state, self.c)[0], "ip daddr ")
-            where = {"enforced_on": f"the cell of app {app}'s instance (this cell passes overlay traffic on)"}
+            where = f"the cell of app {app}'s instance (this cell passes overlay traffic on)"
         elif policy is not None:
-            rule = self._rule(chain, f"@{chain} ")
-            where = {}
+            rule, where = self._rule(chain, f"@{chain} "), "this cell"
         else:
-            rule = self._rule(chain, last=True)
-            where = {}
+            rule, where = self._rule(chain, last=True), "this cell"
         if policy is None:
             reason = f"no c2c policy allows this into app {app}"
-            return self._answer(False, Decider.C2C_DEFAULT_DENY, reason, rule, **where)
+            return self._answer(False, Decider.C2C_DEFAULT_DENY, reason, rule, enforced_on=where)
         return self._answer(
             True,
             Decider.C2C_POLICY,
@@ -330,7 +346,7 @@ class _Explainer:
             rule,
             policy=policy.model_dump(mode="json", exclude_none=True),
             logged=cfg.c2c_logging,
-            **where,
+            enforced_on=where,
         )
 
     def _remote(self, bundle: str) -> Explanation:

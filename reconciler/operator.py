@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def answer_explain(rec: Reconciler, data: bytes) -> dict:
+def answer_explain(rec: Reconciler, data: bytes) -> dict[str, Any]:
     try:
         request = json.loads(data or b"{}")
         if not isinstance(request, dict) or not isinstance(request.get("source"), str):
@@ -62,7 +62,7 @@ async def read_stats(rec: Reconciler) -> CellStats | None:
     return cell_stats(state, ruleset, counters)
 
 
-async def answer_stats(rec: Reconciler) -> dict:
+async def answer_stats(rec: Reconciler) -> dict[str, Any]:
     try:
         stats = await read_stats(rec)
     except NftError as e:
@@ -95,9 +95,8 @@ class RuleMetrics(Collector):
                 group_bytes.add_metric([g.guid, g.name], g.hits.bytes)
             per_app: dict[str, int] = {}
             for p in self.stats.policies:
-                if p.kind == "c2c":
-                    app = p.policy["destination"]["id"]
-                    per_app[app] = per_app.get(app, 0) + p.hits.packets
+                if p.destination_app is not None:
+                    per_app[p.destination_app] = per_app.get(p.destination_app, 0) + p.hits.packets
             for app, packets in sorted(per_app.items()):
                 c2c.add_metric([app], packets)
             reasons: dict[str, int] = {}
@@ -120,7 +119,7 @@ async def refresh_rule_metrics(rec: Reconciler, collector: RuleMetrics) -> None:
             log.error("reading the rule counters for /metrics failed: %s", e)
 
 
-def answer_fleet_status(rec: Reconciler, data: bytes) -> dict:
+def answer_fleet_status(rec: Reconciler, data: bytes) -> dict[str, Any]:
     """The cell's status; with `{"object": SUBJECT}`, also the version of that object it enforces."""
     status = rec.status()
     try:

@@ -40,7 +40,7 @@ class Origin:
     guid: str  # the security group's guid; the policy id; the container handle
     name: str
     index: int
-    shown: dict  # the rule as Cloud Controller (or the policy server) shows it
+    shown: dict[str, object]  # the rule as Cloud Controller (or the policy server) shows it
     rule: EgressRule
 
     def title(self) -> str:
@@ -105,7 +105,7 @@ def _rule_boxes(rule: EgressRule, version: int) -> list[tuple[tuple[int, int], .
         return [(a,) for a in addrs]
 
     def any_or(v: int | None) -> tuple[int, int]:
-        return (0, 255) if v in (None, -1) else (v, v)  # type: ignore[return-value]
+        return (0, 255) if v is None or v == -1 else (v, v)
 
     return [(a, any_or(rule.icmp_type), any_or(rule.icmp_code)) for a in addrs]
 

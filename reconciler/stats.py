@@ -17,11 +17,12 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
 from events.models import CellState
-from nft.objects import Counter, Counters, Ruleset
+from nft.objects import AddrRange, Counter, Counters, IntRange, KeyField, Ruleset
 from reconciler import provenance
 from reconciler.compile import HOST_ACCESS, app_chain, group_source
 
@@ -37,7 +38,7 @@ class Hits(BaseModel):
 
 class RuleHits(BaseModel):
     index: int
-    rule: dict
+    rule: dict[str, object]
     hits: Hits
 
 
@@ -50,7 +51,8 @@ class GroupHits(BaseModel):
 
 class PolicyHits(BaseModel):
     kind: str  # "c2c" or "egress"
-    policy: dict
+    policy: dict[str, object]
+    destination_app: str | None = None  # c2c: the app the policy lets traffic into
     hits: Hits
 
 
@@ -112,11 +114,16 @@ def _sets_of(ruleset: Ruleset, prefix: str) -> list[str]:
     return [n for n in ruleset.sets if n.startswith(f"{prefix}-") and n.removeprefix(f"{prefix}-") in _SUFFIXES]
 
 
-def _set_counters(counters: Counters, name: str):
+def _set_counters(counters: Counters, name: str) -> list[tuple[tuple[KeyField, ...], Counter]]:
     return [(key, c) for (s, key), c in counters.elements.items() if s == name]
 
 
-def _attribute(origins: list[provenance.Origin], set_names: list[str], counters: Counters, logged_of) -> dict:
+def _attribute(
+    origins: list[provenance.Origin],
+    set_names: list[str],
+    counters: Counters,
+    logged_of: Callable[[provenance.Origin], bool],
+) -> dict[int, Hits]:
     """Hits per origin index over the given sets; `logged_of(origin)` says which sets hold it."""
     hits: dict[int, Hits] = defaultdict(Hits)
     for name in set_names:
@@ -177,17 +184,17 @@ def _c2c_hits(state: CellState, ruleset: Ruleset, counters: Counters) -> list[Po
         policies = [p for p in state.c2c_policies if p.destination.id == app]
         for key, c in _set_counters(counters, app_chain(app)):
             src, proto, port = key
-            policy = provenance.c2c_policy_of(
-                policies,
-                sources,
-                int(src.start),
-                proto.lo,
-                (port.lo, port.hi),  # type: ignore[union-attr]
-            )
+            assert isinstance(src, AddrRange) and isinstance(proto, IntRange) and isinstance(port, IntRange)
+            policy = provenance.c2c_policy_of(policies, sources, int(src.start), proto.lo, (port.lo, port.hi))
             if policy is not None:
                 hits[id(policy)].add(c)
     return [
-        PolicyHits(kind="c2c", policy=p.model_dump(mode="json", exclude_none=True), hits=hits.get(id(p), Hits()))
+        PolicyHits(
+            kind="c2c",
+            policy=p.model_dump(mode="json", exclude_none=True),
+            destination_app=p.destination.id,
+            hits=hits.get(id(p), Hits()),
+        )
         for p in state.c2c_policies
         if p.destination.id in local_apps
     ]
@@ -209,13 +216,15 @@ def _deny_hits(state: CellState, ruleset: Ruleset, counters: Counters) -> list[D
             mine = [n for n in nets if n.version == v]
             per: dict[str, Hits] = {str(n): Hits() for n in mine}
             for key, c in _set_counters(counters, f"deny-{lifecycle}{v}"):
-                lo, hi = int(key[0].start), int(key[0].end)  # type: ignore[union-attr]
+                assert isinstance(key[0], AddrRange)
+                lo, hi = int(key[0].start), int(key[0].end)
                 net = next((n for n in mine if int(n.network_address) <= hi and lo <= int(n.broadcast_address)), None)
                 if net is not None:
                     per[str(net)].add(c)
             out += [DenyHits(what=f"deny_networks.{lifecycle} {n}", hits=h) for n, h in per.items()]
     egress = Hits()
-    for chain in {r.value.split()[-1] for m in ("egress4", "egress6") for r in ruleset.elements.get(m, {}).values()}:
+    dispatch = [e.value for m in ("egress4", "egress6") for e in ruleset.elements.get(m, {}).values() if e.value]
+    for chain in {value.split()[-1] for value in dispatch}:
         egress.add(_rule_hits(ruleset, counters, chain, -1))
     out.append(DenyHits(what="default deny (egress: no rule allows it)", hits=egress))
     for app in sorted({c.app_guid for c in state.containers}):
