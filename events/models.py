@@ -95,6 +95,7 @@ __all__ = [
     "InternalSecurityGroup",
     "IPv4Range",
     "NetOutRule",
+    "OutboundConnections",
     "PortMapping",
     "PortRange",
     "Problem",
@@ -648,6 +649,26 @@ class DenyNetworks(_Model):
         return [*self.always, *extra]
 
 
+class OutboundConnections(_Model):
+    """silk's `outbound_connections`: a rate limit on the new TCP connections a container opens to
+    one destination address and port (outside the overlay), as silk's hashlimit rule does."""
+
+    limit: StrictBool = False
+    """Reject a container's new TCP connections to one destination address and port beyond the limit."""
+    burst: Annotated[StrictInt, Field(gt=0)] = 1000
+    """How many such connections may be opened at once before the rate applies."""
+    rate_per_sec: Annotated[StrictInt, Field(gt=0)] = 100
+    """How many more per second, once the burst is spent."""
+    dry_run: StrictBool = False
+    """Only log the connections the limit would reject (with or without `limit`)."""
+    logging: StrictBool = False
+    """Log the connections the limit rejects."""
+
+    @property
+    def active(self) -> bool:
+        return self.limit or self.dry_run
+
+
 class CellConfig(_Model):
     """Operator configuration of one cell (BOSH properties of the cfnft job)."""
 
@@ -681,6 +702,8 @@ class CellConfig(_Model):
     """Rate limit for logging denied packets, per second."""
     accepted_udp_logs_per_sec: Annotated[StrictInt, Field(gt=0)] = 100
     """Rate limit for logging accepted UDP packets, per second (TCP is logged once per connection)."""
+    outbound_connections: OutboundConnections = Field(default_factory=OutboundConnections)
+    """silk's limit on new TCP connections per container and destination address and port."""
 
     def tcp_services(self) -> list[tuple[IPAddress, int]]:
         return [parse_host_service(s) for s in self.host_tcp_services]

@@ -49,6 +49,8 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
             tx.add(want)
             tx.add_elements(want, wanted_elements.values())
             continue
+        if isinstance(want, Set) and want.is_dynamic:
+            continue  # the kernel's own elements
         had_elements = actual.elements.get(name, {})
         # The same dict: the compiler reused an unchanged fragment. A map's elements still have to
         # let go of a chain being replaced, so only then are they looked at one by one.
@@ -113,7 +115,9 @@ def same_set(a: Set | Map, b: Set | Map) -> bool:
         return False
     if isinstance(a, Map) and isinstance(b, Map):
         return a.value_type == b.value_type
-    return isinstance(a, Set) and isinstance(b, Set) and a.counter == b.counter
+    return (
+        isinstance(a, Set) and isinstance(b, Set) and (a.counter, a.timeout, a.size) == (b.counter, b.timeout, b.size)
+    )
 
 
 def same_element(a: Element, b: Element) -> bool:

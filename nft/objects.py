@@ -50,6 +50,7 @@ class SetFlag(StrEnum):
     INTERVAL = "interval"
     CONSTANT = "constant"
     TIMEOUT = "timeout"
+    DYNAMIC = "dynamic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,12 +186,22 @@ KeyField = Union[AddrRange, IntRange]
 @dataclass(frozen=True, slots=True)
 class Set:
     """A named set. `type` lists the datatypes of a (possibly concatenated) key, e.g.
-    ("ipv4_addr", "inet_proto", "inet_service"). `counter` gives every element its own counter."""
+    ("ipv4_addr", "inet_proto", "inet_service"). `counter` gives every element its own counter.
+
+    A set with flag `dynamic` is filled by the kernel from rules (`update @set { key limit ... }`,
+    a meter): its elements are the kernel's, never desired, never read back, never diffed.
+    `timeout` (seconds) is how long an element lives unseen, `size` the most it holds."""
 
     name: str
     type: tuple[str, ...]
     flags: tuple[SetFlag, ...] = ()
     counter: bool = False
+    timeout: int | None = None
+    size: int | None = None
+
+    @property
+    def is_dynamic(self) -> bool:
+        return SetFlag.DYNAMIC in self.flags
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,8 @@ class _Parser:
         value_type = None
         flags: tuple[SetFlag, ...] = ()
         counter = False
+        timeout: int | None = None
+        size: int | None = None
         elements = ""
         while (line := self._next()) != "\t}":
             body = line.strip()
@@ -184,6 +186,10 @@ class _Parser:
                     flags = tuple(SetFlag(f.strip()) for f in body[6:].split(","))
                 elif body == "counter":
                     counter = True
+                elif body.startswith("timeout "):
+                    timeout = _seconds(body[8:])
+                elif body.startswith("size "):
+                    size = _int(body[5:])
                 elif body.startswith("elements = {"):
                     elements = self._element_block(body[len("elements = {") :])
                 else:
@@ -194,8 +200,14 @@ class _Parser:
             raise ReadbackError(where, "no type line")
         if kind == "map" and not value_type:
             raise ReadbackError(where, "no value type on the type line")
-        s: Set | Map = Map(name, types, value_type or "", flags) if kind == "map" else Set(name, types, flags, counter)
+        s: Set | Map = (
+            Map(name, types, value_type or "", flags)
+            if kind == "map"
+            else Set(name, types, flags, counter, timeout, size)
+        )
         rs.add_set(s)
+        if isinstance(s, Set) and s.is_dynamic:
+            return  # the kernel's elements (a meter's), with state of their own: not ours to read
         # A set of a datatype nft/ does not model is not ours: it is read without its elements,
         # which is all diff needs to delete it (or to re-create it with our definition).
         if elements and all(t in DATATYPES for t in types):
@@ -255,6 +267,18 @@ def _parse_field(kind: FieldKind, text: str) -> KeyField:
     lo, _, hi = text.partition("-")
     start = parse(lo)
     return AddrRange(start, parse(hi) if hi else start)
+
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
+
+
+def _seconds(text: str) -> int:
+    """nft's spelling of a duration (`10s`, `1m10s`, `1h`) in whole seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None or not text.strip():
+        raise ValueError(f"not a duration: {text!r}")
+    days, hours, minutes, seconds, _ms = (int(g or 0) for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def _int(text: str) -> int:

@@ -89,6 +89,10 @@ def set_spec(s: Set | Map) -> list[str]:
         lines.append("flags " + ", ".join(flag.value for flag in sorted_flags(s.flags)))
     if isinstance(s, Set) and s.counter:
         lines.append("counter")
+    if isinstance(s, Set) and s.timeout is not None:
+        lines.append(f"timeout {s.timeout}s")
+    if isinstance(s, Set) and s.size is not None:
+        lines.append(f"size {s.size}")
     return lines
 
 

@@ -9,6 +9,7 @@ Packet path through the table (README "The nft table" shows a real listing):
   c2c-<app>        port-mapped (DNAT) traffic -> accept; source address . proto . port in
                    @c2c-<app> -> accept; else reject
   asg-<bundle>     overlay destination -> accept (its own cell enforces c2c ingress);
+                   outbound_connections over its rate -> reject (connlimit.py);
                    deny_networks -> reject; ASG/egress-policy sets -> accept; else reject
   input (base)     overlay source -> host-access: DNS, host services, else reject
   prerouting (nat) host port, from outside the overlay -> netin-<port>: DNAT to container:port
@@ -57,6 +58,7 @@ from nft.objects import (
     Table,
 )
 from reconciler.boxes import Box, disjoint_boxes
+from reconciler.connlimit import add_limit_sets, limit_rules
 
 TABLE = Table(Family.INET, "cfnft")
 
@@ -354,8 +356,9 @@ class Compiler:
 
         _skeleton(rs, cfg, state)
         _deny_sets(rs, cfg)
+        add_limit_sets(rs, cfg)
         deny = tuple(name for name in rs.sets if name.startswith("deny-"))
-        settings = (overlay, deny, cfg.asg_logging, cfg.c2c_logging, cfg.denied_logs_per_sec)
+        settings = (overlay, deny, cfg.asg_logging, cfg.c2c_logging, cfg.denied_logs_per_sec, cfg.outbound_connections)
 
         # Egress: one chain per distinct bundle, shared by its containers.
         bundles: set[str] = set()
@@ -678,6 +681,8 @@ def _bundle_chain(
         )
     )
     rs.add_rule(Rule(chain, "meta l4proto tcp ct state invalid counter drop", None))
+    for rule in limit_rules(chain, cfg):
+        rs.add_rule(rule)
     for lifecycle_name in ("always", b.lifecycle.value):
         for v in (4, 6):
             name = f"deny-{lifecycle_name}{v}"

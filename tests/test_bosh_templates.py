@@ -436,6 +436,7 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
         retry_max_seconds=props["retry_max_seconds"],
         rebuild_after_failures=props["rebuild_after_failures"],
         give_up_after_failures=props["give_up_after_failures"],
+        rule_metrics_seconds=props["rule_metrics_seconds"],
     )
     assert reconciler_config(rendered, tmp_path) == expected
     for destination, key in (("ca.crt", "ca_cert"), ("client.crt", "client_cert"), ("client.key", "client_key")):
