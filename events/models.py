@@ -704,6 +704,9 @@ class CellConfig(_Model):
     """Rate limit for logging accepted UDP packets, per second (TCP is logged once per connection)."""
     outbound_connections: OutboundConnections = Field(default_factory=OutboundConnections)
     """silk's limit on new TCP connections per container and destination address and port."""
+    revoke_established: StrictBool = False
+    """When a change takes an allowance away, also end the connections it had allowed (their
+    connection-tracking entries are deleted), instead of letting them run on as CF does."""
 
     def tcp_services(self) -> list[tuple[IPAddress, int]]:
         return [parse_host_service(s) for s in self.host_tcp_services]

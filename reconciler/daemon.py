@@ -48,6 +48,7 @@ from reconciler.feed import StateFeed
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
 from reconciler.realization import Realization
+from reconciler.revoke import RevokeError, may_revoke, revoke_disallowed
 from reconciler.store import DesiredStore
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class Reconciler:
         await self.runner.apply_async(tx)
         self._actual = desired
         self.committed = (state, desired)
+        if state.config.revoke_established and may_revoke(tx):
+            await self._revoke(state, desired)
         chains, rules, elements = desired.counts()
         self.metrics.chains.set(chains)
         self.metrics.rules.set(rules)
@@ -219,6 +222,19 @@ class Reconciler:
         if self._nats_synced:
             self._unsaved = state
         return True
+
+    async def _revoke(self, state: CellState, desired: Ruleset) -> None:
+        """End the tracked connections the table just committed no longer allows (revoke.py)."""
+        try:
+            gone = await revoke_disallowed(state, desired, self.config.netns)
+        except RevokeError as e:
+            log.error("revoke_established: could not revoke connections: %s", e)
+            return
+        if gone:
+            self.metrics.revoked_connections.inc(len(gone))
+            shown = ", ".join(f"{f.proto} {f.src}:{f.sport} -> {f.dst}:{f.dport}" for f in gone[:10])
+            more = f" and {len(gone) - 10} more" if len(gone) > 10 else ""
+            log.info("revoked %d connections no longer allowed: %s%s", len(gone), shown, more)
 
     async def _install_skeleton_if_missing(self) -> None:
         try:

@@ -44,6 +44,11 @@ class ReconcilerMetrics:
         self.table_rebuilds = Counter(
             "cfnft_table_rebuilds", "whole-table rebuilds after repeated failures", registry=r
         )
+        self.revoked_connections = Counter(
+            "cfnft_revoked_connections",
+            "tracked connections ended because a change took their allowance away (revoke_established)",
+            registry=r,
+        )
         self.bad_messages = Counter("cfnft_bad_messages", "state messages skipped as invalid", registry=r)
         self.messages = Counter("cfnft_messages", "state messages received", registry=r)
         self.in_sync = Gauge("cfnft_in_sync", "1 once the full desired state is known and committed", registry=r)
