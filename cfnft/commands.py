@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,6 +165,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         rec = Reconciler(cfg, runner)
+        if rec.flow_log is not None:  # log rotation moves the file away, then sends SIGHUP
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, rec.flow_log.reopen)
         runners = await start_endpoints(rec, cfg.socket_path, cfg.metrics_listen)
         try:
             await rec.run()

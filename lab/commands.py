@@ -15,7 +15,7 @@ import sys
 
 from cfnft.errors import InputError
 
-SCENARIOS = ["cold", "incremental", "e2e", "cni", "packet", "policy-load"]
+SCENARIOS = ["cold", "incremental", "e2e", "cni", "packet", "policy-load", "flowlog"]
 
 
 def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -59,6 +59,7 @@ from nft.objects import (
 )
 from reconciler.boxes import Box, disjoint_boxes
 from reconciler.connlimit import add_limit_sets, limit_rules
+from reconciler.logprefix import LogPrefix, log_statement
 
 TABLE = Table(Family.INET, "cfnft")
 
@@ -623,22 +624,27 @@ def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
         )
     )
 
-    _log_chain(rs, LOG_ASG_ACCEPT, "cfnft-asg-ok ", cfg.accepted_udp_logs_per_sec)
-    _log_chain(rs, LOG_C2C_ACCEPT, "cfnft-c2c-ok ", cfg.accepted_udp_logs_per_sec)
+    _log_chain(rs, LOG_ASG_ACCEPT, LogPrefix.ASG_ACCEPT, cfg.accepted_udp_logs_per_sec)
+    _log_chain(rs, LOG_C2C_ACCEPT, LogPrefix.C2C_ACCEPT, cfg.accepted_udp_logs_per_sec)
 
 
 def _net_box(net: ipaddress.IPv4Network) -> Box:
     return ((int(net.network_address), int(net.broadcast_address)),)
 
 
-def _log_chain(rs: Ruleset, name: str, prefix: str, udp_rate: int) -> None:
+def _log_chain(rs: Ruleset, name: str, prefix: LogPrefix, udp_rate: int) -> None:
     """Log a new connection, then accept it. UDP is rate limited, as silk does."""
     rs.add_chain(Chain(name))
     rs.add_rule(
-        Rule(name, f'meta l4proto udp limit rate {udp_rate}/second counter log prefix "{prefix}"', "udp, limited")
+        Rule(name, f"meta l4proto udp limit rate {udp_rate}/second counter {log_statement(prefix)}", "udp, limited")
     )
-    rs.add_rule(Rule(name, f'meta l4proto != udp counter log prefix "{prefix}"', None))
+    rs.add_rule(Rule(name, f"meta l4proto != udp counter {log_statement(prefix)}", None))
     rs.add_rule(Rule(name, "counter accept", None))
+
+
+def _denied_log(cfg: CellConfig, prefix: LogPrefix) -> str:
+    """Log what the next rule rejects, at most `denied_logs_per_sec` packets a second."""
+    return f"limit rate {cfg.denied_logs_per_sec}/second counter {log_statement(prefix)}"
 
 
 def _deny_sets(rs: Ruleset, cfg: CellConfig) -> None:
@@ -695,9 +701,7 @@ def _bundle_chain(
                     verdict = f"counter jump {LOG_ASG_ACCEPT}" if logged else "counter accept"
                     rs.add_rule(Rule(chain, f"{match} {verdict}", f"{b.lifecycle.value}: {label}"))
     if cfg.asg_logging:
-        rs.add_rule(
-            Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-asg-deny "', None)
-        )
+        rs.add_rule(Rule(chain, _denied_log(cfg, LogPrefix.ASG_DENY), None))
     rs.add_rule(Rule(chain, "counter reject", "default deny"))
 
 
@@ -734,7 +738,5 @@ def _app_ingress_chain(
             Rule(chain, f"ip saddr . meta l4proto . th dport @{chain} {verdict}", f"from apps {', '.join(sources)}")
         )
     if cfg.c2c_logging:
-        rs.add_rule(
-            Rule(chain, f'limit rate {cfg.denied_logs_per_sec}/second counter log prefix "cfnft-c2c-deny "', None)
-        )
+        rs.add_rule(Rule(chain, _denied_log(cfg, LogPrefix.C2C_DENY), None))
     rs.add_rule(Rule(chain, "counter reject", f"app={app}: default deny"))

@@ -15,6 +15,16 @@ from events.models import CellConfig
 from events.problems import load_model_file
 
 
+class FlowLogConfig(BaseModel):
+    """Where the flow log goes (reconciler/flowlog.py), and what it says about the cell."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: Path = Field(description="JSON lines are appended here; SIGHUP reopens it")
+    host_ip: str = Field("", description="the cell's address, as iptables-logger reports it")
+    host_guid: str = Field("", description="the cell's BOSH instance id, as iptables-logger reports it")
+
+
 class ReconcilerConfig(BaseModel):
     """`cfnft reconcile` settings."""
 
@@ -35,6 +45,9 @@ class ReconcilerConfig(BaseModel):
     retry_max_seconds: float = Field(10.0, gt=0, description="cap of the apply retry backoff")
     rebuild_after_failures: int = Field(3, ge=1, description="failed applies before the table is rebuilt whole")
     give_up_after_failures: int = Field(20, ge=1, description="failed applies before the process exits for monit")
+    flow_log: FlowLogConfig | None = Field(
+        None, description="write the packets the table logs as JSON lines (iptables-logger's shape); none: off"
+    )
     rule_metrics_seconds: float = Field(
         30.0, gt=0, description="how often the per-group and per-policy totals on /metrics are read from the kernel"
     )

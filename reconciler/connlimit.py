@@ -19,12 +19,12 @@ import math
 
 from events.models import CellConfig
 from nft.objects import Rule, Ruleset, Set, SetFlag
+from reconciler.logprefix import LogPrefix, log_statement
 
 LIMIT_SETS = {4: "outbound-limit4", 6: "outbound-limit6"}
 _KEY = {4: ("ipv4_addr", "ipv4_addr", "inet_service"), 6: ("ipv6_addr", "ipv6_addr", "inet_service")}
 _IP = {4: "ip", 6: "ip6"}
 SET_SIZE = 65536  # buckets per family on a cell; when full, new destinations go unlimited, never refused
-LOG_REJECT, LOG_DRY_RUN = "cfnft-orl-deny ", "cfnft-orl-dryrun "
 
 
 def add_limit_sets(rs: Ruleset, cfg: CellConfig) -> None:
@@ -43,9 +43,12 @@ def limit_rules(chain: str, cfg: CellConfig) -> list[Rule]:
     if not oc.active:
         return []
     if oc.dry_run:
-        verdict, comment = f'counter log prefix "{LOG_DRY_RUN}"', "outbound_connections (dry run: log only)"
+        verdict, comment = (
+            f"counter {log_statement(LogPrefix.LIMIT_DRY_RUN)}",
+            "outbound_connections (dry run: log only)",
+        )
     elif oc.logging:
-        verdict, comment = f'counter log prefix "{LOG_REJECT}" reject', "outbound_connections limit"
+        verdict, comment = f"counter {log_statement(LogPrefix.LIMIT_REJECT)} reject", "outbound_connections limit"
     else:
         verdict, comment = "counter reject", "outbound_connections limit"
     bucket = f"limit rate over {oc.rate_per_sec}/second burst {oc.burst} packets"

@@ -45,6 +45,7 @@ from nft.objects import Ruleset
 from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
 from reconciler.feed import StateFeed
+from reconciler.flowlog import FlowLog, run_flow_log
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
 from reconciler.realization import Realization
@@ -86,6 +87,7 @@ class Reconciler:
         self.last_commit_at: float | None = None
         self.committed: tuple[CellState, Ruleset] | None = None  # what the kernel holds (operator questions)
         self.realization = Realization(self.metrics.programming_latency)
+        self.flow_log = FlowLog(config.flow_log) if config.flow_log is not None else None
         self.rule_metrics = RuleMetrics()
         self.metrics.registry.register(self.rule_metrics)
 
@@ -393,6 +395,8 @@ class Reconciler:
             asyncio.create_task(self._drift_loop(), name="drift"),
             asyncio.create_task(refresh_rule_metrics(self, self.rule_metrics), name="rule-metrics"),
         ]
+        if self.flow_log is not None:
+            tasks.append(asyncio.create_task(run_flow_log(self, self.flow_log), name="flow-log"))
         if with_nats:
             tasks.append(asyncio.create_task(self._serve_nats(), name="nats"))
         if self._synced.is_set():

@@ -35,7 +35,7 @@ from events.connect import NatsConfig
 from events.models import CellConfig
 from events.policy.watcher import PolicyWatcherConfig
 from events.problems import StateError
-from reconciler.config import ReconcilerConfig, load_config
+from reconciler.config import FlowLogConfig, ReconcilerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RENDERER = ROOT / "tests" / "bosh" / "render.rb"
@@ -437,6 +437,7 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
         rebuild_after_failures=props["rebuild_after_failures"],
         give_up_after_failures=props["give_up_after_failures"],
         rule_metrics_seconds=props["rule_metrics_seconds"],
+        flow_log=FlowLogConfig(file=props["flow_log"]["file"], host_ip="10.0.16.20", host_guid=INSTANCE_ID),
     )
     assert reconciler_config(rendered, tmp_path) == expected
     for destination, key in (("ca.crt", "ca_cert"), ("client.crt", "client_cert"), ("client.key", "client_key")):

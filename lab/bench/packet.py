@@ -17,12 +17,12 @@ import sys
 from dataclasses import dataclass
 
 from events.models import load_cell_state
-from lab.netlab import Lab
+from lab.netlab import Cell, Container, Lab
 from nft import NftRunner, diff
 from reconciler.compile import TABLE, compile_ruleset
 
 TARGET, PORT = "192.0.2.99", 9999
-_SENDER = """
+SENDER = """
 import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 payload, n, end = b"x" * 64, 0, time.perf_counter() + {seconds}
@@ -56,7 +56,7 @@ def _rules(n: int) -> list[dict]:
 
 
 def _rate(netns: str, seconds: float, repeat: int) -> float:
-    code = _SENDER.format(seconds=seconds, target=TARGET, port=PORT)
+    code = SENDER.format(seconds=seconds, target=TARGET, port=PORT)
     rates = []
     for _ in range(repeat):
         out = subprocess.run(
@@ -81,9 +81,24 @@ def _silk_chain(container_ip: str, n: int) -> str:
     return "\n".join(lines)
 
 
-def _table(hook: str, rule: str) -> str:
+def bench_table(hook: str, rule: str) -> str:
     """The bench's own table (never ours, never the host's): one base chain with one rule."""
     return f"table inet cfnft-bench {{\n  chain bench {{\n    type {hook};\n    {rule}\n  }}\n}}\n"
+
+
+def sender_cell(lab: Lab) -> tuple[Cell, Container]:
+    """Cell "a" and its container "sender", whose UDP to TARGET:PORT the internet drops and the cell
+    does not track (every packet takes the whole egress path, as a new flow)."""
+    cell = lab.add_cell("a")
+    internet = lab.add_internet(tcp_ports=(), udp_ports=())
+    ctr = cell.add_container("sender")
+    internet.run(
+        ["nft", "-f", "-"], input=bench_table("filter hook input priority 0", f"udp dport {PORT} counter drop")
+    )
+    cell.run(
+        ["nft", "-f", "-"], input=bench_table("filter hook prerouting priority -300", f"ip saddr {ctr.ip} notrack")
+    )
+    return cell, ctr
 
 
 def per_packet(
@@ -91,11 +106,7 @@ def per_packet(
 ) -> list[PacketRate]:
     results: list[tuple[int, float]] = []
     with Lab(ipv6=False) as lab:
-        cell = lab.add_cell("a")
-        internet = lab.add_internet(tcp_ports=(), udp_ports=())
-        ctr = cell.add_container("sender")
-        internet.run(["nft", "-f", "-"], input=_table("filter hook input priority 0", f"udp dport {PORT} counter drop"))
-        cell.run(["nft", "-f", "-"], input=_table("filter hook prerouting priority -300", f"ip saddr {ctr.ip} notrack"))
+        cell, ctr = sender_cell(lab)
         with NftRunner(netns=cell.name) as runner:
             for n in sizes:
                 doc = {

@@ -149,6 +149,20 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
     if "policy-load" in scenarios:
         _policy_load(report, quick)
 
+    if "flowlog" in scenarios:
+        from lab.bench.flowlog import flow_log_rate
+
+        rate = flow_log_rate(seconds=1.0 if quick else 2.0)
+        report.add(
+            "flowlog",
+            "flow-log lines/s (NFLOG -> JSON lines)",
+            rate.lines_per_second,
+            "lines/s",
+            "",
+            "logged packets offered",
+            rate.lines_per_second / rate.offered_pps,
+        )
+
     if as_json:
         print(json.dumps({"shape": asdict(shape), "rows": [asdict(r) for r in report.rows]}, indent=2))
     else:
