@@ -17,15 +17,13 @@ async def request(args: argparse.Namespace, subject: str, payload: dict[str, Any
     """One NATS request/reply with a cell's reconciler; OperationError if nobody answers in time."""
     from nats.errors import NoRespondersError, TimeoutError
 
-    from cfnft.commands import _connect
+    from cfnft.commands import _nats
 
-    nc = await _connect(args)
-    try:
-        reply = await nc.request(subject, json.dumps(payload).encode(), timeout=args.timeout)
-    except (TimeoutError, NoRespondersError):
-        raise OperationError(f"no reconciler for cell {args.cell} answered {what} within {args.timeout}s") from None
-    finally:
-        await nc.close()
+    async with _nats(args, "send a request through") as nc:
+        try:
+            reply = await nc.request(subject, json.dumps(payload).encode(), timeout=args.timeout)
+        except (TimeoutError, NoRespondersError):
+            raise OperationError(f"no reconciler for cell {args.cell} answered {what} within {args.timeout}s") from None
     answer: dict[str, Any] = json.loads(reply.data)
     if "error" in answer:
         raise (InputError if answer.get("bad_input") else OperationError)(f"cell {args.cell}: {answer['error']}")
@@ -36,30 +34,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from events import subjects
     from reconciler.explain import ExplainInputError, Explanation, Probe, explain
 
-    try:
-        probe = Probe.parse(args.to)
-        if args.trace and args.established:
-            raise ExplainInputError("--trace sends a new connection's first packet; it cannot trace --established")
-        if args.state is not None:
-            from cfnft.commands import _load_state
+    probe = Probe.parse(args.to)
+    if args.trace and args.established:
+        raise ExplainInputError("--trace sends a new connection's first packet; it cannot trace --established")
+    if args.state is not None:
+        from cfnft.commands import _load_state
 
-            answer = explain(_load_state(args.state, False), args.source, probe, established=args.established)
-        else:
-            payload = {"source": args.source, "to": args.to, "established": args.established}
-            import asyncio
+        answer = explain(_load_state(args.state, False), args.source, probe, established=args.established)
+    else:
+        import asyncio
 
-            reply = asyncio.run(request(args, subjects.explain(args.cell), payload, "the explain request"))
-            answer = Explanation.model_validate(reply)
-    except ExplainInputError as e:
-        raise InputError(str(e)) from None
+        payload = {"source": args.source, "to": args.to, "established": args.established}
+        reply = asyncio.run(request(args, subjects.explain(args.cell), payload, "the explain request"))
+        answer = Explanation.model_validate(reply)
     traced = None
     if args.trace:
-        from cfnft.trace import TraceError, trace
+        from cfnft.trace import trace
 
-        try:
-            traced = trace(answer, probe, args.netns, timeout=5)
-        except TraceError as e:
-            raise OperationError(f"trace: {e}") from None
+        traced = trace(answer, probe, args.netns, timeout=5)
     if args.json:
         out = answer.model_dump(mode="json")
         if traced is not None:
@@ -150,7 +142,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     import asyncio
 
     from cfnft import fleet
-    from cfnft.commands import _connect
+    from cfnft.commands import _nats
 
     subject = None
     if args.object:
@@ -160,13 +152,10 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
             raise InputError(str(e)) from None
 
     async def main() -> int:
-        nc = await _connect(args)
-        try:
+        async with _nats(args, "ask the cells through") as nc:
             expected = await fleet.known_cells(nc) | set(args.expect)
             version = await fleet.stream_version(nc, subject) if subject else None
             answers = await fleet.gather(nc, {"object": subject} if subject else {}, expected, args.timeout)
-        finally:
-            await nc.close()
         if subject is not None:
             report, everywhere = fleet.object_report(subject, version, answers, expected)
             print(json.dumps({"subject": subject, "version": version, "cells": answers}) if args.json else report)

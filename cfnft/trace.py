@@ -23,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from cfnft.errors import OperationError
 from nft.netns import NamespaceThread
 from reconciler.explain import Decider, Explanation, Probe, ProbeProto
 
@@ -34,8 +35,11 @@ _FINGERPRINT = re.compile(r'\[([0-9a-f]{8})\]"')
 _NAT_CHAINS = {"prerouting", "postrouting"}
 
 
-class TraceError(Exception):
+class TraceError(OperationError):
     """The trace could not be run (no such namespace, nft refused, no trace event arrived)."""
+
+    def __str__(self) -> str:
+        return f"trace: {self.args[0]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from cfnft.errors import InputError
 from events.models import CellState, Container, EgressRule, Protocol
 from nft.objects import Rule, Ruleset
 from reconciler import provenance
@@ -39,9 +40,8 @@ from reconciler.compile import HOST_ACCESS, app_chain, compile_ruleset
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class ExplainInputError(ValueError):
-    """The question cannot be asked of this state (unknown container, malformed destination); the
-    command line reports it as bad input (exit 2)."""
+class ExplainInputError(InputError):
+    """The question cannot be asked of this state (unknown container, malformed destination)."""
 
 
 class ProbeProto(StrEnum):
@@ -112,14 +112,14 @@ class Probe:
     def matches(self, rule: EgressRule) -> bool:
         """Whether `rule` allows this packet."""
         v, n = self.dst.version, int(self.dst)
-        if not any(d.start.version == v and int(d.start) <= n <= int(d.end) for d in rule.destinations):
+        if not any(d.version == v and d.start <= n <= d.end for d in rule.destinations):
             return False
         if rule.protocol is Protocol.ALL:
             return True
         if rule.protocol.value != self.proto.value:
             return False
         if self.port is not None:
-            return any(r.lo <= self.port <= r.hi for r in rule.ports)
+            return any(lo <= self.port <= hi for lo, hi in rule.ports)
         return rule.icmp_type in (None, -1, self.icmp_type) and rule.icmp_code in (None, -1, self.icmp_code)
 
 

@@ -23,6 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from cfnft.errors import OperationError
 from nft.netns import NamespaceThread
 
 NETLINK_NETFILTER = 12
@@ -49,7 +50,7 @@ _HDR_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class NflogError(Exception):
+class NflogError(OperationError):
     """The kernel refused to bind the group (taken by another listener, no CAP_NET_ADMIN)."""
 
 

@@ -97,10 +97,10 @@ def _ranges_meet(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 def _rule_boxes(rule: EgressRule, version: int) -> list[tuple[tuple[int, int], ...]]:
     """The rule's boxes (address, then protocol and port, or ICMP type and code) of one family."""
-    addrs = [(int(d.start), int(d.end)) for d in rule.destinations if d.start.version == version]
+    addrs = [(d.start, d.end) for d in rule.destinations if d.version == version]
     if rule.protocol in (Protocol.TCP, Protocol.UDP):
         proto = 6 if rule.protocol is Protocol.TCP else 17
-        return [(a, (proto, proto), (p.lo, p.hi)) for a in addrs for p in rule.ports]
+        return [(a, (proto, proto), port) for a in addrs for port in rule.ports]
     if rule.protocol is Protocol.ALL:
         return [(a,) for a in addrs]
 

@@ -29,6 +29,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from cfnft.errors import OperationError
 from events.models import CellState, Container
 from nft.objects import Element, Ruleset
 from nft.transaction import Transaction, Verb
@@ -44,7 +45,7 @@ _ENTRY = re.compile(
 )
 
 
-class RevokeError(Exception):
+class RevokeError(OperationError):
     """conntrack could not be listed or changed (not installed, no permission)."""
 
 

@@ -90,14 +90,15 @@ def test_nft_in_a_namespace_that_does_not_exist(command: str, capsys) -> None:
 
 
 def test_a_table_cfnft_cannot_read_back_is_named_and_left_alone(netns: str, capsys) -> None:
-    """Someone gave one of our sets a size limit, which cfnft never writes: apply refuses to guess."""
+    """Someone gave one of our sets a memory policy, which cfnft never writes: apply refuses to guess."""
     c2c_set = "c2c-7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f"
-    foreign = f"table inet cfnft {{\n set {c2c_set} {{ type ipv4_addr . inet_proto . inet_service; size 2; }}\n}}\n"
+    definition = "type ipv4_addr . inet_proto . inet_service; policy memory;"
+    foreign = f"table inet cfnft {{\n set {c2c_set} {{ {definition} }}\n}}\n"
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=foreign, text=True, check=True)
     before = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True)
     code, lines = cfnft(capsys, "apply", "--state", str(EXAMPLE), "--netns", netns)
     assert code == EXIT_FAILED
-    assert one_line(lines, "apply") == f"cannot read back set '{c2c_set}': unexpected line '\\t\\tsize 2'"
+    assert one_line(lines, "apply") == f"cannot read back set '{c2c_set}': unexpected line '\\t\\tpolicy memory'"
     after = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "ruleset"], capture_output=True, text=True)
     assert after.stdout == before.stdout
 
