@@ -1,13 +1,15 @@
 """Reading NFLOG: the packets nft's `log group N` statements hand to user space, over netlink.
 
-Why our own reader (docs/design.md §3.7 has the measurement): of the candidates, the PyPI binding
-`nflogr` (a C++ extension over libnetfilter_log, "beta" by its author's word, no tests) and
-Debian's ulogd2 with its JSON output (a second daemon per cell, writing JSON that would have to
-be parsed again to add the deciding rule), neither read more lines per second than this module,
-and both add native code to build and ship on every cell. The protocol is small: bind a group,
-ask for the first bytes of each packet, then read batches of `NFULNL_MSG_PACKET` messages, each
-a list of attributes (prefix, payload, timestamp, ...). The kernel batches up to `QUEUE_THRESHOLD`
-packets or `FLUSH_CENTISECONDS` per netlink message, so one `recv` returns many packets.
+Why our own reader (docs/design.md §3.8 has the measurement): the PyPI binding `nflogr` (a C++
+extension over libnetfilter_log, "beta" by its author's word) crashed on the packets our rules log;
+Debian's ulogd2 with its JSON output read no more lines per second than this module, and is a second
+daemon per cell whose lines would have to be parsed again to add the container and the deciding
+rule. Both are native code to build and ship on every cell; this is the standard library.
+
+The protocol is small: bind a group, ask for the first bytes of each packet, then read batches
+of `NFULNL_MSG_PACKET` messages, each a list of attributes (prefix, payload, timestamp, ...).
+The kernel batches up to `QUEUE_THRESHOLD` packets or `FLUSH_CENTISECONDS` per netlink message,
+so one `recv` returns many packets.
 
 A socket belongs to the network namespace it is created in: `NflogSocket.open` creates it on a
 thread inside the cell's namespace; it is read from anywhere after that. If the socket's buffer
