@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 from lab.netlab import Outcome, probe_many
 from reconciler.config import FlowLogConfig
 from tests import test_reconciler
-from tests.test_reconciler import API, WEB, c2c, eventually, publish, running_reconciler
+from tests.test_reconciler import API, WEB, _ready, _spawn_reconciler, c2c, eventually, publish, running_reconciler
 
 cell_lab = test_reconciler.cell_lab  # the fixture: one cell, web0 and api0 (api0 listening on 8080)
 
@@ -126,3 +127,30 @@ async def test_denied_packets_are_logged_at_their_rate_limit(nats_server, cell_l
         denied = [x for x in lines(path) if x["message"] == "cfnetworking.iptables.egress-denied"]
         # nft's limit: 1 a second after a burst of 5.
         assert 1 <= len(denied) <= 5 + int(elapsed) + 1, (len(denied), elapsed)
+
+
+async def test_cfnft_reconcile_reopens_its_flow_log_on_sighup(nats_server, cell_lab, tmp_path):
+    from lab.natsserver import free_port
+
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    path = tmp_path / "flow.log"
+    await publish(nats_server.url, doc(ctrs, denied_per_sec=1000))
+    port = free_port()
+    proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port, flow_log={"file": str(path)})
+    try:
+        await eventually(lambda: _ready(port), timeout=20, what="reconciler ready")
+        await asyncio.to_thread(probe_many, web, [("tcp", "192.0.2.50", 80)])
+        await eventually(lambda: len(lines(path)) == 1, what="a flow-log line")
+        path.rename(tmp_path / "flow.log.1")
+        proc.send_signal(signal.SIGHUP)
+
+        def logged_to_a_new_file() -> bool:  # a probe until the handler has run: each one logs a line
+            probe_many(web, [("tcp", "192.0.2.50", 80)])
+            return len(lines(path)) >= 1
+
+        await eventually(logged_to_a_new_file, what="a line in the reopened file")
+        assert proc.poll() is None, "SIGHUP must not end the reconciler"
+    finally:
+        proc.terminate()
+        proc.wait()

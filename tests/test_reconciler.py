@@ -246,8 +246,8 @@ async def test_two_reconcilers_enforce_only_their_own_cells(nats_server, tmp_pat
             assert {e.key[0].start for e in egress_b.values()} == {wb.ip}
 
 
-def _spawn_reconciler(url, cell, tmp_path, metrics_port):
-    cfg = {
+def _spawn_reconciler(url, cell, tmp_path, metrics_port, **extra):
+    cfg = extra | {
         "cell_id": cell.cell_name,
         "nats": {"servers": [url]},
         "netns": cell.name,
