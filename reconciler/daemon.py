@@ -44,6 +44,7 @@ from nft import NftError, NftInterface, diff, same_structure
 from nft.objects import Ruleset
 from reconciler.compile import TABLE, Compiler, compile_ruleset
 from reconciler.config import ReconcilerConfig
+from reconciler.explain import ExplainInputError
 from reconciler.feed import StateFeed
 from reconciler.flowlog import FlowLog, run_flow_log
 from reconciler.metrics import ReconcilerMetrics
@@ -229,7 +230,7 @@ class Reconciler:
         """End the tracked connections the table just committed no longer allows (revoke.py)."""
         try:
             gone = await revoke_disallowed(state, desired, self.config.netns)
-        except RevokeError as e:
+        except (RevokeError, ExplainInputError) as e:  # the table is committed: this pass stands
             log.error("revoke_established: could not revoke connections: %s", e)
             return
         if gone:
