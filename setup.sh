@@ -37,11 +37,10 @@ esac
 
 # nftables/python3-nftables: the kernel side and its official binding; iproute2, iputils-ping,
 # procps (sysctl), containernetworking-plugins (ptp, host-local) and iptables: the network lab and
-# the comparisons in the tests and benchmarks; ruby: rendering the BOSH job templates in tests;
-# conntrack: the reconciler's revoke_established deletes connection-tracking entries with it.
+# the comparisons in the tests and benchmarks; ruby: rendering the BOSH job templates in tests.
 packages=(
     nftables python3-nftables iproute2 iputils-ping procps containernetworking-plugins iptables
-    conntrack python3 python3-venv ruby
+    python3 python3-venv ruby
 )
 missing=()
 for pkg in "${packages[@]}"; do

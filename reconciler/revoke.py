@@ -12,25 +12,29 @@ by the new rules.
 Flows considered: TCP and UDP from a container of this cell (decided here: not those to another
 cell's container, whose cell decides and revokes), and c2c flows into a container of this cell.
 
-Why the `conntrack` CLI (Debian's conntrack package) and not netlink from Python: revocations
-are rare (a policy change that takes something away), so a process or two per such pass costs
-nothing that matters, and the tool is the reference implementation of ctnetlink's filters; a
-netlink client of our own would be a few hundred lines of attribute parsing to own and test.
-One listing per pass, and one deletion per (source, destination, protocol, port) that lost its
-allowance, whatever the number of source ports.
+Conntrack is read and changed over ctnetlink (a NETLINK_NETFILTER socket) with pyroute2, a pure
+Python wheel the BOSH release vendors like every other dependency: a Diego cell has no `conntrack`
+tool, and nothing else to install is needed. The socket is opened on a thread inside the cell's
+namespace (nft/netns.py), not through pyroute2's own namespace support, which forks a helper
+process. One listing per family per pass; one deletion per entry that lost its allowance.
 """
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import ipaddress
 import logging
-import re
-import subprocess
+import socket
 from dataclasses import dataclass
+
+from pyroute2 import Conntrack
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from cfnft.errors import OperationError
 from events.models import CellState, Container
+from nft.errors import NamespaceError
+from nft.netns import NamespaceThread
 from nft.objects import Element, Ruleset
 from nft.transaction import Transaction, Verb
 from reconciler import provenance
@@ -39,14 +43,11 @@ from reconciler.explain import Probe, ProbeProto, explain
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-_ENTRY = re.compile(
-    r"^(?P<family>ipv[46])\s+\d+\s+(?P<proto>tcp|udp)\s+\d+\s+\d+\s+(?:[A-Z_]+\s+)?"
-    r"src=(?P<src>\S+) dst=(?P<dst>\S+) sport=(?P<sport>\d+) dport=(?P<dport>\d+)"
-)
+_PROTOCOLS = {socket.IPPROTO_TCP: ProbeProto.TCP, socket.IPPROTO_UDP: ProbeProto.UDP}
 
 
 class RevokeError(OperationError):
-    """conntrack could not be listed or changed (not installed, no permission)."""
+    """Connection tracking could not be listed or changed (no permission, no such namespace)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,22 +59,15 @@ class Flow:
     dst: IPAddress
     sport: int
     dport: int
+    zone: int | None = None  # the conntrack zone, when the entry is in one (CF's cells use none)
+
+    def __str__(self) -> str:
+        return f"{self.proto} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
 
     @property
     def target(self) -> tuple[ProbeProto, IPAddress, IPAddress, int]:
         """What the decision depends on (every source port of it shares the fate)."""
         return (self.proto, self.src, self.dst, self.dport)
-
-
-def parse_flows(listing: str) -> list[Flow]:
-    """TCP and UDP flows of `conntrack -L -o extended` output."""
-    out = []
-    for line in listing.splitlines():
-        m = _ENTRY.match(line)
-        if m is not None:
-            src, dst = ipaddress.ip_address(m["src"]), ipaddress.ip_address(m["dst"])
-            out.append(Flow(ProbeProto(m["proto"]), src, dst, int(m["sport"]), int(m["dport"])))
-    return out
 
 
 def may_revoke(tx: Transaction) -> bool:
@@ -119,37 +113,64 @@ def _allowed(
     return provenance.c2c_policy_of(policies, sources, int(flow.src), number, (flow.dport, flow.dport)) is not None
 
 
-def _conntrack(netns: str | None, args: list[str]) -> subprocess.CompletedProcess[str]:
-    argv = (["ip", "netns", "exec", netns] if netns else []) + ["conntrack", *args]
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RevokeError(f"conntrack {' '.join(args)}: {e}") from None
-
-
-def list_flows(netns: str | None) -> list[Flow]:
+def list_flows() -> list[Flow]:
+    """The TCP and UDP entries of this thread's network namespace."""
     flows = []
-    for family in ("ipv4", "ipv6"):
-        proc = _conntrack(netns, ["-L", "-f", family, "-o", "extended"])
-        if proc.returncode != 0:
-            raise RevokeError(f"conntrack -L -f {family}: {proc.stderr.strip()}")
-        flows += parse_flows(proc.stdout)
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            with Conntrack(nfgen_family=family) as ct:
+                for entry in ct.dump_entries():
+                    flow = _flow(entry.tuple_orig, entry.zone)
+                    if flow is not None:
+                        flows.append(flow)
+    except (NetlinkError, OSError) as e:
+        raise RevokeError(f"listing connection tracking: {e}") from None
     return flows
 
 
-def delete_flows(netns: str | None, proto: ProbeProto, src: IPAddress, dst: IPAddress, dport: int) -> None:
-    family = "ipv6" if src.version == 6 else "ipv4"
-    args = ["-D", "-f", family, "-p", proto.value, "-s", str(src), "-d", str(dst), "--dport", str(dport)]
-    proc = _conntrack(netns, args)
-    # Exit 1 with "0 flow entries" when the connection ended meanwhile: nothing left to revoke.
-    if proc.returncode != 0 and "0 flow entries" not in proc.stderr:
-        raise RevokeError(f"conntrack {' '.join(args)}: {proc.stderr.strip()}")
+def _flow(orig: NFCTAttrTuple, zone: int | None) -> Flow | None:
+    proto = _PROTOCOLS.get(orig.proto)
+    if proto is None:
+        return None
+    src, dst = ipaddress.ip_address(orig.saddr), ipaddress.ip_address(orig.daddr)
+    return Flow(proto, src, dst, orig.sport, orig.dport, zone)
+
+
+def delete_flows(flows: list[Flow]) -> None:
+    """Delete the entries of `flows` in this thread's network namespace."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        mine = [f for f in flows if (f.src.version == 6) == (family == socket.AF_INET6)]
+        if not mine:
+            continue
+        try:
+            with Conntrack(nfgen_family=family) as ct:
+                for f in mine:
+                    _delete(ct, family, f)
+        except (NetlinkError, OSError) as e:
+            raise RevokeError(f"deleting connection tracking entries: {e}") from None
+
+
+def _delete(ct: Conntrack, family: int, f: Flow) -> None:
+    number = socket.IPPROTO_TCP if f.proto is ProbeProto.TCP else socket.IPPROTO_UDP
+    orig = NFCTAttrTuple(family, saddr=str(f.src), daddr=str(f.dst), proto=number, sport=f.sport, dport=f.dport)
+    try:
+        ct.entry("del", tuple_orig=orig, zone=f.zone)
+    except NetlinkError as e:
+        # ENOENT: the connection ended (or its entry expired) meanwhile: nothing left to revoke.
+        if e.code != errno.ENOENT:
+            raise RevokeError(f"deleting the entry of {f}: {e}") from None
 
 
 async def revoke_disallowed(state: CellState, ruleset: Ruleset, netns: str | None) -> list[Flow]:
-    """Delete the conntrack entries of flows `ruleset` no longer allows; returns them."""
-    flows = await asyncio.to_thread(list_flows, netns)
-    gone = doomed(state, ruleset, flows)
-    for target in sorted({f.target for f in gone}, key=str):
-        await asyncio.to_thread(delete_flows, netns, *target)
+    """Delete the conntrack entries of flows `ruleset` no longer allows (in `netns`); returns them."""
+    try:
+        worker = NamespaceThread(netns)
+    except NamespaceError as e:
+        raise RevokeError(str(e)) from None
+    try:
+        gone = doomed(state, ruleset, await worker.call_async(list_flows))
+        if gone:
+            await worker.call_async(delete_flows, gone)
+    finally:
+        worker.close()
     return gone

@@ -8,6 +8,7 @@ connection, and the client reports each exchange with its time."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -113,20 +114,69 @@ async def test_removing_a_group_ends_its_open_connections_only_with_revoke_estab
                 proc.wait()
 
 
-def test_conntrack_listing_is_read_as_flows():
-    from reconciler.revoke import parse_flows
+def _track(family, proto, src, dst, sport, dport):
+    """Add a conntrack entry (as the kernel would for a connection's first packet) in this thread's namespace."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-    listing = (
-        "ipv4     2 tcp      6 431999 ESTABLISHED src=10.255.1.2 dst=192.0.2.10 sport=40000 dport=7777 "
-        "src=192.0.2.10 dst=100.64.1.1 sport=7777 dport=40000 [ASSURED] mark=0 use=1\n"
-        "ipv4     2 udp      17 29 src=10.255.1.2 dst=198.51.100.53 sport=5353 dport=53 [UNREPLIED] "
-        "src=198.51.100.53 dst=100.64.1.1 sport=53 dport=5353 mark=0 use=1\n"
-        "ipv6     10 tcp      6 119 SYN_SENT src=fd00:255:1::2 dst=2001:db8::1 sport=1 dport=443 "
-        "[UNREPLIED] src=2001:db8::1 dst=fd00:255:1::2 sport=443 dport=1 mark=0 use=1\n"
-        "ipv4     2 icmp     1 29 src=10.255.1.2 dst=203.0.113.1 type=8 code=0 id=7 src=203.0.113.1 dst=10.255.1.2\n"
-    )
-    assert [(f.proto.value, str(f.src), str(f.dst), f.sport, f.dport) for f in parse_flows(listing)] == [
-        ("tcp", "10.255.1.2", "192.0.2.10", 40000, 7777),
-        ("udp", "10.255.1.2", "198.51.100.53", 5353, 53),
-        ("tcp", "fd00:255:1::2", "2001:db8::1", 1, 443),
+    orig = NFCTAttrTuple(family, saddr=src, daddr=dst, proto=proto, sport=sport, dport=dport)
+    reply = orig.reverse()
+    if proto == socket.IPPROTO_ICMP:  # an echo request, answered by an echo reply
+        orig = NFCTAttrTuple(family, saddr=src, daddr=dst, proto=proto, icmp_id=7, icmp_type=8, icmp_code=0)
+        reply = NFCTAttrTuple(family, saddr=dst, daddr=src, proto=proto, icmp_id=7, icmp_type=0, icmp_code=0)
+    with Conntrack(nfgen_family=family) as ct:
+        ct.entry("add", timeout=300, tuple_orig=orig, tuple_reply=reply)
+
+
+def _tracked():
+    from pyroute2 import Conntrack
+
+    count = 0
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with Conntrack(nfgen_family=family) as ct:
+            count += sum(1 for _ in ct.dump_entries())
+    return count
+
+
+@pytest.mark.kernel
+def test_connection_tracking_is_listed_and_deleted_over_netlink_inside_the_namespace(netns):
+    from nft.netns import NamespaceThread
+    from reconciler.revoke import delete_flows, list_flows
+
+    entries = [
+        (socket.AF_INET, socket.IPPROTO_TCP, "10.255.1.2", "192.0.2.10", 40000, 7777),
+        (socket.AF_INET, socket.IPPROTO_UDP, "10.255.1.2", "198.51.100.53", 5353, 53),
+        (socket.AF_INET6, socket.IPPROTO_TCP, "fd00:255:1::2", "2001:db8::1", 1, 443),
     ]
+    worker = NamespaceThread(netns)
+    try:
+        for entry in entries:
+            worker.call(_track, *entry)
+        # An ICMP entry is tracked too, and is not a flow revocation considers.
+        worker.call(_track, socket.AF_INET, socket.IPPROTO_ICMP, "10.255.1.2", "203.0.113.1", None, None)
+        assert worker.call(_tracked) == 4
+        flows = worker.call(list_flows)
+        assert sorted(str(f) for f in flows) == [
+            "tcp 10.255.1.2:40000 -> 192.0.2.10:7777",
+            "tcp fd00:255:1::2:1 -> 2001:db8::1:443",
+            "udp 10.255.1.2:5353 -> 198.51.100.53:53",
+        ]
+        assert worker.call(list_flows) == flows  # listing changes nothing
+        doomed = [f for f in flows if f.dport in (7777, 443)]
+        worker.call(delete_flows, doomed)
+        assert [str(f) for f in worker.call(list_flows)] == ["udp 10.255.1.2:5353 -> 198.51.100.53:53"]
+        worker.call(delete_flows, doomed)  # ended meanwhile: nothing left to delete, and no error
+    finally:
+        worker.close()
+    # The host's namespace was never touched.
+    assert not {str(f) for f in flows} & {str(f) for f in list_flows()}
+
+
+async def test_an_unknown_namespace_is_a_revoke_error():
+    from events.models import CellState
+    from reconciler.compile import compile_ruleset
+    from reconciler.revoke import RevokeError, revoke_disallowed
+
+    state = CellState(cell_id="a", containers=[])
+    with pytest.raises(RevokeError, match="no-such-cell"):
+        await revoke_disallowed(state, compile_ruleset(state), "no-such-cell")
