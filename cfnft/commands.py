@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfnft import logs
-from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError, OperationError
+from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError
 
 if TYPE_CHECKING:  # imported where they are used, so that each command loads only what it needs
     from nats.aio.client import Client as NATS
@@ -248,21 +248,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         from cfnft.operate import cmd_fleet_status
 
         return cmd_fleet_status(args)
-    from nats.errors import NoRespondersError, TimeoutError
-
+    from cfnft.operate import request
+    from cfnft.replies import CellStatus
     from events import subjects
 
-    async def main() -> int:
-        async with _nats(args, "send a request through") as nc:
-            try:
-                reply = await nc.request(subjects.status(args.cell), b"", timeout=args.timeout)
-            except (TimeoutError, NoRespondersError):
-                raise OperationError(f"no reconciler for cell {args.cell} answered within {args.timeout}s") from None
-        status: object = json.loads(reply.data)
-        print(json.dumps(status, indent=2))
-        return EXIT_OK if isinstance(status, dict) and status.get("in_sync") else EXIT_DIFFERS
-
-    return asyncio.run(main())
+    status = asyncio.run(request(args, subjects.status(args.cell), {}, CellStatus, "the status request"))
+    print(json.dumps(status.model_dump(mode="json", exclude_unset=True), indent=2))
+    return EXIT_OK if status.in_sync else EXIT_DIFFERS
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ until the timeout, or until every expected cell has answered. The expected cells
 have containers on the state stream (the BBS watcher publishes them per cell) plus any named with
 `--expect`; a cell that answers is counted even if it was not expected. A cell that was removed
 from the foundation stays expected while its container subjects are on the stream (purge them:
-`nats stream purge CFNFT_STATE --subject 'cfnft.state.container.<cell>.>'`).
+`nats stream purge CFNFT_STATE --subject 'cfnft.state.container.<cell>.>'`). An answer that is not a
+reconciler's status (cfnft/replies.py) fails the command, naming the cell it claims to be from.
 
 - `--all`: per cell, `in sync` (the replay is complete and every change received is committed),
   `lagging` (with why: changes not committed, failed applies, replay not complete) or
@@ -26,7 +27,10 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cfnft.errors import OperationError
+from cfnft.replies import CellStatus, decode, sender_of, wrong
 from events import subjects
 
 _OBJECT_SUBJECTS = {"asg": subjects.security_group, "c2c": subjects.c2c_policies, "app": subjects.app_instances}
@@ -54,21 +58,24 @@ async def known_cells(nc: NATS) -> set[str]:
     return cells
 
 
-async def gather(nc: NATS, request: dict[str, Any], expected: set[str], timeout: float) -> dict[str, dict[str, Any]]:
-    """Every reconciler's answer to `request`, by cell id, within `timeout`."""
-    answers: dict[str, dict[str, Any]] = {}
+async def gather(nc: NATS, request: dict[str, Any], expected: set[str], timeout: float) -> dict[str, CellStatus]:
+    """Every reconciler's answer to `request`, by cell id, within `timeout`; OperationError at the
+    first answer that is not a reconciler's status."""
+    answers: dict[str, CellStatus] = {}
+    bad: list[OperationError] = []
     done = asyncio.Event()
     inbox = nc.new_inbox()
 
     async def on_answer(m: Msg) -> None:
         try:
-            answer = json.loads(m.data)
-        except ValueError:
+            answer = decode(m.data, CellStatus, sender_of(m.data), "the fleet status request")
+        except OperationError as e:
+            bad.append(e)
+            done.set()
             return
-        if isinstance(answer, dict) and isinstance(answer.get("cell_id"), str):
-            answers[answer["cell_id"]] = answer
-            if expected and expected <= answers.keys():
-                done.set()
+        answers[answer.cell_id] = answer
+        if expected and expected <= answers.keys():
+            done.set()
 
     sub = await nc.subscribe(inbox, cb=on_answer)
     try:
@@ -79,6 +86,8 @@ async def gather(nc: NATS, request: dict[str, Any], expected: set[str], timeout:
             pass
     finally:
         await sub.unsubscribe()
+    if bad:
+        raise bad[0]
     return answers
 
 
@@ -89,32 +98,32 @@ class CellLine:
     detail: str
 
 
-def cell_lines(answers: dict[str, dict[str, Any]], expected: set[str], timeout: float) -> list[CellLine]:
+def cell_lines(answers: dict[str, CellStatus], expected: set[str], timeout: float) -> list[CellLine]:
     out = []
     for cell in sorted(expected | answers.keys()):
         a = answers.get(cell)
         if a is None:
             out.append(CellLine(cell, "unreachable", f"no answer within {timeout}s"))
             continue
-        pending = a["generation"] - a["committed_generation"]
+        pending = a.generation - a.committed_generation
         why = []
-        if not a["nats_synced"]:
+        if not a.nats_synced:
             why.append("replay of the state stream not complete")
         if pending:
             why.append(f"{pending} change{'s' * (pending != 1)} not committed")
-        if a["consecutive_failures"]:
-            why.append(f"{a['consecutive_failures']} failed applies in a row")
-        committed = a.get("last_commit_at")
+        if a.consecutive_failures:
+            why.append(f"{a.consecutive_failures} failed applies in a row")
+        committed = a.last_commit_at
         ago = f"last commit {time.time() - committed:.1f}s ago" if committed else "nothing committed yet"
-        if a["in_sync"] and not why:
-            out.append(CellLine(cell, "in sync", f"generation {a['committed_generation']}, {ago}"))
+        if a.in_sync and not why:
+            out.append(CellLine(cell, "in sync", f"generation {a.committed_generation}, {ago}"))
         else:
             out.append(CellLine(cell, "lagging", "; ".join(why or ["not converged yet"]) + f" ({ago})"))
     return out
 
 
 def object_report(
-    subject: str, version: int | None, answers: dict[str, dict[str, Any]], expected: set[str]
+    subject: str, version: int | None, answers: dict[str, CellStatus], expected: set[str]
 ) -> tuple[str, bool]:
     """The lines of `--object` and whether every cell enforces the stream's version."""
     cells = sorted(expected | answers.keys())
@@ -126,7 +135,7 @@ def object_report(
         if a is None:
             unreachable.append(cell)
             continue
-        held = (a.get("enforced") or {}).get("version")
+        held = a.enforced.version if a.enforced is not None else None
         if held is not None and held >= version:
             enforced.append(cell)
         else:
@@ -139,10 +148,22 @@ def object_report(
     return "\n".join(lines), len(enforced) == len(cells) and bool(cells)
 
 
+class _Versioned(BaseModel):
+    """Any state message, as far as its version goes."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    version: int
+
+
 async def stream_version(nc: NATS, subject: str) -> int | None:
     """The version of the last message on `subject` in the state stream; None if there is none."""
     try:
         raw = await nc.jetstream().get_last_msg(subjects.STATE_STREAM, subject)
     except NotFoundError:
         return None
-    return int(json.loads(raw.data or b"{}").get("version", 0))
+    data = raw.data or b""
+    try:
+        return _Versioned.model_validate_json(data).version
+    except ValidationError as e:
+        raise OperationError(f"{subject}: the last message on the state stream is bad: {wrong(data, e)}") from None

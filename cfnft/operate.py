@@ -8,13 +8,18 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from cfnft.errors import EXIT_DIFFERS, EXIT_OK, InputError, OperationError
 
+M = TypeVar("M", bound=BaseModel)
 
-async def request(args: argparse.Namespace, subject: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
-    """One NATS request/reply with a cell's reconciler; OperationError if nobody answers in time."""
+
+async def request(args: argparse.Namespace, subject: str, payload: dict[str, Any], model: type[M], what: str) -> M:
+    """One NATS request/reply with a cell's reconciler, its answer read as `model`; OperationError if
+    nobody answers in time or the answer is not one (cfnft/replies.py)."""
     from nats.errors import NoRespondersError, TimeoutError
 
     from cfnft.commands import _nats
@@ -24,10 +29,9 @@ async def request(args: argparse.Namespace, subject: str, payload: dict[str, Any
             reply = await nc.request(subject, json.dumps(payload).encode(), timeout=args.timeout)
         except (TimeoutError, NoRespondersError):
             raise OperationError(f"no reconciler for cell {args.cell} answered {what} within {args.timeout}s") from None
-    answer: dict[str, Any] = json.loads(reply.data)
-    if "error" in answer:
-        raise (InputError if answer.get("bad_input") else OperationError)(f"cell {args.cell}: {answer['error']}")
-    return answer
+    from cfnft.replies import cell_answer
+
+    return cell_answer(reply.data, model, args.cell, what)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -45,8 +49,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         import asyncio
 
         payload = {"source": args.source, "to": args.to, "established": args.established}
-        reply = asyncio.run(request(args, subjects.explain(args.cell), payload, "the explain request"))
-        answer = Explanation.model_validate(reply)
+        answer = asyncio.run(request(args, subjects.explain(args.cell), payload, Explanation, "the explain request"))
     traced = None
     if args.trace:
         from cfnft.trace import trace
@@ -112,7 +115,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from events import subjects
     from reconciler.stats import CellStats
 
-    stats = CellStats.model_validate(asyncio.run(request(args, subjects.stats(args.cell), {}, "the stats request")))
+    stats = asyncio.run(request(args, subjects.stats(args.cell), {}, CellStats, "the stats request"))
     if args.unused:
         unused = stats.unused()
         print(json.dumps(unused, indent=2) if args.json else "\n".join(unused) or "every rule has matched packets")
@@ -158,7 +161,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
             answers = await fleet.gather(nc, {"object": subject} if subject else {}, expected, args.timeout)
         if subject is not None:
             report, everywhere = fleet.object_report(subject, version, answers, expected)
-            print(json.dumps({"subject": subject, "version": version, "cells": answers}) if args.json else report)
+            cells = {cell: a.model_dump(mode="json", exclude_unset=True) for cell, a in answers.items()}
+            print(json.dumps({"subject": subject, "version": version, "cells": cells}) if args.json else report)
             return EXIT_OK if everywhere else EXIT_DIFFERS
         lines = fleet.cell_lines(answers, expected, args.timeout)
         if args.json:

@@ -6,19 +6,24 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from cfnft import commands
 from cfnft.cli import main
 from cfnft.errors import EXIT_FAILED, EXIT_USAGE
+from events import subjects
 from lab.natsserver import NatsServer, find_nats_server, free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "cell-state.json"
@@ -186,7 +191,130 @@ def test_an_unreadable_nats_ca_is_bad_input(tmp_path: Path, capsys) -> None:
 def test_status_of_a_cell_nobody_answers_for(nats_server: NatsServer, capsys) -> None:
     code, lines = cfnft(capsys, "status", "--cell", "cell-z", "--timeout", "0.2", "--nats-url", nats_server.url)
     assert code == EXIT_FAILED
-    assert one_line(lines, "status") == "no reconciler for cell cell-z answered within 0.2s"
+    assert one_line(lines, "status") == "no reconciler for cell cell-z answered the status request within 0.2s"
+
+
+@contextlib.contextmanager
+def responder(url: str, subject: str, answer: bytes) -> Iterator[None]:
+    """Something on NATS that answers every request on `subject` with `answer`, on a thread of its own
+    (the command under test runs its own event loop on this one)."""
+    loop = asyncio.new_event_loop()
+    ready, stop = threading.Event(), asyncio.Event()
+
+    async def serve() -> None:
+        nc = await nats.connect(url)
+
+        async def on_request(m) -> None:
+            await m.respond(answer)
+
+        await nc.subscribe(subject, cb=on_request)
+        await nc.flush()
+        ready.set()
+        await stop.wait()
+        await nc.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert ready.wait(10), "the responder did not subscribe"
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+STATUS = {
+    "cell_id": "cell-a",
+    "in_sync": True,
+    "nats_synced": True,
+    "nats_connected": True,
+    "generation": 3,
+    "committed_generation": 3,
+    "last_commit_at": None,
+    "consecutive_failures": 0,
+}
+TO_CELL_A = ["--cell", "cell-a", "--timeout", "5"]
+EXPLAIN = ["explain", *TO_CELL_A, "--from", "web0", "--to", "tcp:192.0.2.10:443"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "subject", "answer", "said"),
+    [
+        (["status", *TO_CELL_A], subjects.status("cell-a"), b"<html>garbage", "not JSON: '<html>garbage'"),
+        (["status", *TO_CELL_A], subjects.status("cell-a"), b"", "not JSON: ''"),
+        (
+            ["status", *TO_CELL_A],
+            subjects.status("cell-a"),
+            json.dumps({**STATUS, "in_sync": "yes", "generation": None}).encode(),
+            "in_sync: 'yes': must be true or false; generation: null: must be an integer",
+        ),
+        (["status", *TO_CELL_A], subjects.status("cell-a"), b"[1, 2]", "[1,2]: must be an object"),
+        (EXPLAIN, subjects.explain("cell-a"), b"\xff\xfe", "not JSON: '\ufffd\ufffd'"),
+        (
+            EXPLAIN,
+            subjects.explain("cell-a"),
+            b'{"allowed": true}',
+            "source: required key is missing; source_ip: required key is missing; "
+            "probe: required key is missing; … and 3 more",
+        ),
+        (EXPLAIN, subjects.explain("cell-a"), b'{"error": 5}', "error: 5: must be a string"),
+        (["stats", *TO_CELL_A], subjects.stats("cell-a"), b"null", "null: must be an object"),
+    ],
+    ids=[
+        "status-not-json",
+        "status-empty",
+        "status-wrong-types",
+        "status-a-list",
+        "explain-not-json",
+        "explain-wrong-shape",
+        "explain-bad-error",
+        "stats-null",
+    ],
+)
+def test_a_cell_that_answers_garbage_is_one_line_naming_it(
+    nats_server: NatsServer, argv: list[str], subject: str, answer: bytes, said: str, capsys
+) -> None:
+    with responder(nats_server.url, subject, answer):
+        code, lines = cfnft(capsys, *argv, "--nats-url", nats_server.url)
+    assert code == EXIT_FAILED
+    what = {"status": "the status request", "explain": "the explain request", "stats": "the stats request"}[argv[0]]
+    assert one_line(lines, argv[0]) == f"cell cell-a: bad answer to {what}: {said}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "answer", "said"),
+    [
+        (
+            ["--all"],
+            b"garbage",
+            "a responder that names no cell: bad answer to the fleet status request: not JSON: 'garbage'",
+        ),
+        (
+            ["--all"],
+            b'{"cell_id": 7}',
+            "a responder that names no cell: bad answer to the fleet status request: "
+            "cell_id: 7: must be a string; in_sync: required key is missing",
+        ),
+        (
+            ["--object", "asg:public"],
+            json.dumps(
+                {**STATUS, "cell_id": "cell-b", "enforced": {"subject": "cfnft.state.asg.public", "version": "9"}}
+            ).encode(),
+            "cell cell-b: bad answer to the fleet status request: enforced.version: '9': must be an integer",
+        ),
+    ],
+    ids=["all-not-json", "all-no-cell", "object-wrong-version"],
+)
+def test_a_fleet_answer_that_is_not_a_status_is_one_line(
+    nats_server: NatsServer, argv: list[str], answer: bytes, said: str, capsys
+) -> None:
+    """Had the answer been ignored, the command would have waited out its timeout and exited 1 with no
+    cell in sync; had it been believed, it could have counted a cell as enforcing what it does not."""
+    with responder(nats_server.url, subjects.FLEET_STATUS, answer):
+        code, lines = cfnft(capsys, "status", *argv, "--timeout", "5", "--nats-url", nats_server.url)
+    assert code == EXIT_FAILED
+    assert one_line(lines, "status").startswith(said), lines
 
 
 @pytest.fixture
