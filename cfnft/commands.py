@@ -115,28 +115,28 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
+    """The config file with the flags given laid over it, validated whole: a bad flag is refused
+    like a bad key in the file (StateError naming the key), and `--metrics-listen ''` turns the
+    listener off as an empty `metrics_listen` does."""
+    from events.problems import validate_strict
     from reconciler.config import ReconcilerConfig, load_config
 
+    if args.config is None and args.cell_id is None:
+        raise InputError("give --config FILE or at least --cell-id")
     cfg = load_config(args.config) if args.config else None
-    if cfg is None:
-        if not args.cell_id:
-            raise InputError("give --config FILE or at least --cell-id")
-        cfg = ReconcilerConfig(cell_id=args.cell_id)
-    updates: dict[str, object] = {}
-    if args.cell_id:
-        updates["cell_id"] = args.cell_id
-    if args.netns:
-        updates["netns"] = args.netns
-    if args.socket:
-        updates["socket_path"] = args.socket
-    if args.state_dir:
-        updates["state_dir"] = args.state_dir
-    if args.metrics_listen:
-        updates["metrics_listen"] = args.metrics_listen
+    data: dict[str, object] = dict(cfg) if cfg is not None else {}
+    flags = {
+        "cell_id": args.cell_id,
+        "netns": args.netns,
+        "socket_path": args.socket,
+        "state_dir": args.state_dir,
+        "metrics_listen": args.metrics_listen,
+    }
+    data.update({key: value for key, value in flags.items() if value is not None})
     nats_updates = _nats_overrides(args)
     if nats_updates:
-        updates["nats"] = cfg.nats.model_copy(update=nats_updates)
-    return cfg.model_copy(update=updates)
+        data["nats"] = {**(dict(cfg.nats) if cfg is not None else {}), **nats_updates}
+    return validate_strict(ReconcilerConfig, data)
 
 
 def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from events import subjects
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
 from events.cc.watcher import CcWatcher, CcWatcherConfig
 from events.connect import NatsConfig, connect
+from events.listen import ListenAddress
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.problems import load_model_file
@@ -40,7 +41,9 @@ class WatchConfig(BaseModel):
     bbs: BbsWatcherConfig | None = Field(None, description="Diego BBS: LRP containers and app instance sets")
     policy: PolicyWatcherConfig | None = Field(None, description="policy server: c2c, egress policies, ASGs")
     cc: CcWatcherConfig | None = Field(None, description="Cloud Controller: ASGs, without the policy server's")
-    metrics_listen: str | None = Field("127.0.0.1:9302", description="host:port of /metrics and /healthz")
+    metrics_listen: ListenAddress | None = Field(
+        "127.0.0.1:9302", description="host:port of /metrics and /healthz; empty or null: no listener"
+    )
 
     @model_validator(mode="after")
     def _one_asg_source(self) -> WatchConfig:

@@ -1,7 +1,8 @@
 """Configuration of `cfnft reconcile`, validated by pydantic.
 
-The file is JSON (the BOSH job renders it); flags override single keys. A bad file is refused
-with every problem named by file and key (`events.problems.StateError`).
+The file is JSON (the BOSH job renders it); flags override single keys, and are checked as the
+file is (cfnft/commands.py). A bad file is refused with every problem named by file and key
+(`events.problems.StateError`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.connect import NatsConfig
+from events.listen import ListenAddress
 from events.models import CellConfig
 from events.problems import load_model_file
 
@@ -30,16 +32,20 @@ class ReconcilerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cell_id: str = Field(description="this cell's id, as BBS knows it (ActualLRPInstanceKey.cell_id)")
+    cell_id: str = Field(min_length=1, description="this cell's id, as BBS knows it (ActualLRPInstanceKey.cell_id)")
     nats: NatsConfig = Field(default_factory=NatsConfig)
-    netns: str | None = Field(None, description="apply rules inside this named network namespace (tests, demo)")
+    netns: str | None = Field(
+        None, min_length=1, description="apply rules inside this named network namespace (tests, demo)"
+    )
     policy: CellConfig = Field(
         default_factory=CellConfig,
         description="operator policy config of the cell; a cfnft.state.config.<cell_id> message overrides it",
     )
     socket_path: Path = Field(Path("/var/vcap/data/cfnft/reconciler.sock"), description="CNI plugin endpoint")
     state_dir: Path = Field(Path("/var/vcap/data/cfnft"), description="where the last known state is kept")
-    metrics_listen: str = Field("127.0.0.1:9301", description="host:port of /metrics, /healthz, /readyz")
+    metrics_listen: ListenAddress = Field(
+        "127.0.0.1:9301", description="host:port of /metrics, /healthz, /readyz; empty: no listener"
+    )
     drift_probe_seconds: float = Field(1.0, gt=0, description="cheap check that our chains are intact")
     full_check_seconds: float = Field(30.0, gt=0, description="full read-back of the table, set elements included")
     retry_max_seconds: float = Field(10.0, gt=0, description="cap of the apply retry backoff")

@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from cfnft import commands
-from cfnft.cli import main
+from cfnft.cli import build_parser, main
 from cfnft.errors import EXIT_FAILED, EXIT_USAGE
 from events import subjects
 from lab.natsserver import NatsServer, find_nats_server, free_port
@@ -127,6 +127,54 @@ def test_a_bad_reconciler_config_names_the_file_and_key(tmp_path: Path, capsys) 
     ]
     code, lines = cfnft(capsys, "reconcile")
     assert code == EXIT_USAGE and one_line(lines, "reconcile") == "give --config FILE or at least --cell-id"
+
+
+LISTEN = "must be HOST:PORT (an address or name, IPv6 without brackets; a port 1-65535), or empty for none"
+
+
+@pytest.mark.parametrize("listen", ["x", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "[::1]:9301", "a b:80"])
+def test_a_metrics_listener_that_is_not_host_port_is_refused_from_file_and_flag(
+    listen: str, tmp_path: Path, capsys
+) -> None:
+    """Before, `x` reached int(port) as the daemon started: reported as a bug."""
+    path = tmp_path / "reconciler.json"
+    path.write_text(json.dumps({"cell_id": "a", "metrics_listen": listen}))
+    code, lines = cfnft(capsys, "reconcile", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "reconcile") == f"{path}: metrics_listen: {listen!r}: {LISTEN}"
+    # The flag is checked as the key is, over a file whose own value is good.
+    path.write_text(json.dumps({"cell_id": "a", "metrics_listen": "127.0.0.1:9301"}))
+    code, lines = cfnft(capsys, "reconcile", "--config", str(path), "--metrics-listen", listen)
+    assert code == EXIT_USAGE
+    assert one_line(lines, "reconcile") == f"metrics_listen: {listen!r}: {LISTEN}"
+
+
+@pytest.mark.parametrize(("flag", "key"), [("--cell-id", "cell_id"), ("--netns", "netns")])
+def test_an_empty_flag_is_refused_naming_the_key(flag: str, key: str, capsys) -> None:
+    code, lines = cfnft(capsys, "reconcile", "--cell-id", "a", flag, "")
+    assert code == EXIT_USAGE
+    assert one_line(lines, "reconcile") == f"{key}: must not be empty"
+
+
+def test_flags_lay_over_the_file_and_an_empty_metrics_listen_turns_the_listener_off(tmp_path: Path) -> None:
+    path = tmp_path / "reconciler.json"
+    path.write_text(json.dumps({"cell_id": "a", "nats": {"servers": ["nats://n1:4222"], "user": "u", "password": "p"}}))
+    args = build_parser().parse_args(
+        ["reconcile", "--config", str(path), "--metrics-listen", "", "--nats-url", "nats://n2:4222", "--netns", "c"]
+    )
+    cfg = commands._reconciler_config(args)
+    assert cfg.metrics_listen == "" and cfg.netns == "c" and cfg.cell_id == "a"
+    assert cfg.nats.servers == ["nats://n2:4222"] and cfg.nats.user == "u"  # the file's other NATS keys stay
+    cfg = commands._reconciler_config(build_parser().parse_args(["reconcile", "--config", str(path)]))
+    assert cfg.metrics_listen == "127.0.0.1:9301" and cfg.netns is None
+
+
+def test_a_watcher_metrics_listener_that_is_not_host_port_names_the_file_and_key(tmp_path: Path, capsys) -> None:
+    path = write_watch_config(tmp_path / "watcher.json", f"nats://127.0.0.1:{free_port()}")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "metrics_listen": "9302"}))
+    code, lines = cfnft(capsys, "watch", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert one_line(lines, "watch") == f"{path}: metrics_listen: '9302': {LISTEN}"
 
 
 def test_a_socket_the_system_refuses_is_one_line_naming_it(netns: str, tmp_path: Path, capsys) -> None:
