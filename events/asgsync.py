@@ -9,7 +9,7 @@ and every group published before — in this run, or by an earlier run, as read 
 `collect_security_groups` is the parsing half both share: each raw group through the source's
 lenient parser, bad rules dropped and described, unusable groups left out and described; unknown
 keys (a newer CF's fields) are ignored without counting as dropped. `ParseCache` keeps that parsing
-from being repeated for the groups that did not change since the last listing.
+from being repeated for the groups that did not change since the last successful listing.
 
 Callers must pass a *complete* listing: a failed or partial listing must never reach this
 function, or its missing groups would be published as deleted.
@@ -17,9 +17,10 @@ function, or its missing groups would be published as deleted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from events import subjects
@@ -65,15 +66,32 @@ class ParseCache:
     """A GroupParser that remembers its results by the raw group's JSON, from one listing to the next.
 
     A listing of thousands of groups mostly repeats the one before, and parsing is what it costs
-    the watcher (every rule validated: about half a millisecond a group). Call `listing_done()`
-    after each listing: what the last two listings did not contain is forgotten, so memory stays
-    bounded by the size of a listing.
+    the watcher (every rule validated: about half a millisecond a group). Each listing parses
+    through `with cache.listing() as parse:`. It holds the results of the last successful listing
+    (reused) and of the current one; a listing that fails is forgotten when it fails, so however
+    many fail in a row (each seeing other versions of the groups), memory stays bounded by two
+    listings' worth.
     """
 
     def __init__(self, parse: GroupParser) -> None:
         self._parse = parse
         self._current: dict[str, tuple[SecurityGroup, list[Problem]] | StateError] = {}
         self._previous: dict[str, tuple[SecurityGroup, list[Problem]] | StateError] = {}
+
+    def __len__(self) -> int:
+        """How many parse results are held: the last successful listing's and the current one's."""
+        return len(self._previous) + len(self._current)
+
+    @contextlib.contextmanager
+    def listing(self) -> Iterator[GroupParser]:
+        """The parser for one listing; when the block ends without an exception, what it parsed is
+        what the next listing may reuse."""
+        self._current = {}
+        try:
+            yield self
+            self._previous = self._current
+        finally:
+            self._current = {}
 
     def __call__(self, raw: object) -> tuple[SecurityGroup, list[Problem]]:
         key = json.dumps(raw, sort_keys=True, separators=(",", ":"))
@@ -89,9 +107,6 @@ class ParseCache:
             raise StateError(result.problems, result.source, result.what)
         group, problems = result
         return group, list(problems)
-
-    def listing_done(self) -> None:
-        self._previous, self._current = self._current, {}
 
 
 def collect_security_groups(

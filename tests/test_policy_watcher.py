@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -457,28 +458,58 @@ async def test_container_spaces_are_ready_only_when_complete(nats_client: NATS) 
         assert known.spaces() == spaces - {"space-0"}
 
 
-def test_parse_cache_parses_each_raw_group_once_per_change_and_forgets_what_left() -> None:
-    """A listing that repeats the last one costs no parsing; a changed or bad group is parsed (and
-    refused) as itself; groups absent from two listings in a row are forgotten."""
-    calls: list[str] = []
-
+def counting_parser(calls: list[str]) -> Callable[[object], tuple[SecurityGroup, list[Problem]]]:
     def parse(raw: object) -> tuple[SecurityGroup, list[Problem]]:
         assert isinstance(raw, dict)
         calls.append(raw["name"])
         return InternalSecurityGroup.parse_lenient(raw)
 
-    cache = ParseCache(parse)
+    return parse
+
+
+def test_parse_cache_parses_each_raw_group_once_per_change_and_forgets_what_left() -> None:
+    """A listing that repeats the last one costs no parsing; a changed or bad group is parsed (and
+    refused) as itself; a group the last listing did not hold is forgotten."""
+    calls: list[str] = []
+    cache = ParseCache(counting_parser(calls))
     raw = {"guid": "g", "name": "a", "rules": "[]", "running_default": True}
     bad = {"guid": "h", "name": "bad", "rules": "[]", "running_default": "maybe"}
     for _ in range(3):
-        assert cache(raw)[0].name == "a"
-        for _ in range(2):
-            with pytest.raises(StateError, match="running_default"):
-                cache(bad)
-        cache.listing_done()
+        with cache.listing() as parse:
+            assert parse(raw)[0].name == "a"
+            for _ in range(2):
+                with pytest.raises(StateError, match="running_default"):
+                    parse(bad)
     assert calls == ["a", "bad"]
-    assert cache(raw | {"name": "b"})[0].name == "b"
-    cache.listing_done()
-    cache.listing_done()  # two listings without "a"
-    cache(raw)
+    with cache.listing() as parse:
+        assert parse(raw | {"name": "b"})[0].name == "b"  # a listing without "a"
+    with cache.listing() as parse:
+        parse(raw)
     assert calls == ["a", "bad", "b", "a"]
+
+
+def test_parse_cache_cannot_grow_past_two_listings_while_listings_keep_failing() -> None:
+    """Every attempt sees every group edited and fails on its last page: before, each attempt's
+    results stayed (a hundred attempts, a hundred listings' worth)."""
+    calls: list[str] = []
+    cache = ParseCache(counting_parser(calls))
+
+    def groups(version: int) -> list[dict[str, object]]:
+        return [{"guid": f"g{i}", "name": f"v{version}", "rules": "[]", "running_default": True} for i in range(10)]
+
+    with cache.listing() as parse:
+        for raw in groups(0):
+            parse(raw)
+    assert len(cache) == 10
+    for attempt in range(1, 101):
+        with pytest.raises(OSError), cache.listing() as parse:
+            for raw in groups(attempt):
+                parse(raw)
+            assert len(cache) == 20  # the last successful listing, and this attempt
+            raise OSError("the last page failed")
+        assert len(cache) == 10
+    assert len(calls) == 10 * 101, "every attempt parsed its new versions"
+    with cache.listing() as parse:  # the last successful listing is still reused
+        for raw in groups(0):
+            parse(raw)
+    assert len(calls) == 10 * 101 and len(cache) == 10

@@ -202,7 +202,7 @@ class CcWatcher(PollingWatcher):
     def _parse(self, resources: list[object]) -> dict[str, SecurityGroup]:
         groups: dict[str, SecurityGroup] = {}
         problems: dict[str, str] = {}
-        collect_security_groups(resources, self._parse_group, groups, problems)
-        self._parse_group.listing_done()
+        with self._parse_group.listing() as parse:
+            collect_security_groups(resources, parse, groups, problems)
         self._dropped.report(sorted(problems.values()))
         return groups

@@ -296,23 +296,23 @@ class PolicyWatcher(PollingWatcher):
         batches = [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
         groups: dict[str, SecurityGroup] = {}
         problems: dict[str, str] = {}  # keyed, so a default group seen in every batch is reported once
-        for batch in batches:
-            start = 0
-            while True:
-                page = await self._api.security_groups_page(batch, start, self.config.asg_page_size)
-                found: dict[str, SecurityGroup] = {}
-                collect_security_groups(page.groups, self._asg_parse, found, problems)
-                for guid, group in found.items():
-                    if groups.setdefault(guid, group) != group:
-                        raise SourceError(
-                            f"{self.config.url}{API}/security_groups",
-                            Reason.UNSTABLE,
-                            f"security group {guid} changed between two requests of one listing",
-                        )
-                if page.next == 0:
-                    break
-                start = page.next
-        self._asg_parse.listing_done()
+        with self._asg_parse.listing() as parse:
+            for batch in batches:
+                start = 0
+                while True:
+                    page = await self._api.security_groups_page(batch, start, self.config.asg_page_size)
+                    found: dict[str, SecurityGroup] = {}
+                    collect_security_groups(page.groups, parse, found, problems)
+                    for guid, group in found.items():
+                        if groups.setdefault(guid, group) != group:
+                            raise SourceError(
+                                f"{self.config.url}{API}/security_groups",
+                                Reason.UNSTABLE,
+                                f"security group {guid} changed between two requests of one listing",
+                            )
+                    if page.next == 0:
+                        break
+                    start = page.next
         self._asg_dropped.report(sorted(problems.values()))
         return groups
 
