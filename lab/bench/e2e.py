@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import nats
@@ -27,7 +23,8 @@ from events.messages import C2CPoliciesMessage
 from events.models import C2CPolicy, load_cell_state
 from lab.bench.incremental import Latencies
 from lab.bench.kernel import namespace
-from lab.natsserver import NatsServer, free_port
+from lab.bench.process import reconcile_process, rss, write_config
+from lab.natsserver import NatsServer
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
@@ -40,7 +37,7 @@ def end_to_end(doc: dict, changes: int = 200) -> tuple[Latencies, int]:
     return latencies, rss
 
 
-async def _wait(predicate, timeout: float = 60.0) -> None:
+async def wait_until(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -64,7 +61,7 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
         rec = Reconciler(cfg, runner)
         task = asyncio.create_task(rec.run())
         try:
-            await _wait(lambda: rec.ready)
+            await wait_until(lambda: rec.ready)
             js = nc.jetstream()
             target = state.containers[0].app_guid
             existing = [p for p in state.c2c_policies if p.destination.id == target]
@@ -81,9 +78,9 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
                 subject = msg.subject()
                 t0 = time.perf_counter()
                 await js.publish(subject, msg.model_dump_json().encode())
-                await _wait(lambda: rec.store.versions.get(subject) == msg.version)
+                await wait_until(lambda: rec.store.versions.get(subject) == msg.version)
                 generation = rec.generation
-                await _wait(lambda: rec.committed_generation >= generation)
+                await wait_until(lambda: rec.committed_generation >= generation)
                 samples.append(time.perf_counter() - t0)
         finally:
             task.cancel()
@@ -94,38 +91,8 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
 
 
 def _reconciler_rss(url: str, tmp: Path, cell_id: str) -> int:
-    port = free_port()
     with namespace("rss") as ns:
         config = tmp / "rss.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "cell_id": cell_id,
-                    "nats": {"servers": [url]},
-                    "netns": ns,
-                    "socket_path": str(tmp / "rss.sock"),
-                    "state_dir": str(tmp / "rss-state"),
-                    "metrics_listen": f"127.0.0.1:{port}",
-                }
-            )
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cfnft.cli", "reconcile", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.2)
-            else:
-                raise TimeoutError("the reconciler process did not become ready")
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+        port = write_config(config, cell_id, url, ns)
+        with reconcile_process(config, port, timeout=120) as reconciler:
+            return rss(reconciler.pid)

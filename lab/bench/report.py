@@ -31,12 +31,12 @@ class Report:
         self.rows.append(Row(*args, **kwargs))
 
     def table(self) -> str:
-        head = f"{'scenario':<12} {'metric':<38} {'value':>12}  {'target':<14} {'vs baseline':<34}"
+        head = f"{'scenario':<12} {'metric':<44} {'value':>12}  {'target':<14} {'vs baseline':<34}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             value = f"{r.value:,.1f} {r.unit}" if r.unit != "" else f"{r.value:,.0f}"
             vs = f"{r.ratio:.2f}x {r.baseline}" if r.ratio is not None else ""
-            lines.append(f"{r.scenario:<12} {r.metric:<38} {value:>12}  {r.target:<14} {vs:<34} {r.note}")
+            lines.append(f"{r.scenario:<12} {r.metric:<44} {value:>12}  {r.target:<14} {vs:<34} {r.note}")
         return "\n".join(lines)
 
 
@@ -148,6 +148,8 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
 
     if "policy-load" in scenarios:
         _policy_load(report, quick)
+    if "foundation" in scenarios:
+        _foundation(report, quick)
 
     if "flowlog" in scenarios:
         from lab.bench.flowlog import flow_log_rate
@@ -225,3 +227,56 @@ def _rules_per_container(state) -> float:
         a = applicable(state, i, c)
         total += sum(len(state.security_groups[g].rules) for g in a.groups)
     return total / max(1, len(state.containers))
+
+
+def _foundation(report: Report, quick: bool) -> None:
+    from lab.bench.foundation import foundation_bench
+
+    r = foundation_bench(quick)
+    s, p, pr = r.shape, r.process, r.publishing
+    print(
+        f"foundation: {s.apps:,} apps / {s.apps * s.addresses_per_app:,} addresses, {s.groups:,} security groups, "
+        f"{s.c2c_policies:,} c2c policies; {s.containers} and 1,000 local containers",
+        file=sys.stderr,
+    )
+    f = "foundation"
+    report.add(f, "start to ready, empty kernel", p.ready_first_s, "s", note=f"RSS {p.rss_first / 2**20:.0f} MiB")
+    report.add(f, "restart to ready (table + saved state)", p.ready_restart_s, "s", "<3 s")
+    report.add(f, "reconciler RSS after the restart", p.rss_restart / 2**20, "MiB", "<120 MiB")
+    report.add(
+        f,
+        "CPU per irrelevant app update",
+        p.cpu_per_update_s * 1e6,
+        "us",
+        "<=1.5x bare",
+        "bare nats-py js subscriber",
+        p.cpu_per_update_s / p.bare_cpu_per_update_s,
+        note=f"{p.updates:,} updates",
+    )
+    report.add(f, "bare nats-py js subscriber, CPU/update", p.bare_cpu_per_update_s * 1e6, "us")
+    for what, small, big in (
+        ("container added (register)", r.at_250.add, r.at_1000.add),
+        ("global ASG edit (publish)", r.at_250.edit, r.at_1000.edit),
+    ):
+        report.add(f, f"{what} at {s.containers}, p50", small.p50 * 1e3, "ms")
+        report.add(f, f"{what} at {s.containers}, p99", small.p99 * 1e3, "ms", "<5 ms")
+        report.add(f, f"{what} at 1,000, p50", big.p50 * 1e3, "ms")
+        report.add(
+            f, f"{what} at 1,000, p99", big.p99 * 1e3, "ms", "<=1.5x", f"p99 at {s.containers}", big.p99 / small.p99
+        )
+    flood = r.relevant_under_flood
+    report.add(f, "c2c change under 1,000 irrelevant/s, p50", flood.p50 * 1e3, "ms")
+    report.add(f, "c2c change under 1,000 irrelevant/s, p99", flood.p99 * 1e3, "ms", "<25 ms")
+    rate = pr.objects / pr.cfnft_s
+    report.add(
+        f,
+        "cfnft publish of the foundation",
+        rate,
+        "obj/s",
+        ">=20k/s or <=1.5x",
+        "raw js publish, time",
+        pr.cfnft_s / pr.raw_s,
+        note=f"{pr.objects:,} objects",
+    )
+    report.add(f, "raw js publish, 1,000 acks in flight", pr.objects / pr.raw_s, "obj/s")
+    report.add(f, "raw js publish, one ack at a time", pr.objects / pr.raw_sequential_s, "obj/s")
