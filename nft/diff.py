@@ -17,6 +17,7 @@ changed in place once a ruleset holding them was handed to `diff`.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 from nft.objects import Chain, Element, KeyField, Map, Rule, Ruleset, Set
 from nft.render import clean_comment, key_order, normalize_value, rule_human_comment, sorted_flags
@@ -26,20 +27,29 @@ from nft.transaction import Transaction
 _REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)|\b(?:jump|goto)\s+([A-Za-z0-9_.\-]+)")
 
 
-def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
-    """A transaction that makes the table `actual` (None: it does not exist) equal `desired`."""
+def diff(desired: Ruleset, actual: Ruleset | None, only: Collection[str] | None = None) -> Transaction:
+    """A transaction that makes the table `actual` (None: it does not exist) equal `desired`.
+
+    `only`, when given, names every chain and set that may differ between the two: the caller knows
+    that all others are the same on both sides (it changed only these since it computed `actual`),
+    so the cost follows the change, not the size of the table."""
     if actual is None:
         return _creation(desired, sort_elements=False)
     tx = Transaction(desired.table)
+    if only is None:
+        chains, sets = desired.chains.keys() | actual.chains.keys(), desired.sets.keys() | actual.sets.keys()
+    else:
+        chains = {n for n in only if n in desired.chains or n in actual.chains}
+        sets = {n for n in only if n in desired.sets or n in actual.sets}
     replaced_chains = {
         name
-        for name, chain in desired.chains.items()
-        if name in actual.chains and not same_chain(chain, actual.chains[name])
+        for name in chains & desired.chains.keys() & actual.chains.keys()
+        if not same_chain(desired.chains[name], actual.chains[name])
     }
     # Objects whose kernel version goes away: kept chains whose rules use one must be refilled.
-    gone = replaced_chains | (actual.chains.keys() - desired.chains.keys()) | (actual.sets.keys() - desired.sets.keys())
+    gone = replaced_chains | {n for n in chains if n not in desired.chains} | {n for n in sets if n not in desired.sets}
 
-    for name in sorted(desired.sets):
+    for name in sorted(n for n in sets if n in desired.sets):
         want, have = desired.sets[name], actual.sets.get(name)
         wanted_elements = desired.elements.get(name, {})
         if have is None or not same_set(want, have):
@@ -57,10 +67,10 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
         if wanted_elements is had_elements and (isinstance(want, Set) or not replaced_chains):
             continue
         _diff_elements(tx, want, wanted_elements, had_elements, replaced_chains)
-    for name in sorted(actual.sets.keys() - desired.sets.keys()):
+    for name in sorted(n for n in sets if n not in desired.sets):
         tx.delete(actual.sets[name])
 
-    for name in sorted(desired.chains):
+    for name in sorted(n for n in chains if n in desired.chains):
         want_chain, have_chain = desired.chains[name], actual.chains.get(name)
         wanted_rules = desired.rules.get(name, [])
         if have_chain is None or name in replaced_chains:
@@ -74,7 +84,7 @@ def diff(desired: Ruleset, actual: Ruleset | None) -> Transaction:
             tx.flush(want_chain)
         for rule in wanted_rules:
             tx.add(rule)
-    for name in sorted(actual.chains.keys() - desired.chains.keys()):
+    for name in sorted(n for n in chains if n not in desired.chains):
         tx.delete(actual.chains[name])
     return tx
 

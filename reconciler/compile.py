@@ -39,7 +39,17 @@ from enum import StrEnum
 from typing import TypeVar, cast
 
 from events.intervals import Interval, merge_intervals
-from events.models import C2CPolicy, CellConfig, CellState, Container, EgressRule, Protocol, SecurityGroup, Workload
+from events.models import (
+    C2CPolicy,
+    CellConfig,
+    CellState,
+    Container,
+    EgressPolicy,
+    EgressRule,
+    Protocol,
+    SecurityGroup,
+    Workload,
+)
 from nft.objects import (
     AddrRange,
     Chain,
@@ -161,33 +171,50 @@ def group_source(group: SecurityGroup) -> RuleSource:
 def bundle_of(
     state: CellState, a: Applicable, source_of: Callable[[SecurityGroup], RuleSource] = group_source
 ) -> Bundle:
-    """The rule sources of `a`: one per security group, plus the bundle's own static rules and
+    """The bundle of `a`, whose indexes point into `state`."""
+    return make_bundle(
+        a.lifecycle,
+        [state.security_groups[i] for i in a.groups],
+        [state.egress_policies[i] for i in a.policies],
+        {r for i in a.static_rules for r in static_rules(state.containers[i])},
+        source_of,
+    )
+
+
+def static_rules(c: Container) -> set[EgressRule]:
+    """The rules a container was created with: its egress when dynamic ASGs are off."""
+    return set(c.creation_rules())
+
+
+def make_bundle(
+    lifecycle: Lifecycle,
+    groups: Iterable[SecurityGroup],
+    egress_policies: Iterable[EgressPolicy],
+    static: set[EgressRule],
+    source_of: Callable[[SecurityGroup], RuleSource] = group_source,
+) -> Bundle:
+    """The rule sources of a bundle: one per security group, plus the bundle's own static rules and
     egress policies, which are named after the bundle (they have no guid of their own)."""
     identity: list[str] = []
-    groups = []
-    for i in sorted(a.groups, key=lambda i: state.security_groups[i].guid):
-        group = state.security_groups[i]
-        groups.append(source_of(group))
+    sources = []
+    for group in sorted(groups, key=lambda g: g.guid):
+        sources.append(source_of(group))
         identity.append(f"group:{group.guid}")
-    static: set[EgressRule] = set()
-    for i in a.static_rules:
-        static.update(state.containers[i].creation_rules())
     if static:
         identity.append("static:" + ";".join(sorted(map(rule_sort_key, static))))
     policies: set[EgressRule] = set()
     names = []
-    for i in a.policies:
-        policy = state.egress_policies[i]
+    for policy in egress_policies:
         policies.add(policy.egress_rule())
         names.append(policy.destination.name or policy.destination.id or "egress policy")
         identity.append("policy:" + policy.model_dump_json())
-    name = Bundle.of(a.lifecycle, (), "|".join(sorted(identity))).name
+    name = Bundle.of(lifecycle, (), "|".join(sorted(identity))).name
     own = []
     if static:
         own.append(RuleSource(f"{name}-static", "container egress_rules", frozenset(static)))
     if policies:
         own.append(RuleSource(f"{name}-egress", "egress policies: " + ", ".join(sorted(names)), frozenset(policies)))
-    return Bundle(a.lifecycle, (*own, *groups), name)
+    return Bundle(lifecycle, (*own, *sources), name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,14 +473,10 @@ class Compiler:
                 ),
             )
         for c in state.containers:
-            if not c.port_mappings:
-                continue
-            comment = _container_comment(c)
-            for m in c.port_mappings:
-                chain = netin_chain(m.host_port)
-                rs.add_chain(Chain(chain))
-                rs.add_rule(Rule(chain, f"meta l4proto tcp counter dnat ip to {c.ip}:{m.container_port}", comment))
-                rs.add_element(Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
+            for chain, rule, element in port_mappings(c):
+                rs.add_chain(chain)
+                rs.add_rule(rule)
+                rs.add_element(element)
         live = {id(g) for g in state.security_groups}
         self._sources = {k: v for k, v in self._sources.items() if k in live}
         self._fragments = used
@@ -508,6 +531,19 @@ def _dispatch_elements(c: Container, bundle: str) -> list[Element]:
 
 def _container_comment(c: Container) -> str:
     return f"{c.handle} app={c.app_guid} space={c.space_guid} {c.workload.value}"
+
+
+def port_mappings(c: Container) -> list[tuple[Chain, Rule, Element]]:
+    """A container's host ports: a DNAT chain each, and the `port-mappings` element that goes to it."""
+    comment = _container_comment(c)
+    out = []
+    for m in c.port_mappings:
+        chain = netin_chain(m.host_port)
+        rule = Rule(chain, f"meta l4proto tcp counter dnat ip to {c.ip}:{m.container_port}", comment)
+        out.append(
+            (Chain(chain), rule, Element("port-mappings", (IntRange.single(m.host_port),), f"goto {chain}", comment))
+        )
+    return out
 
 
 def app_chain(app_guid: str) -> str:

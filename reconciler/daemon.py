@@ -2,11 +2,13 @@
 
 Who awaits whom:
 - `StateFeed` (NATS) and the CNI endpoint call `_on_message` / `register` synchronously:
-  they update the store, bump `generation` and set `_dirty`. Nothing else happens there.
-- `_apply_loop` is the only writer of the kernel. It waits for `_dirty`, takes a snapshot of
-  the store, compiles the whole ruleset (a pure function), diffs it against what the kernel
-  holds and commits the difference as one transaction. Bursts coalesce: whatever arrived
-  while a pass ran is picked up by the next one. Failures retry with capped backoff; after
+  they update the store and tell the incremental compiler which object changed. Only if that
+  touches this cell (reconciler/incremental.py: a dictionary lookup or two) do they bump
+  `generation` and set `_dirty`; the foundation's other changes end there.
+- `_apply_loop` is the only writer of the kernel. It waits for `_dirty`, recompiles what the
+  changes touched, diffs those parts against what the kernel holds and commits the difference
+  as one transaction. Bursts coalesce: whatever arrived while a pass ran is picked up by the
+  next one. Failures retry with capped backoff; after
   `rebuild_after_failures` the next pass replaces the whole table in one transaction; after
   `give_up_after_failures` the process exits non-zero so monit restarts it. The old rules
   keep enforcing throughout, since nothing is ever flushed outside a transaction.
@@ -42,11 +44,12 @@ from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
 from nft import NftError, NftInterface, diff, same_structure
 from nft.objects import Ruleset
-from reconciler.compile import TABLE, Compiler, compile_ruleset
+from reconciler.compile import TABLE, compile_ruleset
 from reconciler.config import ReconcilerConfig
 from reconciler.explain import ExplainInputError
 from reconciler.feed import StateFeed
 from reconciler.flowlog import FlowLog, run_flow_log
+from reconciler.incremental import IncrementalCompiler, Kind, StateKey, key_of
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
 from reconciler.realization import Realization
@@ -74,8 +77,9 @@ class Reconciler:
         self.committed_generation = 0
         self._changed_at: dict[int, float] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.compiler = Compiler()
+        self.compiler = IncrementalCompiler(self.store)
         self._actual: Ruleset | None = None
+        self._actual_committed = False  # _actual is the ruleset we committed last (not a read-back)
         self._desired: Ruleset | None = None
         self._readback = True
         self._failures = 0
@@ -86,7 +90,8 @@ class Reconciler:
         self.nc: NATS | None = None
         self._feed: StateFeed | None = None
         self.last_commit_at: float | None = None
-        self.committed: tuple[CellState, Ruleset] | None = None  # what the kernel holds (operator questions)
+        self._committed_ruleset: Ruleset | None = None  # what the kernel holds
+        self._committed: tuple[CellState, Ruleset] | None = None  # and what it was compiled from, once asked
         self.realization = Realization(self.metrics.programming_latency)
         self.flow_log = FlowLog(config.flow_log) if config.flow_log is not None else None
         self.rule_metrics = RuleMetrics()
@@ -104,7 +109,7 @@ class Reconciler:
         self.metrics.messages.inc()
         replaying = self._replay_store is not None
         changed = self._replay_store.apply(msg) if self._replay_store is not None else self.store.apply(msg)
-        if changed and not replaying:
+        if changed and not replaying and self.compiler.changed(key_of(msg)):
             self._changed()
         self.realization.received(msg, self.generation, changed=changed, replaying=replaying)
 
@@ -117,6 +122,7 @@ class Reconciler:
         if replay is not None:
             replay.registered = self.store.registered
             self.store = replay
+        self.compiler.reset(self.store)
         self._nats_synced = True
         self._synced.set()
         self._changed()
@@ -127,12 +133,14 @@ class Reconciler:
         """A container the CNI plugin is adding; returns the generation to wait for."""
         if self.store.register(container):
             self._save_registered()
+            self.compiler.changed(StateKey(Kind.CONTAINER, container.handle))
             self._changed()
         return self.generation
 
     def unregister(self, handle: str) -> int:
         if self.store.unregister(handle):
             self._save_registered()
+            self.compiler.changed(StateKey(Kind.CONTAINER, handle))
             self._changed()
         return self.generation
 
@@ -193,37 +201,51 @@ class Reconciler:
             self._synced.set()
             log.info("loaded last committed state (%d containers) from %s", len(saved.containers), self._snapshot_file)
 
+    @property
+    def committed(self) -> tuple[CellState, Ruleset] | None:
+        """What the kernel holds, for operators' questions (explain, stats, the flow log): the ruleset
+        committed last and the part of the state it was compiled from (IncrementalCompiler.relevant_state),
+        built on the first question after a commit, not on every pass; the same tuple until the next."""
+        if self._committed is None and self._committed_ruleset is not None:
+            self._committed = (self.compiler.relevant_state(), self._committed_ruleset)
+        return self._committed
+
     # ------------------------------------------------------------------ the kernel
 
     async def _converge(self) -> bool:
-        """One pass: compile, diff, commit. Returns whether the kernel was written."""
-        state = self.store.snapshot()
-        desired = self.compiler.compile(state)
+        """One pass: compile what changed, diff, commit. Returns whether the kernel was written."""
+        desired = self.compiler.compile()
+        touched = self.compiler.take_touched()
         if self._readback or self._actual is None:
             self._actual = await self.runner.read_async(TABLE)
-            self._readback = False
+            self._actual_committed = self._readback = False
         rebuild = self._failures >= self.config.rebuild_after_failures
-        tx = diff(desired, None) if rebuild else diff(desired, self._actual)
         if rebuild:
+            tx = diff(desired, None)
             tx.recreate_table()
             self.metrics.table_rebuilds.inc()
             log.warning("rebuilding table %s whole after %d failures", TABLE.name, self._failures)
+        else:
+            # Against what we committed last, only the chains and sets the compile touched can differ.
+            tx = diff(desired, self._actual, only=touched if self._actual_committed else None)
         self._desired = desired
+        if not tx.is_empty:
+            await self.runner.apply_async(tx)
+        self._actual, self._actual_committed = desired, True
+        self._committed_ruleset, self._committed = desired, None
         if tx.is_empty:
-            self.committed = (state, desired)
             return False
-        await self.runner.apply_async(tx)
-        self._actual = desired
-        self.committed = (state, desired)
-        if state.config.revoke_established and may_revoke(tx):
-            await self._revoke(state, desired)
+        if self.compiler.config.revoke_established and may_revoke(tx):
+            committed = self.committed
+            assert committed is not None
+            await self._revoke(*committed)
         chains, rules, elements = desired.counts()
         self.metrics.chains.set(chains)
         self.metrics.rules.set(rules)
         self.metrics.elements.set(elements)
-        self.metrics.containers.set(len(state.containers))
+        self.metrics.containers.set(self.compiler.containers)
         if self._nats_synced:
-            self._unsaved = state
+            self._unsaved = self.compiler.relevant_state()
         return True
 
     async def _revoke(self, state: CellState, desired: Ruleset) -> None:
@@ -316,6 +338,7 @@ class Reconciler:
                 self.metrics.drift_repairs.inc()
                 log.warning("table %s was changed outside cfnft; repairing", TABLE.name)
                 self._actual = kernel if full else None
+                self._actual_committed = False
                 self._readback = not full
                 self._dirty.set()
 
