@@ -62,10 +62,8 @@ async def publish_state(nc: NATS, state: CellState, prune: bool = False) -> tupl
     published = await publisher.load_published()
     version = time.time_ns()
     messages = state_messages(state, version)
-    sent = 0
-    for m in messages:
-        sent += await publisher.publish(m)
-    deleted = 0
+    sent = len(await publisher.publish_all(messages))
+    deletions: list[Message] = []
     if prune:
         wanted = {m.subject() for m in messages}
         own_cell = subjects.containers_of_cell(state.cell_id)[:-1]
@@ -76,5 +74,5 @@ async def publish_state(nc: NATS, state: CellState, prune: bool = False) -> tupl
                 continue
             deletion = deletion_for(subject, version)
             if deletion is not None:
-                deleted += await publisher.publish(deletion)
-    return sent, deleted
+                deletions.append(deletion)
+    return sent, len(await publisher.publish_all(deletions))

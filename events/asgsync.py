@@ -45,18 +45,20 @@ async def publish_security_groups(
     publisher: StatePublisher, groups: Mapping[str, SecurityGroup], version: int
 ) -> SyncResult:
     """Make the state stream hold exactly `groups` (guid -> group), all with `version`."""
-    published = deleted = 0
-    for guid in sorted(groups):
-        if await publisher.publish(SecurityGroupMessage(version=version, guid=guid, security_group=groups[guid])):
-            published += 1
-    for subject in sorted(publisher.published_subjects(ASG_SUBJECT_PREFIX)):
-        guid = subject[len(ASG_SUBJECT_PREFIX) :]
-        if guid not in groups and await publisher.publish(
-            SecurityGroupMessage(version=version, guid=guid, security_group=None)
-        ):
-            log.info("security group %s is gone: published its deletion", guid)
-            deleted += 1
-    return SyncResult(published, deleted)
+    published = await publisher.publish_all(
+        SecurityGroupMessage(version=version, guid=guid, security_group=groups[guid]) for guid in sorted(groups)
+    )
+    gone = [
+        subject[len(ASG_SUBJECT_PREFIX) :]
+        for subject in sorted(publisher.published_subjects(ASG_SUBJECT_PREFIX))
+        if subject[len(ASG_SUBJECT_PREFIX) :] not in groups
+    ]
+    deleted = await publisher.publish_all(
+        SecurityGroupMessage(version=version, guid=guid, security_group=None) for guid in gone
+    )
+    for message in deleted:
+        log.info("security group %s is gone: published its deletion", message.guid)
+    return SyncResult(len(published), len(deleted))
 
 
 GroupParser = Callable[[object], tuple[SecurityGroup, list[Problem]]]

@@ -4,22 +4,31 @@
 suppresses messages whose content equals what it last published on the same subject, so a
 watcher can republish its whole view every cycle and NATS only sees changes. The version is
 not part of that comparison: a re-list that finds nothing new publishes nothing.
+
+`publish_all` pipelines: up to `window` publishes wait for their acknowledgement at once, so a
+large listing (the initial publish of a foundation) goes at the speed of NATS, not of round
+trips. One connection delivers in order, so a subject's messages reach the stream in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
+from typing import TypeVar
 
 from nats.aio.client import Client as NATS
-from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, DiscardPolicy, PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from events import subjects
 from events.messages import Message
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
 
 
 def state_stream_config(replicas: int = 1) -> StreamConfig:
@@ -47,9 +56,11 @@ async def ensure_state_stream(nc: NATS, replicas: int = 1) -> None:
 class StatePublisher:
     """Publishes messages to the state stream, skipping ones identical to the last on their subject."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, window: int = 256, ack_timeout: float = 5.0) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(publish_async_max_pending=window)
+        self._window = window
+        self._ack_timeout = ack_timeout
         self._last: dict[str, str] = {}
         self._ready = False
 
@@ -96,6 +107,66 @@ class StatePublisher:
         self._last[subject] = key
         log.debug("published %s version %d", subject, message.version)
         return True
+
+    async def publish_all(self, messages: Iterable[M]) -> list[M]:
+        """Publish every message whose content differs from the last on its subject, with up to
+        `window` acknowledgements outstanding; of several on one subject, only the last. Returns the
+        messages sent (as given: without the observation time each is published with, unless it has
+        one). If any publish fails or is not acknowledged in time, raises its error once none is
+        outstanding any more; the acknowledged ones count as published."""
+        await self._ensure()
+        # Everything is serialized first, then sent in one tight loop: publishes interleaved with
+        # work go out one socket write each, and their acks come back one by one.
+        batch: dict[str, tuple[M, bytes, str]] = {}
+        now = time.time()
+        for message in messages:
+            subject = message.subject()
+            stamped = message if message.observed_at is not None else message.model_copy(update={"observed_at": now})
+            data = stamped.model_dump_json().encode()
+            key = _content_key(data)
+            batch.pop(subject, None)  # a later message on the same subject replaces an earlier one
+            if self._last.get(subject) != key:
+                batch[subject] = (message, data, key)
+        sent: list[tuple[M, str, asyncio.Future[PubAck]]] = []
+        failure: BaseException | None = None
+        oldest = 0
+        try:
+            for subject, (message, data, key) in batch.items():
+                # A full window waits for its oldest ack (JetStream acks in order), here rather than
+                # in nats-py, whose timed wait costs a task per message.
+                while self._js.publish_async_pending() >= self._window:
+                    while sent[oldest][2].done():
+                        oldest += 1
+                    _, late = await asyncio.wait([sent[oldest][2]], timeout=self._ack_timeout)
+                    if late:
+                        raise TimeoutError(f"no acknowledgement within {self._ack_timeout}s")
+                ack = await self._js.publish_async(subject, data, stream=subjects.STATE_STREAM)
+                sent.append((message, key, ack))
+        except Exception as e:  # the connection, or a window that stays full: settle what is out first
+            failure = e
+        settled = await self._settle([ack for _, _, ack in sent])
+        for (message, key, _), outcome in zip(sent, settled):
+            if outcome is None:
+                self._last[message.subject()] = key
+        failure = failure or next((outcome for outcome in settled if outcome is not None), None)
+        if failure is not None:
+            raise failure
+        log.debug("published %d messages", len(sent))
+        return [message for message, _, _ in sent]
+
+    async def _settle(self, acks: list[asyncio.Future[PubAck]]) -> list[BaseException | None]:
+        """Wait for the acknowledgements (giving up on the ones not there in time); per ack, its error or None."""
+        if acks:
+            _, late = await asyncio.wait(acks, timeout=self._ack_timeout)
+            for ack in late:
+                ack.cancel()  # frees its place in the window
+        out: list[BaseException | None] = []
+        for ack in acks:
+            if ack.cancelled():
+                out.append(TimeoutError(f"no acknowledgement within {self._ack_timeout}s"))
+            else:
+                out.append(ack.exception())
+        return out
 
     def published_subjects(self, prefix: str) -> set[str]:
         return {s for s in self._last if s.startswith(prefix)}

@@ -382,15 +382,27 @@ class BbsWatcher:
     # ---- publishing --------------------------------------------------------------------------
 
     async def _publish_all(self) -> int:
-        """Make NATS hold the view; returns how many messages that took."""
-        changed = 0
+        """Make NATS hold the view, the listing pipelined (a foundation's worth of containers and apps
+        at once); returns how many messages that took."""
         containers = self._view.all_containers()
+        owners: dict[str, str] = {}
+        messages: list[ContainerMessage | AppInstancesMessage] = []
         for (cell_id, handle), (process_guid, container) in containers.items():
-            changed += await self._publish_container(cell_id, handle, process_guid, container)
-        for app_guid in sorted(self._view.apps()):
-            changed += await self._publish_app(app_guid)
-        for app_guid in sorted(self._live_apps - self._view.apps()):
-            changed += await self._publish_app(app_guid)
+            version = self._next_version()
+            messages.append(ContainerMessage(version=version, cell_id=cell_id, handle=handle, container=container))
+            owners[messages[-1].subject()] = process_guid
+        apps = {app: self._view.app_addresses(app) for app in sorted(self._view.apps() | self._live_apps)}
+        for app_guid, addresses in apps.items():
+            if addresses or app_guid in self._live_apps:  # else: never published, nothing to delete
+                version = self._next_version()
+                messages.append(AppInstancesMessage(version=version, app_guid=app_guid, addresses=addresses))
+        sent = await self._publisher.publish_all(messages)
+        for message in sent:
+            self._metrics.published.labels(kind=message.kind).inc()
+        changed = len(sent)
+        for subject, process_guid in owners.items():
+            self._own(subject, process_guid)
+        self._live_apps = {app for app, addresses in apps.items() if addresses}
         wanted = {subjects.container(cell_id, handle) for cell_id, handle in containers}
         for subject in sorted(set(self._live) - wanted):
             changed += await self._delete_container(subject)

@@ -237,10 +237,11 @@ class PolicyWatcher(PollingWatcher):
     async def _publish_c2c(self, by_app: dict[str, list[C2CPolicy]], version: int) -> None:
         for subject in self._publisher.published_subjects(C2C_SUBJECT_PREFIX):
             by_app.setdefault(subject[len(C2C_SUBJECT_PREFIX) :], [])
-        for app in sorted(by_app):
-            message = C2CPoliciesMessage(version=version, destination_app_guid=app, policies=by_app[app])
-            if await self._publisher.publish(message):
-                METRICS.published.labels("c2c").inc()
+        sent = await self._publisher.publish_all(
+            C2CPoliciesMessage(version=version, destination_app_guid=app, policies=by_app[app])
+            for app in sorted(by_app)
+        )
+        METRICS.published.labels("c2c").inc(len(sent))
 
     async def _publish_egress(self, policies: list[EgressPolicy], version: int) -> None:
         ordered = sorted({p.model_dump_json(): p for p in policies}.items())
