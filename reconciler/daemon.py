@@ -84,7 +84,7 @@ class Reconciler:
         self._readback = True
         self._failures = 0
         self._converged_once = False  # a pass has succeeded since the desired state became complete
-        self._unsaved: CellState | None = None  # committed, not yet written to the snapshot file
+        self._unsaved = asyncio.Event()  # a commit since the snapshot file was last written
         self.fatal: BaseException | None = None
         self._closing = False  # our own shutdown: a disconnect then is not news
         self.nc: NATS | None = None
@@ -245,7 +245,7 @@ class Reconciler:
         self.metrics.elements.set(elements)
         self.metrics.containers.set(self.compiler.containers)
         if self._nats_synced:
-            self._unsaved = self.compiler.relevant_state()
+            self._unsaved.set()
         return True
 
     async def _revoke(self, state: CellState, desired: Ruleset) -> None:
@@ -312,10 +312,17 @@ class Reconciler:
             for g, fut in self._waiters:
                 if g <= gen and not fut.done():
                     fut.set_result(None)
-            if self._unsaved is not None:
-                # After the waiters: a CNI ADD must not wait for a file write it does not need.
-                state, self._unsaved = self._unsaved, None
-                await asyncio.to_thread(_atomic_write, self._snapshot_file, state.model_dump_json())
+
+    async def _save_loop(self, every: float = 1.0) -> None:
+        """Write the state the compiler last used to the snapshot file, at most once per `every` seconds
+        and never in the way of a pass (the apply loop only marks it wanted). What is saved is the
+        relevant part of the foundation (IncrementalCompiler.relevant_state), so it is small."""
+        while True:
+            await self._unsaved.wait()
+            await asyncio.sleep(every)  # changes in a burst are saved once
+            self._unsaved.clear()
+            text = self.compiler.relevant_state().model_dump_json()
+            await asyncio.to_thread(_atomic_write, self._snapshot_file, text)
 
     async def _drift_loop(self) -> None:
         last_full = time.monotonic()
@@ -418,6 +425,7 @@ class Reconciler:
             asyncio.create_task(self._apply_loop(), name="apply"),
             asyncio.create_task(self._drift_loop(), name="drift"),
             asyncio.create_task(refresh_rule_metrics(self, self.rule_metrics), name="rule-metrics"),
+            asyncio.create_task(self._save_loop(), name="save"),
         ]
         if self.flow_log is not None:
             tasks.append(asyncio.create_task(run_flow_log(self, self.flow_log), name="flow-log"))
@@ -435,6 +443,8 @@ class Reconciler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._unsaved.is_set():  # a commit the save loop had not written yet
+                _atomic_write(self._snapshot_file, self.compiler.relevant_state().model_dump_json())
             if self.nc is not None and not self.nc.is_closed:
                 self._closing = True
                 await self.nc.close()
