@@ -26,6 +26,7 @@ policy and can admit new containers.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import json
 import logging
@@ -84,6 +85,7 @@ class Reconciler:
         self._readback = True
         self._failures = 0
         self._converged_once = False  # a pass has succeeded since the desired state became complete
+        self._settle = True  # the next successful pass follows a whole new state (start, NATS replay)
         self._unsaved = asyncio.Event()  # a commit since the snapshot file was last written
         self.fatal: BaseException | None = None
         self._closing = False  # our own shutdown: a disconnect then is not news
@@ -123,6 +125,7 @@ class Reconciler:
             replay.registered = self.store.registered
             self.store = replay
         self.compiler.reset(self.store)
+        self._settle = True
         self._nats_synced = True
         self._synced.set()
         self._changed()
@@ -297,7 +300,8 @@ class Reconciler:
                 asyncio.get_running_loop().call_later(delay, self._dirty.set)
                 continue
             self._failures = 0
-            if not self._converged_once:
+            if self._settle:
+                self._settle = False
                 settle_memory()
             self._converged_once = True
             now = time.perf_counter()
@@ -453,9 +457,26 @@ class Reconciler:
 def settle_memory() -> None:
     """Move everything allocated so far (the full initial state, long-lived) out of the cyclic
     garbage collector's sight. Without this, full collections walk it again and again and show
-    up as 50-100 ms pauses in the middle of a container's ADD."""
+    up as 50-100 ms pauses in the middle of a container's ADD. Then hand the memory a replay used
+    only while it ran (NATS's buffered messages, the old store) back to the system: freed, it is
+    scattered between long-lived objects, and glibc keeps it unless asked. (What an earlier settle
+    froze is looked at again: the state it held may be garbage now.)"""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:  # no C library to ask: nothing to trim
+        return None
+
+
+_LIBC = _libc()
 
 
 def _atomic_write(path: Path, text: str) -> None:
