@@ -8,9 +8,10 @@ nats-server. Measured side by side in one run:
                publishing of the same payloads from the same client (nats-py's async publishing,
                and one acknowledged publish at a time)
   process      a `cfnft reconcile` process: start to /readyz on an empty kernel, and again after a
-               restart (table and saved state in place); its RSS; then its CPU per app-address
-               update that does not concern the cell, beside a bare nats-py JetStream subscriber
-               process receiving the same updates (`lab.bench.jsclient`)
+               restart (table and saved state in place), then until the whole stream is replayed
+               too; its RSS then; then its CPU per app-address update that does not concern the
+               cell, beside a bare nats-py JetStream subscriber process receiving the same updates
+               (`lab.bench.jsclient`)
   in process   a reconciler in this process (so the commit moment is known exactly): a container
                added (register -> commit) and a global security group edited (NATS publish ->
                commit) at 250 and at 1,000 local containers; a c2c change (publish -> commit)
@@ -68,9 +69,10 @@ class Publishing:
 
 @dataclass
 class Process:
-    ready_first_s: float
+    ready_first_s: float  # start to ready: the replay of the whole stream
     rss_first: int
-    ready_restart_s: float
+    ready_restart_s: float  # restart to ready: on the saved state
+    replayed_restart_s: float  # restart to ready with the whole stream replayed
     rss_restart: int
     updates: int
     cpu_per_update_s: float
@@ -111,7 +113,7 @@ async def _run(url: str, tmp: Path, shape: FoundationShape, big: FoundationShape
     nc = await nats.connect(url)
     try:
         publishing = await _publishing(nc, state, payloads)  # leaves the foundation in the stream
-        process = await asyncio.to_thread(_process, url, tmp, state.cell_id, updates)
+        process = await asyncio.to_thread(_process, url, tmp, state.cell_id, len(payloads), updates)
         at_250, relevant = await _in_process(url, tmp, state, n, updates)
         big_state = load_cell_state(foundation(big))
         await _load(nc, _payloads(big_state))
@@ -164,17 +166,22 @@ async def _publishing(nc: NATS, state: CellState, payloads: list[Payload]) -> Pu
 # ---------------------------------------------------------------------------------------------- a process
 
 
-def _process(url: str, tmp: Path, cell_id: str, updates: list[Payload]) -> Process:
+def _process(url: str, tmp: Path, cell_id: str, objects: int, updates: list[Payload]) -> Process:
+    """RSS is read once the stream is taken in and the process idles again."""
     with namespace("foundation") as ns:
         config = tmp / "reconciler.json"
         # Only the messages' cost is measured: no drift probes meanwhile.
         port = write_config(config, cell_id, url, ns, drift_probe_seconds=3600, full_check_seconds=3600)
         with reconcile_process(config, port) as first:
+            first.wait_replayed(objects)
+            _settle(first.pid)
             rss_first = rss(first.pid)
         with reconcile_process(config, port) as restarted:
+            replayed = restarted.wait_replayed(objects)
+            _settle(restarted.pid)
             rss_restart = rss(restarted.pid)
             ours, bare = _cpu_per_update(url, restarted, updates)
-    return Process(first.ready_s, rss_first, restarted.ready_s, rss_restart, len(updates), ours, bare)
+    return Process(first.ready_s, rss_first, restarted.ready_s, replayed, rss_restart, len(updates), ours, bare)
 
 
 def _cpu_per_update(url: str, reconciler: ReconcileProcess, updates: list[Payload]) -> tuple[float, float]:

@@ -45,12 +45,26 @@ def _get(url: str) -> tuple[int, str]:
 class ReconcileProcess:
     pid: int
     port: int
+    started: float  # time.perf_counter() at the process start
     ready_s: float  # from the process start to /readyz answering 200
 
     def messages_received(self) -> float:
         _, body = _get(f"http://127.0.0.1:{self.port}/metrics")
         lines = body.splitlines()
         return next((float(line.split()[1]) for line in lines if line.startswith("cfnft_messages_total ")), 0.0)
+
+    def ready(self) -> bool:
+        return _get(f"http://127.0.0.1:{self.port}/readyz")[0] == 200
+
+    def wait_replayed(self, messages: int, timeout: float = 300) -> float:
+        """Wait until the process has received `messages` state messages (the stream's content) and is
+        ready with them; return the seconds from its start. (After a restart it is ready earlier, on its
+        saved state, while the replay still runs.)"""
+        while self.messages_received() < messages or not self.ready():
+            if time.perf_counter() - self.started > timeout:
+                raise RuntimeError(f"the reconciler process did not take in {messages} messages in {timeout}s")
+            time.sleep(0.02)
+        return time.perf_counter() - self.started
 
 
 def write_config(path: Path, cell_id: str, url: str, netns: str, **settings: object) -> int:
@@ -82,7 +96,7 @@ def reconcile_process(config: Path, port: int, timeout: float = 300) -> Iterator
             if proc.poll() is not None or time.perf_counter() - started > timeout:
                 raise RuntimeError(f"the reconciler process did not become ready (exit status {proc.poll()})")
             time.sleep(0.01)
-        yield ReconcileProcess(proc.pid, port, time.perf_counter() - started)
+        yield ReconcileProcess(proc.pid, port, started, time.perf_counter() - started)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
