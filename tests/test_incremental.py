@@ -65,6 +65,7 @@ class Foundation:
                 "space_guid": r.choice(SPACES),
                 "workload": r.choice(["app", "app", "task", "staging"]),
                 "egress_rules": [self.rule()] if r.random() < 0.3 else [],
+                "net_out_rules": [self.net_out_rule()] if r.random() < 0.2 else [],
                 "port_mappings": [{"host_port": 61000 + index, "container_port": 8080}] if r.random() < 0.2 else [],
             }
         )
@@ -83,6 +84,11 @@ class Foundation:
         if r.random() < 0.2:
             out["log"] = True
         return out
+
+    def net_out_rule(self) -> dict[str, object]:
+        """A Garden rule, as runtimeConfig.netOutRules brings it through the CNI plugin."""
+        address = f"198.51.100.{self.rng.randrange(1, 250)}"
+        return {"protocol": 1, "networks": [{"start": address, "end": address}], "ports": [{"start": 443, "end": 443}]}
 
     def group(self, guid: str) -> SecurityGroup:
         r = self.rng
