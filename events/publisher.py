@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import TypeVar
@@ -127,7 +128,7 @@ class StatePublisher:
             batch.pop(subject, None)  # a later message on the same subject replaces an earlier one
             if self._last.get(subject) != key:
                 batch[subject] = (message, data, key)
-        sent: list[tuple[M, str, asyncio.Future[PubAck]]] = []
+        sent: list[tuple[M, str, str, asyncio.Future[PubAck]]] = []
         failure: BaseException | None = None
         oldest = 0
         try:
@@ -135,24 +136,24 @@ class StatePublisher:
                 # A full window waits for its oldest ack (JetStream acks in order), here rather than
                 # in nats-py, whose timed wait costs a task per message.
                 while self._js.publish_async_pending() >= self._window:
-                    while sent[oldest][2].done():
+                    while sent[oldest][3].done():
                         oldest += 1
-                    _, late = await asyncio.wait([sent[oldest][2]], timeout=self._ack_timeout)
+                    _, late = await asyncio.wait([sent[oldest][3]], timeout=self._ack_timeout)
                     if late:
                         raise TimeoutError(f"no acknowledgement within {self._ack_timeout}s")
                 ack = await self._js.publish_async(subject, data, stream=subjects.STATE_STREAM)
-                sent.append((message, key, ack))
+                sent.append((message, subject, key, ack))
         except Exception as e:  # the connection, or a window that stays full: settle what is out first
             failure = e
-        settled = await self._settle([ack for _, _, ack in sent])
-        for (message, key, _), outcome in zip(sent, settled):
+        settled = await self._settle([ack for _, _, _, ack in sent])
+        for (_, subject, key, _), outcome in zip(sent, settled):
             if outcome is None:
-                self._last[message.subject()] = key
+                self._last[subject] = key
         failure = failure or next((outcome for outcome in settled if outcome is not None), None)
         if failure is not None:
             raise failure
         log.debug("published %d messages", len(sent))
-        return [message for message, _, _ in sent]
+        return [message for message, _, _, _ in sent]
 
     async def _settle(self, acks: list[asyncio.Future[PubAck]]) -> list[BaseException | None]:
         """Wait for the acknowledgements (giving up on the ones not there in time); per ack, its error or None."""
@@ -172,8 +173,17 @@ class StatePublisher:
         return {s for s in self._last if s.startswith(prefix)}
 
 
+_STAMPS_FIRST = re.compile(rb'\{"version":\d+,"observed_at":(?:null|[-+.eE0-9]+),')
+
+
 def _content_key(data: bytes) -> str:
-    """The message without its version and observation time: what decides whether anything changed."""
+    """The message without its version and observation time: what decides whether anything changed.
+
+    Our messages serialize with those two first (`{"version":N,"observed_at":T,...`), so cutting
+    them off is the key, at no cost per message; anything else is compared as canonical JSON."""
+    head = _STAMPS_FIRST.match(data)
+    if head is not None:
+        return "{" + data[head.end() :].decode()
     doc = json.loads(data)
     doc.pop("version", None)
     doc.pop("observed_at", None)
