@@ -50,7 +50,8 @@ from reconciler.config import ReconcilerConfig
 from reconciler.explain import ExplainInputError
 from reconciler.feed import StateFeed
 from reconciler.flowlog import FlowLog, run_flow_log
-from reconciler.incremental import IncrementalCompiler, Kind, StateKey, key_of
+from reconciler.incremental import IncrementalCompiler
+from reconciler.keys import Kind, StateKey, key_of
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.operator import RuleMetrics, refresh_rule_metrics, serve_operator_requests
 from reconciler.realization import Realization
@@ -122,9 +123,10 @@ class Reconciler:
         """The NATS replay is complete: it replaces whatever we knew before."""
         replay, self._replay_store = self._replay_store, None
         if replay is not None:
-            replay.registered = self.store.registered
-            self.store = replay
-        self.compiler.reset(self.store)
+            # Every changed key goes to the compiler (it keeps its indexes by them), whether or not it
+            # touches this cell; what did not change keeps its compiled fragments.
+            for key in self.store.adopt(replay):
+                self.compiler.changed(key)
         self._settle = True
         self._nats_synced = True
         self._synced.set()

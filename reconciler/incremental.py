@@ -40,19 +40,9 @@ import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol, TypeVar
 
-from events.messages import (
-    AppInstancesMessage,
-    C2CPoliciesMessage,
-    CellConfigMessage,
-    ContainerMessage,
-    EgressPoliciesMessage,
-    Message,
-    SecurityGroupMessage,
-)
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from nft.objects import AddrRange, Chain, Element, KeyField, Map, Rule, Ruleset, Set
 from reconciler.compile import (
@@ -74,49 +64,13 @@ from reconciler.compile import (
     port_mappings,
     static_rules,
 )
+from reconciler.keys import Kind, StateKey
 
 ElementKey = tuple[KeyField, ...]
 _K = TypeVar("_K")
 Matches = tuple[tuple[str, bool], ...]
 # Maps and sets whose elements come from single containers.
 _CONTAINER_SETS = (*DISPATCH_MAPS, "containers6", "port-mappings")
-
-
-class Kind(StrEnum):
-    """What a state key names: the kinds of whole-state messages, and CNI registrations (containers)."""
-
-    CONTAINER = "container"
-    APP = "app"
-    GROUP = "asg"
-    C2C = "c2c"
-    EGRESS = "egress"
-    CONFIG = "config"
-
-
-@dataclass(frozen=True, slots=True)
-class StateKey:
-    """One object of the desired state: a container handle, an app guid, a group guid, a c2c
-    destination app guid; the egress policies and the config are one object each."""
-
-    kind: Kind
-    id: str = ""
-
-
-def key_of(msg: Message) -> StateKey:
-    match msg:
-        case ContainerMessage():
-            return StateKey(Kind.CONTAINER, msg.handle)
-        case AppInstancesMessage():
-            return StateKey(Kind.APP, msg.app_guid)
-        case SecurityGroupMessage():
-            return StateKey(Kind.GROUP, msg.guid)
-        case C2CPoliciesMessage():
-            return StateKey(Kind.C2C, msg.destination_app_guid)
-        case EgressPoliciesMessage():
-            return StateKey(Kind.EGRESS)
-        case CellConfigMessage():
-            return StateKey(Kind.CONFIG)
-    raise TypeError(f"no state key for message {type(msg).__name__}")
 
 
 class DesiredState(Protocol):
@@ -212,8 +166,9 @@ class _Local:
 class IncrementalCompiler:
     """Compiles one cell's ruleset from a `DesiredState`, incrementally (see the module docstring).
 
-    Call `reset()` when the store is replaced (a NATS replay, a saved state loaded), `changed(key)`
-    after every change the store reports, and `compile()` to get the ruleset of the current state.
+    Call `changed(key)` after every change the store reports (`DesiredStore.adopt` reports a
+    replay's), and `compile()` to get the ruleset of the current state. The first `compile()`
+    compiles everything.
     A `compile()` that raises (the reference raises on the same state) leaves everything to be
     recompiled from scratch by the next one."""
 
@@ -250,12 +205,6 @@ class IncrementalCompiler:
         self._dirty_egress = False
 
     # ------------------------------------------------------------------ intake
-
-    def reset(self, store: DesiredState | None = None) -> None:
-        """Everything is recompiled by the next `compile()` (from `store` from now on, if given)."""
-        if store is not None:
-            self._store = store
-        self._full = True
 
     def changed(self, key: StateKey) -> bool:
         """The store's object `key` changed: keep the indexes current, remember what it makes dirty,

@@ -26,6 +26,7 @@ from events.messages import (
     SecurityGroupMessage,
 )
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
+from reconciler.keys import Kind, StateKey
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -92,6 +93,24 @@ class DesiredStore:
         merged.update(self.registered)
         return merged
 
+    def adopt(self, replay: DesiredStore) -> list[StateKey]:
+        """Take the content of a complete replay (a fresh store fed the whole stream), keeping the CNI
+        registrations; return the keys of what differs. An object equal to the one held stays the one
+        held, so a reconnect that finds little changed costs the compiler little."""
+        changed: list[StateKey] = []
+        _adopt(Kind.CONTAINER, self.containers, replay.containers, changed)
+        _adopt(Kind.GROUP, self.groups, replay.groups, changed)
+        _adopt(Kind.APP, self.apps, replay.apps, changed)
+        _adopt(Kind.C2C, self.c2c, replay.c2c, changed)
+        if self.egress != replay.egress:
+            self.egress = replay.egress
+            changed.append(StateKey(Kind.EGRESS))
+        if self.config != replay.config:
+            self.config = replay.config
+            changed.append(StateKey(Kind.CONFIG))
+        self.versions = replay.versions
+        return changed
+
     def load_snapshot(self, state: CellState) -> None:
         """Take a whole saved state (the last one committed), e.g. when NATS is unreachable at start."""
         self.containers = {c.handle: c for c in state.containers if c.handle not in self.registered}
@@ -124,6 +143,17 @@ class DesiredStore:
             "c2c_policies": sum(len(p) for p in self.c2c.values()),
             "egress_policies": len(self.egress),
         }
+
+
+def _adopt(kind: Kind, mine: dict[str, V], theirs: dict[str, V], changed: list[StateKey]) -> None:
+    for key in mine.keys() | theirs.keys():
+        new = theirs.get(key)
+        if mine.get(key) != new:
+            changed.append(StateKey(kind, key))
+            if new is None:
+                del mine[key]
+            else:
+                mine[key] = new
 
 
 def _put(table: dict[str, V], key: str, value: V | None) -> bool:

@@ -1,8 +1,9 @@
-"""The incremental compiler against the reference: long random sequences of whole-state messages and
-CNI registrations go into a store, the incremental compiler hears of every change and compiles only
-when it says the change touches the cell (as the reconciler does), and at every step its ruleset
-must equal `compile_ruleset` of the whole current state. A change it calls irrelevant must really
-leave the reference's ruleset unchanged."""
+"""The incremental compiler against the reference: long random sequences of whole-state messages, CNI
+registrations and replays of the whole stream (as after a NATS reconnect) go into a store, the
+incremental compiler hears of every change and compiles only when it says the change touches the
+cell (as the reconciler does), and at every step its ruleset must equal `compile_ruleset` of the
+whole current state. A change it calls irrelevant must really leave the reference's ruleset
+unchanged."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from events.models import C2CPolicy, CellConfig, Container, EgressPolicy, Securi
 from nft import FakeNft, diff
 from nft.objects import Ruleset
 from reconciler.compile import TABLE, compile_ruleset
-from reconciler.incremental import IncrementalCompiler, Kind, StateKey, key_of
+from reconciler.incremental import IncrementalCompiler
+from reconciler.keys import Kind, StateKey, key_of
 from reconciler.store import DesiredStore
 
 CELL = "a"
@@ -201,9 +203,16 @@ def test_incremental_equals_the_reference_after_every_message(seed: int) -> None
     kernel = FakeNft()  # committed to as the reconciler does: the diff of only what compile() touched
     kernel.apply(diff(compiled, None))
     committed, _ = compiled, compiler.take_touched()
-    irrelevant = relevant = 0
+    irrelevant = relevant = replayed = 0
+    stream: dict[str, Message] = {}  # the last message per subject, as JetStream keeps them
     for step in range(400):
-        if rng.random() < 0.15:
+        if rng.random() < 0.02:  # NATS came back: the replay of the whole stream is adopted
+            replay = DesiredStore(CELL)
+            for kept in stream.values():
+                replay.apply(kept)
+            keys = store.adopt(replay)
+            replayed += bool(keys)
+        elif rng.random() < 0.15:
             keys = foundation.cni(store)
         else:
             msg = foundation.message()
@@ -211,6 +220,9 @@ def test_incremental_equals_the_reference_after_every_message(seed: int) -> None
                 taken = {c.ip for h, c in store.containers.items() if h != msg.handle}
                 if msg.container.ip in taken:
                     continue
+            stream[msg.subject()] = msg
+            if rng.random() < 0.1:
+                continue  # published while this cell was cut off: the next replay brings it
             keys = [key_of(msg)] if store.apply(msg) else []
         if not keys:
             continue
@@ -231,7 +243,7 @@ def test_incremental_equals_the_reference_after_every_message(seed: int) -> None
             assert normal(compile_ruleset(compiler.relevant_state())) == normal(compiled)
         if committed is compiled:
             assert diff(reference, kernel.read(TABLE)).is_empty, f"seed {seed}, step {step}: the kernel"
-    assert irrelevant > 20 and relevant > 100, "the sequences exercise both kinds of change"
+    assert irrelevant > 20 and relevant > 100 and replayed, "the sequences exercise every kind of change"
 
 
 def test_a_change_elsewhere_in_the_foundation_costs_no_compile() -> None:
