@@ -1,8 +1,9 @@
 """Incremental changes on a full cell: what the reconciler does per event, call to kernel commit.
 
-Each sample is compile (the daemon's long-lived Compiler) + diff against the last committed
-ruleset + one libnftables transaction, timed around all three, on a full cell already loaded
-in a namespace: exactly the apply loop's work for one change.
+Each sample is the change taken into the store, the incremental compile of what it touches (the
+daemon's IncrementalCompiler) + the diff of those parts against the last committed ruleset + one
+libnftables transaction, timed around all of it, on a full cell already loaded in a namespace:
+exactly the intake's and the apply loop's work for one change.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from events.models import CellState, SecurityGroup, load_cell_state
+from cfnft.publish import state_messages
+from events.messages import SecurityGroupMessage
+from events.models import SecurityGroup, load_cell_state
 from lab.bench.kernel import namespace
 from nft import NftRunner, diff
-from reconciler.compile import TABLE, Compiler
+from reconciler.compile import TABLE
 from reconciler.daemon import settle_memory
+from reconciler.incremental import IncrementalCompiler
+from reconciler.keys import Kind, StateKey, key_of
+from reconciler.store import DesiredStore
 
 
 @dataclass
@@ -36,43 +42,52 @@ class Latencies:
 def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies, Latencies]:
     """(one container added, one global security group edited), each as call-to-commit latencies.
 
-    Like the daemon's store, unchanged objects stay the same objects from one state to the next;
-    only the added container or the edited group is parsed anew (outside the timed path)."""
-    compiler = Compiler()
+    The added container and the edited group are parsed outside the timed path, as the CNI
+    endpoint and the NATS feed parse them before the store sees them."""
     state = load_cell_state(doc)
+    store = DesiredStore(state.cell_id)
+    for message in state_messages(state, 1):
+        store.apply(message)
+    compiler = IncrementalCompiler(store)
     with namespace("incr") as ns, NftRunner(netns=ns) as runner:
-        committed = compiler.compile(state)
+        committed = compiler.compile()
         runner.apply(diff(committed, runner.read(TABLE)))
+        compiler.take_touched()
         settle_memory()  # as the reconciler does after its first commit
 
-        def step(new_state: CellState) -> float:
+        def commit() -> None:
             nonlocal committed
-            t = time.perf_counter()
-            desired = compiler.compile(new_state)
-            runner.apply(diff(desired, committed))
-            elapsed = time.perf_counter() - t
+            desired = compiler.compile()
+            runner.apply(diff(desired, committed, only=compiler.take_touched()))
             committed = desired
-            return elapsed
 
         # Each sample adds one container of another app to the full cell, then takes it away again
         # (untimed), so every sample meets a cell of the same size.
         add_samples = []
-        full = state
         for i in range(adds):
-            template = full.containers[i % len(full.containers)]
+            template = state.containers[i % len(state.containers)]
             added = template.model_copy(
                 update={"handle": f"bench-add-{i}", "ip": ipaddress.IPv4Address("10.255.200.2") + i % 250}
             )
-            add_samples.append(step(full.model_copy(update={"containers": [*full.containers, added]})))
-            step(full)
+            t = time.perf_counter()
+            store.register(added)
+            compiler.changed(StateKey(Kind.CONTAINER, added.handle))
+            commit()
+            add_samples.append(time.perf_counter() - t)
+            store.unregister(added.handle)
+            compiler.changed(StateKey(Kind.CONTAINER, added.handle))
+            commit()
 
         edit_samples = []
-        index = next(i for i, g in enumerate(state.security_groups) if g.globally_enabled.running)
+        group = next(g for g in state.security_groups if g.globally_enabled.running)
+        raw = group.model_dump(mode="json")
         for i in range(edits):
-            raw = state.security_groups[index].model_dump(mode="json")
             raw["rules"].append({"protocol": "tcp", "destination": f"100.126.{i}.0/24", "ports": "443"})
-            groups = list(state.security_groups)
-            groups[index] = SecurityGroup.model_validate(raw)
-            state = state.model_copy(update={"security_groups": groups})
-            edit_samples.append(step(state))
+            edited = SecurityGroup.model_validate(raw)
+            message = SecurityGroupMessage(version=2 + i, guid=group.guid, security_group=edited)
+            t = time.perf_counter()
+            store.apply(message)
+            compiler.changed(key_of(message))
+            commit()
+            edit_samples.append(time.perf_counter() - t)
     return Latencies(add_samples), Latencies(edit_samples)
