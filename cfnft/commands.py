@@ -165,11 +165,18 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         rec = Reconciler(cfg, runner)
+        loop = asyncio.get_running_loop()
         if rec.flow_log is not None:  # log rotation moves the file away, then sends SIGHUP
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, rec.flow_log.reopen)
+            loop.add_signal_handler(signal.SIGHUP, rec.flow_log.reopen)
         runners = await start_endpoints(rec, cfg.socket_path, cfg.metrics_listen)
+        running = asyncio.create_task(rec.run())
+        # monit and bpm stop with SIGTERM: stop as on Ctrl-C, so what run() does on the way out
+        # (the last committed state saved, NATS closed) is done.
+        loop.add_signal_handler(signal.SIGTERM, running.cancel)
         try:
-            await rec.run()
+            await running
+        except asyncio.CancelledError:
+            log.info("stopped by SIGTERM")
         finally:
             for r in runners:
                 await r.cleanup()

@@ -320,15 +320,20 @@ class Reconciler:
                     fut.set_result(None)
 
     async def _save_loop(self, every: float = 1.0) -> None:
-        """Write the state the compiler last used to the snapshot file, at most once per `every` seconds
-        and never in the way of a pass (the apply loop only marks it wanted). What is saved is the
-        relevant part of the foundation (IncrementalCompiler.relevant_state), so it is small."""
+        """Write the state the compiler last used to the snapshot file once a commit is through, at
+        most once per `every` seconds (a burst of changes is saved once), and never in the way of a
+        pass: the apply loop only marks it wanted, and a save waits for a quiet moment. What is saved
+        is the relevant part of the foundation (IncrementalCompiler.relevant_state), so it is small."""
+        saved_at = -every
         while True:
             await self._unsaved.wait()
-            await asyncio.sleep(every)  # changes in a burst are saved once
+            await asyncio.sleep(max(0.0, saved_at + every - time.monotonic()))
+            while self._dirty.is_set():  # a pass is due: let it go first
+                await asyncio.sleep(0.01)
             self._unsaved.clear()
             text = self.compiler.relevant_state().model_dump_json()
             await asyncio.to_thread(_atomic_write, self._snapshot_file, text)
+            saved_at = time.monotonic()
 
     async def _drift_loop(self) -> None:
         last_full = time.monotonic()

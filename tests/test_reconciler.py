@@ -283,16 +283,27 @@ def _ready(port):
         return False
 
 
-async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_changed(nats_server, cell_lab, tmp_path):
+async def _ready_process(url, cell, ctrs, tmp_path):
+    """A `cfnft reconcile` process of its own, ready on a published state (group `public` allows 192.0.2.10)."""
     from lab.natsserver import free_port
 
-    _, cell, ctrs = cell_lab
-    web = ctrs["web0"][0]
-    await publish(nats_server.url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
+    await publish(url, state_doc("a", ctrs, [sg("public", "192.0.2.10")]))
     port = free_port()
-    proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
+    proc = _spawn_reconciler(url, cell, tmp_path, port)
     try:
         await eventually(lambda: _ready(port), timeout=20, what="reconciler ready")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port
+
+
+async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_changed(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    proc, port = await _ready_process(nats_server.url, cell, ctrs, tmp_path)
+    try:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         await asyncio.to_thread(
@@ -319,6 +330,35 @@ async def test_kill_9_keeps_rules_and_restart_writes_nothing_when_nothing_change
         assert _metric(port, 'cfnft_reconcile_duration_seconds_count{outcome="changed"}') == 0
         after = cell.run(["nft", "-a", "-s", "list", "table", "inet", "cfnft"]).stdout
         assert before == after, "a restart with nothing changed must not write the kernel"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_sigterm_saves_the_last_commit_so_a_restart_without_nats_enforces_it(nats_server, cell_lab, tmp_path):
+    _, cell, ctrs = cell_lab
+    web = ctrs["web0"][0]
+    proc, port = await _ready_process(nats_server.url, cell, ctrs, tmp_path)
+    try:
+        # Two changes in a row: the second is committed within the save loop's second, so only the
+        # way out of a stopped reconciler writes it.
+        for allowed in (["192.0.2.10", "192.0.2.11"], ["192.0.2.11"]):
+            await publish(nats_server.url, state_doc("a", ctrs, [sg("public", ",".join(allowed))]))
+            await eventually(reachable(web.name, ("tcp", "192.0.2.11", 80), OPEN), what="the change enforced")
+        await eventually(reachable(web.name, ("tcp", "192.0.2.10", 80), REJECTED), what="the last change enforced")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    nats_server.stop()
+    cell.run(["nft", "delete", "table", "inet", "cfnft"])
+    proc = _spawn_reconciler(nats_server.url, cell, tmp_path, port)
+    try:
+        await eventually(lambda: _ready(port), timeout=20, what="restarted without NATS, ready on the saved state")
+        await asyncio.to_thread(
+            assert_reachability, web, {("tcp", "192.0.2.11", 80): OPEN, ("tcp", "192.0.2.10", 80): REJECTED}
+        )
     finally:
         proc.kill()
         proc.wait()
