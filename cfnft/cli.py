@@ -44,12 +44,23 @@ def _netns_arg(p: argparse.ArgumentParser) -> None:
 
 def _nats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--nats-url", action="append", metavar="URL", help="NATS server URL (repeatable; default nats://127.0.0.1:4222)"
+        "--nats-url",
+        action="append",
+        metavar="URL",
+        help="NATS server URL; repeat it for every node of a cluster (default nats://127.0.0.1:4222)",
     )
-    p.add_argument("--nats-ca", type=Path, metavar="FILE", help="CA bundle for TLS to NATS")
+    p.add_argument("--nats-ca", type=Path, metavar="FILE", help="CA bundle for TLS to NATS (enables TLS)")
     p.add_argument("--nats-cert", type=Path, metavar="FILE", help="client certificate for mutual TLS")
     p.add_argument("--nats-key", type=Path, metavar="FILE", help="client key for mutual TLS")
-    p.add_argument("--nats-creds", type=Path, metavar="FILE", help="NATS credentials file")
+    p.add_argument("--nats-user", metavar="USER", help="NATS user (with --nats-password-file)")
+    p.add_argument("--nats-password-file", type=Path, metavar="FILE", help="file holding the NATS user's password")
+    p.add_argument("--nats-creds", type=Path, metavar="FILE", help="NATS credentials file (JWT and nkey seed)")
+    p.add_argument(
+        "--nats-insecure",
+        action="store_true",
+        help="allow NATS without TLS or credentials (labs only; logs a warning). Without it, cfnft refuses to "
+        "talk to NATS unless TLS and credentials are set",
+    )
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> str:
@@ -134,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "only", nargs="*", metavar="WATCHER", help="run only these of the configured watchers: bbs, policy, cc"
     )
+    _nats_args(p)
 
     p = sub.add_parser(
         "publish",
@@ -146,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     _state_arg(p)
     _nats_args(p)
     p.add_argument("--prune", action="store_true", help="delete objects the document no longer has")
+    p.add_argument(
+        "--stream-replicas",
+        type=int,
+        choices=range(1, 6),
+        metavar="N",
+        help="replicas of the state stream (1-5; 3 on a 3-node cluster): creates it so, or changes an existing "
+        "stream to N. Without it an existing stream is left as it is and a missing one gets 1",
+    )
 
     p = sub.add_parser(
         "resync",

@@ -21,6 +21,7 @@ from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputEr
 if TYPE_CHECKING:  # imported where they are used, so that each command loads only what it needs
     from nats.aio.client import Client as NATS
 
+    from events.connect import NatsConfig, ServerErrors
     from events.models import CellState
     from reconciler.config import ReconcilerConfig
 
@@ -118,6 +119,7 @@ def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
     """The config file with the flags given laid over it, validated whole: a bad flag is refused
     like a bad key in the file (StateError naming the key), and `--metrics-listen ''` turns the
     listener off as an empty `metrics_listen` does."""
+    from events.connect import NatsConfig
     from events.problems import validate_strict
     from reconciler.config import ReconcilerConfig, load_config
 
@@ -133,9 +135,8 @@ def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
         "metrics_listen": args.metrics_listen,
     }
     data.update({key: value for key, value in flags.items() if value is not None})
-    nats_updates = _nats_overrides(args)
-    if nats_updates:
-        data["nats"] = {**(dict(cfg.nats) if cfg is not None else {}), **nats_updates}
+    base = cfg.nats if cfg is not None else NatsConfig()
+    data["nats"] = _nats_config(base, args, str(args.config or "reconcile"))
     return validate_strict(ReconcilerConfig, data)
 
 
@@ -149,10 +150,31 @@ def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("nats_cert", "cert_file"),
         ("nats_key", "key_file"),
         ("nats_creds", "creds_file"),
+        ("nats_user", "user"),
+        ("nats_password_file", "password_file"),
     ):
         if getattr(args, flag):
             out[key] = getattr(args, flag)
+    if args.nats_insecure:
+        out["insecure"] = True
     return out
+
+
+def _nats_config(base: NatsConfig, args: argparse.Namespace, where: str) -> NatsConfig:
+    """`base` (from a config file, or the defaults) with the command line's --nats-* flags, checked
+    as a connection would check it (NatsConfigError, TlsConfigError): refused before anything starts."""
+    from pydantic import ValidationError
+
+    from events.connect import NatsConfig, check_usable
+
+    try:
+        cfg = NatsConfig.model_validate({**base.model_dump(exclude_unset=True), **_nats_overrides(args)})
+    except ValidationError as e:
+        problem = e.errors()[0]
+        field = ".".join(str(p) for p in problem["loc"])
+        raise InputError(f"{where}: nats{'.' + field if field else ''}: {problem['msg']}") from None
+    check_usable(cfg)
+    return cfg
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -192,7 +214,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     unknown = set(args.only) - {"bbs", "policy", "cc"}
     if unknown:
         raise InputError(f"unknown watcher {', '.join(sorted(unknown))}: choose from bbs, policy, cc")
-    asyncio.run(run_watchers(load_watch_config(args.config), set(args.only) or None))
+    cfg = load_watch_config(args.config)
+    cfg = cfg.model_copy(update={"nats": _nats_config(cfg.nats, args, str(args.config))})
+    asyncio.run(run_watchers(cfg, set(args.only) or None))
     return EXIT_OK
 
 
@@ -200,33 +224,45 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _nats(args: argparse.Namespace, action: str) -> AsyncIterator[NATS]:
-    """A NATS connection for one command. nats-py's errors while using it (no JetStream, a
-    permission refused, the connection lost) become NatsUnavailable naming the servers and `action`."""
+async def _nats(args: argparse.Namespace, action: str, errors: ServerErrors) -> AsyncIterator[NATS]:
+    """A NATS connection for one command, as the operator identity (its inbox prefix; see
+    events/permissions.py). nats-py's errors while using it (no JetStream, the connection lost, a
+    request unanswered because the server refused it, as `errors` tells) become NatsUnavailable
+    naming the servers and `action`."""
     from nats.errors import Error as NatsClientError
 
     from events.connect import NatsConfig, NatsUnavailable, connect
+    from events.permissions import Role, inbox_prefix
 
-    cfg = NatsConfig(**_nats_overrides(args))
-    nc = await connect(cfg, "cfnft-cli", forever=False)
+    cfg = _nats_config(NatsConfig(), args, f"cfnft {args.command}")
+    nc = await connect(cfg, "cfnft-cli", inbox_prefix(Role.OPERATOR), forever=False, errors=errors)
     try:
         yield nc
     except NatsClientError as e:
-        raise NatsUnavailable(cfg.servers, str(e) or type(e).__name__, action) from None
+        raise NatsUnavailable(cfg.servers, _refusal(errors) or str(e) or type(e).__name__, action) from None
     finally:
         await nc.close()
+    if errors.refused:  # a plain publish is refused after the fact
+        raise NatsUnavailable(cfg.servers, _refusal(errors) or "", action)
+
+
+def _refusal(errors: ServerErrors) -> str | None:
+    if errors.refused is None:
+        return None
+    return f"the server refused it ({errors.refused}); does this identity have the operator role?"
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from cfnft.publish import publish_state
+    from events.connect import ServerErrors
 
     state = _load_state(args.state, lenient=False)
     if not state.cell_id:
         raise InputError(f"{args.state}: cell_id is required to publish containers")
 
     async def main() -> int:
-        async with _nats(args, "publish to") as nc:
-            sent, deleted = await publish_state(nc, state, prune=args.prune)
+        async with _nats(args, "publish to", ServerErrors("cfnft-cli")) as nc:
+            sent, deleted = await publish_state(nc, state, prune=args.prune, replicas=args.stream_replicas)
         print(
             f"cfnft publish: {sent} objects published, {deleted} deleted (unchanged objects skipped)", file=sys.stderr
         )
@@ -237,13 +273,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_resync(args: argparse.Namespace) -> int:
     from events import subjects
+    from events.connect import ServerErrors
     from events.messages import ResyncRequest
 
     async def main() -> int:
         subject = subjects.resync_cell(args.cell) if args.cell else subjects.RESYNC_ALL
-        async with _nats(args, "publish to") as nc:
+        async with _nats(args, "publish to", ServerErrors("cfnft-cli")) as nc:
             await nc.publish(subject, ResyncRequest(cell_id=args.cell, reason=args.reason).model_dump_json().encode())
+            # A refused publish is answered with an error before the flush's PONG; let it land.
             await nc.flush()
+            await asyncio.sleep(0.05)
         print(f"cfnft resync: requested on {subject}", file=sys.stderr)
         return EXIT_OK
 

@@ -28,6 +28,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+class _SslEofNoise(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes ("returning true from eof_received()
+    has no effect when using ssl"): it says nothing about cfnft's work."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("returning true from eof_received()")
+
+
 def setup(json_lines: bool, level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
@@ -39,3 +47,6 @@ def setup(json_lines: bool, level: str = "info") -> None:
     root.setLevel(level.upper())
     # nats-py logs every reconnect attempt at error level; our own lines say what matters.
     logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _SslEofNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_SslEofNoise())

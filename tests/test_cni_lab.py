@@ -77,7 +77,7 @@ class ReconcilerProcess:
         self.config_path = workdir / "reconciler.json"
         config = {
             "cell_id": CELL_ID,
-            "nats": {"servers": [nats_url], "connect_timeout_seconds": 1},
+            "nats": {"servers": [nats_url], "connect_timeout_seconds": 1, "insecure": True},
             "netns": cell.name,
             "socket_path": str(self.socket_path),
             "state_dir": str(workdir / "state"),

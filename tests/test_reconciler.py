@@ -102,7 +102,7 @@ def cell_lab():
 async def running_reconciler(url, cell, tmp_path, **overrides):
     cfg = ReconcilerConfig(
         cell_id=cell.cell_name,
-        nats=NatsConfig(servers=[url]),
+        nats=NatsConfig(servers=[url], insecure=True),
         netns=cell.name,
         socket_path=tmp_path / f"{cell.cell_name}.sock",
         state_dir=tmp_path / f"state-{cell.cell_name}",
@@ -249,7 +249,7 @@ async def test_two_reconcilers_enforce_only_their_own_cells(nats_server, tmp_pat
 def _spawn_reconciler(url, cell, tmp_path, metrics_port, **extra):
     cfg = extra | {
         "cell_id": cell.cell_name,
-        "nats": {"servers": [url]},
+        "nats": {"servers": [url], "insecure": True},
         "netns": cell.name,
         "socket_path": str(tmp_path / "r.sock"),
         "state_dir": str(tmp_path / "state"),
@@ -375,7 +375,7 @@ async def test_status_answers_and_resync_repairs_element_drift_the_cheap_probe_c
 
         def cli(*args):
             return subprocess.run(
-                [sys.executable, "-m", "cfnft.cli", *args, "--nats-url", nats_server.url],
+                [sys.executable, "-m", "cfnft.cli", *args, "--nats-url", nats_server.url, "--nats-insecure"],
                 capture_output=True,
                 text=True,
                 timeout=30,

@@ -44,7 +44,7 @@ async def test_watch_publishes_bbs_and_policy_state_and_answers_resync(nats_serv
         config.write_text(
             json.dumps(
                 {
-                    "nats": {"servers": [nats_server.url]},
+                    "nats": {"servers": [nats_server.url], "insecure": True},
                     "metrics_listen": "",
                     "bbs": {"url": bbs.url, **tls},
                     "policy": {"url": policy.url, **tls, "poll_interval": 0.1, "asg_poll_interval": 0.1},

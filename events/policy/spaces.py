@@ -82,7 +82,11 @@ class ContainerSpaces:
         await ensure_state_stream(self._nc)
         js = self._nc.jetstream()
         sub = await js.subscribe(
-            ALL_CONTAINERS, cb=self._on_message, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+            ALL_CONTAINERS,
+            stream=subjects.STATE_STREAM,
+            cb=self._on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         self._sub = sub
         info = await sub.consumer_info()

@@ -38,7 +38,7 @@ async def _adds(doc: dict, containers: int, url: str, tmp: Path) -> AddReport:
     with namespace("cni") as ns, NftRunner(netns=ns) as runner:
         cfg = ReconcilerConfig(
             cell_id=state.cell_id,
-            nats=NatsConfig(servers=[url]),
+            nats=NatsConfig(servers=[url], insecure=True),
             netns=ns,
             socket_path=socket,
             state_dir=tmp / "state",

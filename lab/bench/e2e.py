@@ -52,7 +52,7 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
     with namespace("e2e") as ns, NftRunner(netns=ns) as runner:
         cfg = ReconcilerConfig(
             cell_id=state.cell_id,
-            nats=NatsConfig(servers=[url]),
+            nats=NatsConfig(servers=[url], insecure=True),
             netns=ns,
             socket_path=tmp / "e2e.sock",
             state_dir=tmp / "state",

@@ -1,0 +1,155 @@
+"""Who may do what on NATS: the three roles of cfnft and the subjects each may use.
+
+nats-server enforces these (design.md §6, "Who may write"): the lab renders them into its server
+configuration (examples/nats/ is generated from here) and the BOSH job `cfnft-nats` renders the same
+lists (tests/test_bosh_templates.py compares them with this module).
+
+- **watcher** (`cfnft watch`): writes state, manages the state stream, and reads it back (a restarted
+  watcher publishes only differences; the policy watcher reads which spaces have containers).
+- **operator** (`cfnft publish`, `cfnft resync`, `cfnft status`): what a watcher may do, plus resync
+  requests and status requests to any cell.
+- **cell** (`cfnft reconcile`, one identity per cell): reads its own containers and config and the
+  foundation-wide objects, through consumers it may create only with those filters and its own
+  names, answers status requests on its own subject, and nothing else: it can neither write state
+  nor create, change or read the stream in any other way.
+
+A cell's limits rest on the JetStream API subject that names the consumer and its filter
+(`$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`, nats-server >= 2.9), which the server
+refuses unless the filter inside the request equals the one in the subject; the older forms
+without a filter in the subject are not allowed to cells. Each client uses an inbox prefix of its
+own role (and cell), and may subscribe only below it, so no identity can read replies or
+deliveries meant for another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from events import subjects
+
+JS_API = "$JS.API"
+JS_FLOW_CONTROL = "$JS.FC"
+
+
+class Role(Enum):
+    WATCHER = "watcher"
+    OPERATOR = "operator"
+    CELL = "cell"
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """One identity's allow-lists; anything not listed is refused by nats-server."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # May publish a reply to requests it received (status requests, JetStream flow control), and
+    # only to those; without it, answering would need publish rights on other clients' inboxes.
+    allow_responses: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CellConsumer:
+    """One JetStream consumer a cell's reconciler reads through: its fixed name and its filter."""
+
+    name: str
+    filter_subject: str
+
+
+def inbox_prefix(role: Role, cell_id: str | None = None) -> str:
+    """The prefix of every reply and delivery subject a client of `role` creates."""
+    if role is Role.CELL:
+        if cell_id is None:
+            raise ValueError("a cell's inbox prefix needs its cell id")
+        return f"_INBOX.cell.{subjects.token(cell_id, 'cell id')}"
+    return f"_INBOX.{role.value}"
+
+
+def identity_name(role: Role, cell_id: str | None = None) -> str:
+    """The NATS user of an identity: `watcher`, `operator`, or `cell-<cell id>` (one per cell)."""
+    if role is Role.CELL:
+        if cell_id is None:
+            raise ValueError("a cell's identity needs its cell id")
+        return f"cell-{subjects.token(cell_id, 'cell id')}"
+    return role.value
+
+
+def cell_consumers(cell_id: str) -> tuple[CellConsumer, ...]:
+    """What one cell reads: its containers and config, and every foundation-wide object.
+
+    The names are fixed per cell and filter, so the server can tie each name to its filter and a
+    cell can neither take over another cell's consumer nor read another's deliveries."""
+    subjects.token(cell_id, "cell id")
+    if any(c in cell_id for c in "/\\"):
+        raise ValueError(f"cell id {cell_id!r} cannot be used in a JetStream consumer name (has '/' or '\\')")
+    return tuple(
+        CellConsumer(f"cfnft-{cell_id}-{kind}", flt)
+        for kind, flt in (
+            ("containers", subjects.containers_of_cell(cell_id)),
+            ("config", subjects.cell_config(cell_id)),
+            ("apps", f"{subjects.STATE_PREFIX}.app.*"),
+            ("asgs", f"{subjects.STATE_PREFIX}.asg.*"),
+            ("c2c", f"{subjects.STATE_PREFIX}.c2c.*"),
+            ("egress", subjects.EGRESS_POLICIES),
+        )
+    )
+
+
+def consumer_create_subject(stream: str, consumer: CellConsumer) -> str:
+    """The API subject that creates `consumer` with its filter (what nats-py sends for a named consumer)."""
+    return f"{JS_API}.CONSUMER.CREATE.{stream}.{consumer.name}.{consumer.filter_subject}"
+
+
+def _state_writer() -> tuple[str, ...]:
+    stream = subjects.STATE_STREAM
+    return (
+        subjects.STATE_WILDCARD,
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.UPDATE.{stream}",
+        # Reading the stream back: nats-py's ordered consumers use the form without a name.
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"{JS_FLOW_CONTROL}.{stream}.>",
+    )
+
+
+def watcher_permissions() -> Permissions:
+    return Permissions(
+        publish=_state_writer(),
+        subscribe=(subjects.RESYNC_ALL, f"{inbox_prefix(Role.WATCHER)}.>"),
+    )
+
+
+def operator_permissions() -> Permissions:
+    return Permissions(
+        publish=(
+            *_state_writer(),
+            subjects.RESYNC_ALL,
+            f"{subjects.RESYNC_CELL_PREFIX}.*",
+            f"{subjects.STATUS_PREFIX}.*",
+        ),
+        subscribe=(f"{inbox_prefix(Role.OPERATOR)}.>",),
+    )
+
+
+def cell_permissions(cell_id: str) -> Permissions:
+    stream = subjects.STATE_STREAM
+    publish: list[str] = []
+    for consumer in cell_consumers(cell_id):
+        publish.append(consumer_create_subject(stream, consumer))
+        # A reconnecting cell replaces its consumer: delete the old one, create one from where it was.
+        publish.append(f"{JS_API}.CONSUMER.DELETE.{stream}.{consumer.name}")
+    return Permissions(
+        publish=tuple(publish),
+        subscribe=(
+            subjects.RESYNC_ALL,
+            subjects.resync_cell(cell_id),
+            subjects.status(cell_id),
+            f"{inbox_prefix(Role.CELL, cell_id)}.>",
+        ),
+        allow_responses=True,
+    )

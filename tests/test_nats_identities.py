@@ -1,0 +1,337 @@
+"""Who may do what on NATS, enforced by a real nats-server with TLS and the role identities of
+events/permissions.py (rendered by lab/natsconf.py, as examples/nats/ and the BOSH job render them).
+
+Each refusal is checked twice: the server reports a permissions violation to the client, and the
+stream shows that nothing happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from events import subjects
+from events.connect import NatsConfig, NatsUnavailable, ServerErrors, connect
+from events.messages import ContainerMessage
+from events.models import Container
+from events.permissions import Role, cell_consumers, inbox_prefix
+from events.publisher import StatePublisher, state_stream_config
+from lab.natsconf import Identities, Identity, ServerSettings
+from lab.natsserver import NatsServer
+from lab.pki import Pki, make_pki
+
+pytestmark = pytest.mark.nats
+
+# Short API timeouts: a refused JetStream request is simply never answered.
+API_TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def identities(tmp_path: Path) -> Identities:
+    return Identities(tmp_path / "identities", ["a", "b"])
+
+
+@pytest.fixture
+def secure_server(tmp_path: Path, pki: Pki, identities: Identities) -> Iterator[NatsServer]:
+    settings = ServerSettings(users=identities.users(), tls=pki.server)
+    with NatsServer(tmp_path / "nats", settings=settings) as server:
+        yield server
+
+
+class Client:
+    """A connection as one identity, with what the server refused it."""
+
+    def __init__(self, nc: NATS, errors: ServerErrors) -> None:
+        self.nc = nc
+        self.errors = errors
+        self.js = nc.jetstream(timeout=API_TIMEOUT)
+
+    async def refused(self, subject: str) -> bool:
+        """The server told this client it may not publish (or subscribe) on `subject`."""
+        for _ in range(50):
+            if self.errors.last and subject.lower() in self.errors.last.lower():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
+@pytest.fixture
+async def connect_as(secure_server: NatsServer, pki: Pki) -> AsyncIterator:
+    clients: list[NATS] = []
+
+    async def make(identity: Identity, role: Role, cell_id: str | None = None) -> Client:
+        errors = ServerErrors(identity.user)
+        cfg = identity.client([secure_server.url], pki.client)
+        nc = await connect(cfg, identity.user, inbox_prefix(role, cell_id), forever=False, errors=errors)
+        clients.append(nc)
+        return Client(nc, errors)
+
+    yield make
+    for nc in clients:
+        await nc.close()
+
+
+def container_message(cell_id: str, handle: str) -> ContainerMessage:
+    container = Container(
+        handle=handle, ip=f"10.255.{ord(cell_id[0]) % 200}.2", app_guid="app", space_guid="space", workload="app"
+    )
+    return ContainerMessage(version=1, cell_id=cell_id, handle=handle, container=container)
+
+
+@pytest.fixture
+async def watcher(connect_as, identities: Identities) -> Client:
+    client = await connect_as(identities.watcher, Role.WATCHER)
+    publisher = StatePublisher(client.nc)
+    for cell in ("a", "b"):
+        assert await publisher.publish(container_message(cell, f"{cell}-1"))
+    return client
+
+
+async def stream_subjects(client: Client) -> dict[str, int]:
+    info = await client.js.stream_info(subjects.STATE_STREAM, subjects_filter=subjects.STATE_WILDCARD)
+    return dict(info.state.subjects or {})
+
+
+def cell_consumer_config(name: str, filter_subject: str, deliver: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        name=name,
+        filter_subject=filter_subject,
+        deliver_subject=deliver,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        mem_storage=True,
+        num_replicas=1,
+    )
+
+
+async def test_without_credentials_or_with_a_wrong_password_the_server_refuses(
+    secure_server: NatsServer, pki: Pki, identities: Identities, tmp_path: Path
+) -> None:
+    anonymous = NatsConfig(servers=[secure_server.url], ca_file=pki.client.ca, insecure=True)
+    with pytest.raises(NatsUnavailable, match="(?i)authorization"):
+        await connect(anonymous, "anonymous", "_INBOX.anonymous", forever=False)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    impostor = NatsConfig(servers=[secure_server.url], ca_file=pki.client.ca, user="watcher", password_file=wrong)
+    with pytest.raises(NatsUnavailable, match="(?i)authorization"):
+        await connect(impostor, "impostor", inbox_prefix(Role.WATCHER), forever=False)
+
+
+async def test_a_cell_can_neither_write_state_nor_create_or_change_the_stream(
+    connect_as, identities: Identities, watcher: Client
+) -> None:
+    cell = await connect_as(identities.cell("a"), Role.CELL, "a")
+    forged = container_message("a", "forged")
+
+    await cell.nc.publish(forged.subject(), forged.model_dump_json().encode())
+    assert await cell.refused(forged.subject())
+    with pytest.raises(nats.errors.TimeoutError):
+        await cell.js.publish(forged.subject(), forged.model_dump_json().encode())
+    with pytest.raises(nats.errors.TimeoutError):
+        await cell.js.add_stream(state_stream_config(1).evolve(name="CFNFT_OTHER", subjects=["cfnft.other.>"]))
+    assert await cell.refused("$JS.API.STREAM.CREATE.CFNFT_OTHER")
+    for request in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE", "STREAM.INFO"):
+        await cell.nc.publish(f"$JS.API.{request}.{subjects.STATE_STREAM}", b"{}", reply=cell.nc.new_inbox())
+        assert await cell.refused(f"$JS.API.{request}.{subjects.STATE_STREAM}")
+
+    assert set(await stream_subjects(watcher)) == {subjects.container("a", "a-1"), subjects.container("b", "b-1")}
+
+
+async def test_a_cell_cannot_read_another_cells_containers(connect_as, identities: Identities, watcher: Client) -> None:
+    cell = await connect_as(identities.cell("a"), Role.CELL, "a")
+    own, other = cell_consumers("a")[0], cell_consumers("b")[0]
+    deliver = cell.nc.new_inbox()
+    attempts = {
+        # b's filter under a's own consumer name, and b's consumer as it is
+        own.name: other.filter_subject,
+        other.name: other.filter_subject,
+        # the whole stream, under a's name
+        f"{own.name}-all": subjects.STATE_WILDCARD,
+    }
+    for name, filter_subject in attempts.items():
+        with pytest.raises(nats.errors.TimeoutError):
+            await cell.js.add_consumer(subjects.STATE_STREAM, cell_consumer_config(name, filter_subject, deliver))
+        assert await cell.refused(f"$JS.API.CONSUMER.CREATE.{subjects.STATE_STREAM}.{name}")
+    # The forms without a filter in the subject, and reading a message directly.
+    for request in (
+        f"CONSUMER.CREATE.{subjects.STATE_STREAM}",
+        f"CONSUMER.DURABLE.CREATE.{subjects.STATE_STREAM}.{own.name}",
+        f"STREAM.MSG.GET.{subjects.STATE_STREAM}",
+        f"DIRECT.GET.{subjects.STATE_STREAM}",
+        f"DIRECT.GET.{subjects.STATE_STREAM}.{subjects.container('b', 'b-1')}",
+        f"CONSUMER.INFO.{subjects.STATE_STREAM}.{other.name}",
+    ):
+        payload = json.dumps({"last_by_subj": subjects.container("b", "b-1")}).encode()
+        await cell.nc.publish(f"$JS.API.{request}", payload, reply=cell.nc.new_inbox())
+        assert await cell.refused(f"$JS.API.{request}")
+    # Live traffic and other clients' deliveries are not to be had by subscribing either.
+    for subject in ("cfnft.state.>", subjects.containers_of_cell("b"), "_INBOX.>", f"{inbox_prefix(Role.CELL, 'b')}.>"):
+        await cell.nc.subscribe(subject)
+        assert await cell.refused(subject)
+
+
+async def test_a_cell_reads_its_own_containers_and_the_foundation_through_its_named_consumers(
+    connect_as, identities: Identities, watcher: Client
+) -> None:
+    cell = await connect_as(identities.cell("a"), Role.CELL, "a")
+    received: list[str] = []
+
+    async def on_message(msg) -> None:
+        if msg.data:
+            received.append(msg.subject)
+
+    for consumer in cell_consumers("a"):
+        deliver = cell.nc.new_inbox()
+        await cell.nc.subscribe(deliver, cb=on_message)
+        await cell.js.add_consumer(
+            subjects.STATE_STREAM, cell_consumer_config(consumer.name, consumer.filter_subject, deliver)
+        )
+        # A reconnecting cell replaces its consumer.
+        await cell.js.delete_consumer(subjects.STATE_STREAM, consumer.name)
+    for _ in range(100):
+        if received:
+            break
+        await asyncio.sleep(0.02)
+    assert received == [subjects.container("a", "a-1")]
+    assert cell.errors.last is None
+
+
+async def test_the_status_reply_goes_back_to_the_operator_and_only_there(
+    connect_as, identities: Identities, watcher: Client
+) -> None:
+    cell = await connect_as(identities.cell("a"), Role.CELL, "a")
+
+    async def answer(msg) -> None:
+        await cell.nc.publish(msg.reply, b'{"in_sync": true}')
+
+    await cell.nc.subscribe(subjects.status("a"), cb=answer)
+    await cell.nc.flush()
+    operator = await connect_as(identities.operator, Role.OPERATOR)
+    reply = await operator.nc.request(subjects.status("a"), b"", timeout=2)
+    assert json.loads(reply.data) == {"in_sync": True}
+    # The cell answers requests; it cannot send to the operator's inbox of its own accord.
+    inbox = f"{inbox_prefix(Role.OPERATOR)}.stolen"
+    await cell.nc.publish(inbox, b"{}")
+    assert await cell.refused(inbox)
+    # And it may not ask another cell.
+    await cell.nc.publish(subjects.status("b"), b"")
+    assert await cell.refused(subjects.status("b"))
+
+
+async def test_the_watcher_writes_state_but_sends_no_resync_or_status_requests(
+    connect_as, identities: Identities, watcher: Client
+) -> None:
+    for subject in (subjects.RESYNC_ALL, subjects.status("a")):
+        await watcher.nc.publish(subject, b"{}")
+        assert await watcher.refused(subject)
+    assert len(await stream_subjects(watcher)) == 2
+
+
+def cfnft(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cfnft.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_nats_commands_refuse_to_start_without_tls_and_credentials(tmp_path: Path) -> None:
+    """Nothing connects: the refusal comes first, exit 2, and names what is missing and the way out."""
+    state = tmp_path / "cell.json"
+    state.write_text(json.dumps({"cell_id": "a", "containers": []}))
+    config = tmp_path / "reconciler.json"
+    config.write_text(json.dumps({"cell_id": "a", "nats": {"servers": ["nats://127.0.0.1:1"]}}))
+    # One one-shot command and the daemon: every command goes through the same check.
+    for args in (("publish", "--state", str(state)), ("reconcile", "--config", str(config))):
+        result = cfnft(*args, "--nats-url", "nats://127.0.0.1:1")
+        assert result.returncode == 2, (args, result.stderr)
+        assert "NATS needs TLS (ca_file) and credentials" in result.stderr
+        assert "--nats-insecure" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_the_operator_cli_works_as_the_operator_never_logs_its_password_and_a_cell_identity_is_refused(
+    secure_server: NatsServer, pki: Pki, identities: Identities, tmp_path: Path
+) -> None:
+    state = tmp_path / "cell.json"
+    state.write_text(json.dumps({"cell_id": "a", "containers": []}))
+
+    def as_(identity: Identity, *args: str) -> subprocess.CompletedProcess[str]:
+        return cfnft(
+            "--log-level",
+            "debug",
+            *args,
+            "--nats-url",
+            secure_server.url,
+            "--nats-ca",
+            str(pki.client.ca),
+            "--nats-user",
+            identity.user,
+            "--nats-password-file",
+            str(identity.password_file),
+        )
+
+    published = as_(identities.operator, "publish", "--state", str(state))
+    assert published.returncode == 0, published.stderr
+    resync = as_(identities.operator, "resync")
+    assert resync.returncode == 0, resync.stderr
+    refused = as_(identities.cell("a"), "resync")
+    assert refused.returncode == 3
+    assert "permissions violation" in refused.stderr and "operator role" in refused.stderr
+    for result in (published, resync, refused):
+        for identity in (identities.operator, identities.cell("a")):
+            assert identity.password_file.read_text().strip() not in result.stderr + result.stdout
+
+
+def test_stream_replicas_beyond_the_cluster_is_a_clear_error(
+    secure_server: NatsServer, pki: Pki, identities: Identities, tmp_path: Path
+) -> None:
+    state = tmp_path / "cell.json"
+    state.write_text(json.dumps({"cell_id": "a", "containers": []}))
+    result = cfnft(
+        "publish",
+        "--state",
+        str(state),
+        "--stream-replicas",
+        "3",
+        "--nats-url",
+        secure_server.url,
+        "--nats-ca",
+        str(pki.client.ca),
+        "--nats-user",
+        identities.operator.user,
+        "--nats-password-file",
+        str(identities.operator.password_file),
+    )
+    assert result.returncode == 3, result.stderr
+    assert "replicas" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_examples_nats_is_what_the_lab_generates_and_nats_server_accepts_it(tmp_path: Path, pki: Pki) -> None:
+    from lab.natsconf import example_text
+    from lab.natsserver import find_nats_server
+
+    committed = Path(__file__).resolve().parent.parent / "examples" / "nats" / "nats-server.json"
+    assert committed.read_text() == example_text(), "run: python -m lab.natsconf > examples/nats/nats-server.json"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for source, name in ((pki.server.ca, "ca.pem"), (pki.server.cert, "server.pem"), (pki.server.key, "server.key")):
+        (certs / name).write_bytes(Path(source).read_bytes())
+    (tmp_path / "nats-server.json").write_text(committed.read_text())
+    binary = find_nats_server()
+    assert binary is not None
+    result = subprocess.run(
+        [str(binary), "-c", "nats-server.json", "-t"], cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
