@@ -5,16 +5,21 @@ Rendering goes through tests/bosh/render.rb: Ruby's stdlib ERB with a stand-in f
 evaluation context (`p`, `if_p`, `spec`). As in the director, a template sees only the properties
 its job spec declares, with the spec's defaults, and an unset one fails with the director's message.
 Each job is rendered with its minimal required properties (the defaults) and with every property
-set (tests/bosh/fixtures/<job>.yml), and the ops file's own settings are rendered too.
+set (tests/bosh/fixtures/<job>.yml), and the ops file's own settings are rendered too. The jobs
+meet over links as in a deployment: cfnft-reconciler and cfnft-watcher consume cfnft-nats (three
+nodes), which consumes its own nodes and the cells. The NATS server's configuration is checked by
+the nats-server binary itself, and served to the identities the client jobs render.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from functools import cache
 from ipaddress import ip_network
@@ -22,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from nats.js.api import ConsumerConfig
 
 from cfnft.cli import build_parser
 from cfnft.watch import WatchConfig, load_watch_config
@@ -32,7 +38,15 @@ from events.bbs.watcher import BbsWatcherConfig
 from events.cc.stamp import AsgTriggerConfig
 from events.cc.watcher import CcWatcherConfig
 from events.connect import NatsConfig
+from events.messages import ContainerMessage
 from events.models import CellConfig
+from events.permissions import (
+    Role,
+    cell_permissions,
+    identity_name,
+    operator_permissions,
+    watcher_permissions,
+)
 from events.policy.watcher import PolicyWatcherConfig
 from events.problems import StateError
 from reconciler.config import FlowLogConfig, ReconcilerConfig, load_config
@@ -41,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RENDERER = ROOT / "tests" / "bosh" / "render.rb"
 FIXTURES = ROOT / "tests" / "bosh" / "fixtures"
 OPS_FILE = ROOT / "ops-files" / "use-cfnft.yml"
-JOBS = ("cni", "cfnft-reconciler", "cfnft-watcher")
+JOBS = ("cni", "cfnft-reconciler", "cfnft-watcher", "cfnft-nats")
 # Packages a job may use without this release defining them: `bosh vendor-package python-3.12
 # <bosh-package-python-release>` adds it (packages/python-3.12/spec.lock).
 VENDORED_PACKAGES = {"python-3.12"}
@@ -53,12 +67,61 @@ INSTANCE_ID = "5b0c8a2e-7d1f-4c3b-9e6a-2f4d8c1b0a97"
 NATS_SERVERS = ["tls://nats.example.internal:4222"]
 PEM = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----"
 MTLS = {"ca_cert": PEM, "client_cert": PEM, "client_key": PEM}
-# The fewest properties each job renders with: everything else is the spec's default.
+CERTIFICATE = {"ca": PEM, "certificate": PEM, "private_key": PEM}
+# The fewest properties each job renders with: everything else is the spec's default or comes
+# over a link.
 MINIMAL: dict[str, dict[str, Any]] = {
     "cni": {},
-    "cfnft-reconciler": {"nats": {"servers": NATS_SERVERS}},
-    "cfnft-watcher": {"nats": {"servers": NATS_SERVERS}, "bbs": MTLS, "policy_server": MTLS},
+    "cfnft-reconciler": {},
+    "cfnft-watcher": {"bbs": MTLS, "policy_server": MTLS},
+    "cfnft-nats": {
+        "tls": CERTIFICATE,
+        "cluster": {"tls": CERTIFICATE},
+        "users": {"watcher": {"password": "watcher-password"}, "operator": {"password": "operator-password"}},
+        "cell_password_secret": "cell-secret",
+    },
 }
+
+
+def instances(group: str, count: int) -> list[dict[str, Any]]:
+    """A link's instances as the director gives them (BOSH DNS addresses)."""
+    return [
+        {
+            "id": f"{group}-{i}-2f4d8c1b0a97",
+            "index": i,
+            "name": group,
+            "az": f"z{i % 3 + 1}",
+            "address": f"{group}-{i}-2f4d8c1b0a97.{group}.default.cf.bosh",
+            "bootstrap": i == 0,
+        }
+        for i in range(count)
+    ]
+
+
+NATS_NODES = instances("cfnft-nats", 3)
+CELLS = instances("diego-cell", 2)
+
+
+def link(provider: str, provider_properties: Mapping[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "provider": {"job_dir": str(ROOT / "jobs" / provider), "properties": provider_properties},
+        "instances": members,
+    }
+
+
+def default_links(job: str, properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The links each job consumes in ops-files/use-cfnft.yml's deployment (cfnft-nats's own
+    cluster link carries the `properties` it is rendered with, as the director's would)."""
+    nats = link("cfnft-nats", MINIMAL["cfnft-nats"], NATS_NODES)
+    return {
+        "cni": {},
+        "cfnft-reconciler": {"cfnft-nats": nats},
+        "cfnft-watcher": {"cfnft-nats": nats},
+        "cfnft-nats": {
+            "cfnft-nats-cluster": link("cfnft-nats", properties or MINIMAL["cfnft-nats"], NATS_NODES),
+            "cfnft-reconciler": link("cfnft-reconciler", {}, CELLS),
+        },
+    }[job]
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -160,11 +223,18 @@ def instance_spec(index: int = 0) -> dict[str, Any]:
     }
 
 
-def render(job: str, properties: Mapping[str, Any], *, index: int = 0) -> dict[str, str]:
-    """Every template of `job` (destination path -> text, plus "monit"), or RenderError."""
-    answer = ask(
-        {"render": {"job_dir": str(ROOT / "jobs" / job), "properties": properties, "spec": instance_spec(index)}}
-    )
+def render(
+    job: str, properties: Mapping[str, Any], *, index: int = 0, links: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Every template of `job` (destination path -> text, plus "monit"), or RenderError. `links`:
+    the links it consumes (default: those of the ops file's deployment)."""
+    request = {
+        "job_dir": str(ROOT / "jobs" / job),
+        "properties": properties,
+        "spec": instance_spec(index),
+        "links": default_links(job, properties) if links is None else links,
+    }
+    answer = ask({"render": request})
     if "error" in answer:
         raise RenderError(answer["error"])
     return answer["rendered"]
@@ -246,11 +316,17 @@ def watcher_config(rendered: Mapping[str, str], tmp_path: Path) -> WatchConfig:
     return load_watch_config(path)
 
 
+def nats_server_config(rendered: Mapping[str, str]) -> dict[str, Any]:
+    return json.loads(rendered["config/nats-server.json"])
+
+
 def load_all(job: str, rendered: Mapping[str, str], tmp_path: Path) -> object:
     if job == "cni":
         return cfnft_plugin(rendered)
     if job == "cfnft-reconciler":
         return reconciler_config(rendered, tmp_path)
+    if job == "cfnft-nats":
+        return nats_server_config(rendered)
     return watcher_config(rendered, tmp_path)
 
 
@@ -325,18 +401,37 @@ def test_renders_with_only_the_required_properties_and_the_models_accept_it(job:
     assert load_all(job, rendered, tmp_path)
 
 
+def link_servers() -> list[str]:
+    return [f"tls://{node['address']}:4222" for node in NATS_NODES]
+
+
 def test_reconciler_spec_defaults_are_the_models_defaults(tmp_path: Path) -> None:
-    """Only cell_id (BOSH's instance id, as the rep uses) and the required NATS servers differ from the model."""
+    """Only cell_id (BOSH's instance id, as the rep uses) and NATS differ from the model: the
+    cfnft-nats link gives the servers, their CA and the cell's own identity."""
     cfg = reconciler_config(render("cfnft-reconciler", MINIMAL["cfnft-reconciler"]), tmp_path)
-    assert cfg == ReconcilerConfig(cell_id=INSTANCE_ID, nats=NatsConfig(servers=NATS_SERVERS))
+    certs = Path("/var/vcap/jobs/cfnft-reconciler/config/certs/nats")
+    nats = NatsConfig(
+        servers=link_servers(),
+        ca_file=certs / "ca.crt",
+        user=identity_name(Role.CELL, INSTANCE_ID),
+        password_file=certs / "password",
+    )
+    assert cfg == ReconcilerConfig(cell_id=INSTANCE_ID, nats=nats)
 
 
 def test_watcher_spec_defaults_are_the_models_defaults(tmp_path: Path) -> None:
-    """BBS and the policy server are watched by default, Cloud Controller is not."""
+    """BBS and the policy server are watched by default, Cloud Controller is not; NATS comes over
+    the link, as the watcher identity; the stream gets three replicas."""
     cfg = watcher_config(render("cfnft-watcher", MINIMAL["cfnft-watcher"]), tmp_path)
     certs = Path("/var/vcap/jobs/cfnft-watcher/config/certs")
     assert cfg == WatchConfig(
-        nats=NatsConfig(servers=NATS_SERVERS),
+        nats=NatsConfig(
+            servers=link_servers(),
+            ca_file=certs / "nats/ca.crt",
+            user=identity_name(Role.WATCHER),
+            password_file=certs / "nats/password",
+        ),
+        stream_replicas=3,
         bbs=BbsWatcherConfig(
             ca_file=certs / "bbs/ca.crt", cert_file=certs / "bbs/client.crt", key_file=certs / "bbs/client.key"
         ),
@@ -385,7 +480,7 @@ def test_renders_with_every_property_set_and_the_models_accept_it(job: str, tmp_
     assert load_all(job, rendered, tmp_path)
 
 
-@pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher"])
+@pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher", "cfnft-nats"])
 def test_every_job_path_a_rendered_file_names_is_a_file_the_job_renders(job: str) -> None:
     """A config pointing at /var/vcap/jobs/<job>/config/certs/x.crt needs a template rendering it."""
     rendered = render(job, full(job))
@@ -424,7 +519,9 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
             key_file=certs / "client.key",
             creds_file=certs / "nats.creds",
             user=nats["user"],
-            password=nats["password"],
+            password_file=certs / "password",
+            tls_handshake_first=nats["tls_handshake_first"],
+            insecure=nats["insecure"],
             connect_timeout_seconds=nats["connect_timeout_seconds"],
         ),
         policy=CellConfig.model_validate({key: props[key] for key in policy_keys}),
@@ -443,6 +540,7 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
     for destination, key in (("ca.crt", "ca_cert"), ("client.crt", "client_cert"), ("client.key", "client_key")):
         assert rendered[f"config/certs/nats/{destination}"].strip() == nats["tls"][key]
     assert rendered["config/certs/nats/nats.creds"].strip() == nats["creds"]
+    assert rendered["config/certs/nats/password"].strip() == nats["password"]
 
 
 def test_watcher_exposes_every_field_of_its_config_model() -> None:
@@ -457,6 +555,9 @@ def test_watcher_carries_every_property_into_its_config(tmp_path: Path) -> None:
     cfg = watcher_config(rendered, tmp_path)
     assert cfg.metrics_listen == f"{props['metrics']['address']}:{props['metrics']['port']}"
     assert cfg.nats.user == props["nats"]["user"] and cfg.nats.creds_file is not None
+    assert rendered["config/certs/nats/password"].strip() == props["nats"]["password"]
+    assert (cfg.nats.insecure, cfg.nats.tls_handshake_first) == (props["nats"]["insecure"], False)
+    assert cfg.stream_replicas == props["stream_replicas"]
     certs = Path("/var/vcap/jobs/cfnft-watcher/config/certs")
     bbs, policy, cc = props["bbs"], props["policy_server"], props["cloud_controller"]
     assert cfg.bbs == BbsWatcherConfig(
@@ -624,7 +725,7 @@ def test_watcher_runs_every_configured_watcher_unprivileged(tmp_path: Path) -> N
     assert "config/watcher.json" in rendered
 
 
-@pytest.mark.parametrize("job", ["cni", "cfnft-reconciler"])
+@pytest.mark.parametrize("job", ["cni", "cfnft-reconciler", "cfnft-nats"])
 @pytest.mark.parametrize("properties", ["minimal", "full"])
 def test_rendered_scripts_are_valid_bash(job: str, properties: str) -> None:
     rendered = render(job, MINIMAL[job] if properties == "minimal" else full(job))
@@ -636,7 +737,7 @@ def test_rendered_scripts_are_valid_bash(job: str, properties: str) -> None:
         assert checked.returncode == 0, f"{job} {path}: {checked.stderr}"
 
 
-@pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher"])
+@pytest.mark.parametrize("job", ["cfnft-reconciler", "cfnft-watcher", "cfnft-nats"])
 def test_monit_starts_the_bpm_process_it_watches(job: str) -> None:
     monit = render(job, MINIMAL[job])["monit"]
     assert f"check process {job}\n" in monit
@@ -666,9 +767,9 @@ def test_monit_and_post_start_probe_the_reconcilers_metrics_listener(tmp_path: P
 
 def test_a_missing_required_property_fails_with_the_directors_message() -> None:
     with pytest.raises(RenderError) as failure:
-        render("cfnft-reconciler", {})
+        render("cfnft-watcher", {})
     expected = (
-        r"""Error filling in template 'reconciler\.json\.erb' \(line \d+: Can't find property '\["nats\.servers"\]'\)"""
+        r"""Error filling in template 'watcher\.json\.erb' \(line \d+: Can't find property '\["bbs\.ca_cert"\]'\)"""
     )
     assert re.fullmatch(expected, str(failure.value))
 
@@ -694,7 +795,7 @@ REFUSALS = [
         "cfnft-reconciler", {"nats": _NATS | {"user": "u"}}, "nats.user is set without nats.password", id="user"
     ),
     pytest.param("cfnft-reconciler", {"nats": _NATS, "log_level": "trace"}, "log_level must be one of", id="log-level"),
-    pytest.param("cfnft-watcher", {"nats": _NATS}, "Can't find property '[\"bbs.ca_cert\"]'", id="bbs-certs"),
+    pytest.param("cfnft-watcher", {}, "Can't find property '[\"bbs.ca_cert\"]'", id="bbs-certs"),
     pytest.param(
         "cfnft-watcher",
         merged(_WATCHER, {"bbs": {"enabled": False}, "policy_server": {"enabled": False}}),
@@ -756,12 +857,13 @@ def test_a_value_the_plugin_refuses_fails_the_build_naming_the_key() -> None:
 # --- the example ops file ----------------------------------------------------------------------
 
 # Test values for the variables the ops file uses (CredHub's certificate type has ca/certificate/private_key).
-OPS_VARS = {
-    "cfnft_nats_servers": NATS_SERVERS,
+OPS_VARS: dict[str, Any] = {
+    **{f"{cred}.{key}": PEM for cred in ("diego_bbs_client", "network_policy_client") for key in CERTIFICATE},
+    "cfnft_nats_tls": CERTIFICATE,
+    "cfnft_nats_cluster_tls": CERTIFICATE,
     **{
-        f"{cred}.{key}": PEM
-        for cred in ("cfnft_nats_tls", "diego_bbs_client", "network_policy_client")
-        for key in ("ca", "certificate", "private_key")
+        name: f"{name}-value"
+        for name in ("cfnft_nats_watcher_password", "cfnft_nats_operator_password", "cfnft_nats_cell_secret")
     },
 }
 
@@ -788,18 +890,28 @@ def ops_value(path: str) -> Any:
 
 
 def added_jobs() -> dict[str, tuple[str, dict[str, Any]]]:
-    """job name -> (instance group, properties) of the jobs the ops file adds from this release."""
+    """job name -> (instance group, properties) of the jobs the ops file adds from this release,
+    to existing instance groups or with instance groups of their own."""
     out = {}
     for op in ops():
         if m := re.fullmatch(r"/instance_groups/name=([\w-]+)/jobs/-", op["path"]):
             assert op["value"]["release"] == "cni"
             out[op["value"]["name"]] = (m.group(1), op["value"].get("properties") or {})
+        elif re.fullmatch(r"/instance_groups/name=[\w-]+:(before|after)|/instance_groups/-", op["path"]):
+            for job in op["value"]["jobs"]:
+                assert job["release"] == "cni"
+                out[job["name"]] = (op["value"]["name"], job.get("properties") or {})
     return out
 
 
 def test_ops_file_adds_every_job_of_the_release_where_it_belongs() -> None:
     placement = {job: group for job, (group, _) in added_jobs().items()}
-    assert placement == {"cni": "diego-cell", "cfnft-reconciler": "diego-cell", "cfnft-watcher": "diego-api"}
+    assert placement == {
+        "cni": "diego-cell",
+        "cfnft-reconciler": "diego-cell",
+        "cfnft-watcher": "diego-api",
+        "cfnft-nats": "cfnft-nats",
+    }
     assert ops_value("/releases/name=cni?")["name"] == load_yaml(ROOT / "config" / "final.yml")["name"]
 
 
@@ -807,7 +919,7 @@ def test_ops_file_adds_every_job_of_the_release_where_it_belongs() -> None:
 def test_ops_file_properties_are_declared_and_render_into_valid_configs(job: str, tmp_path: Path) -> None:
     _, properties = added_jobs()[job]
     names = set(declared(job))
-    undeclared = set(set_property_names(properties, names)) - names
+    undeclared = set(set_property_names(interpolated(properties), names)) - names
     assert not undeclared, f"the ops file sets properties {job} does not declare (BOSH ignores them): {undeclared}"
     assert load_all(job, render(job, interpolated(properties)), tmp_path)
 
@@ -826,3 +938,232 @@ def test_ops_file_agrees_on_what_containers_may_resolve() -> None:
     """The DNS servers containers are told about must be ones their cell lets them reach."""
     jobs = added_jobs()
     assert jobs["cni"][1]["dns_servers"] == jobs["cfnft-reconciler"][1]["dns_servers"]
+
+
+# --- cfnft-nats ----------------------------------------------------------------------------------
+
+
+def nats_users(rendered: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    return {u["user"]: u for u in nats_server_config(rendered)["authorization"]["users"]}
+
+
+def test_nats_users_are_the_roles_of_events_permissions_one_per_cell() -> None:
+    """The ERB mirrors events/permissions.py; this is where the two must agree."""
+    from lab.natsconf import permissions_config
+
+    props = merged(MINIMAL["cfnft-nats"], {"cells": ["cell-z1-0"]})
+    users = nats_users(render("cfnft-nats", props))
+    cells = [c["id"] for c in CELLS] + ["cell-z1-0"]
+    expected = {
+        identity_name(Role.WATCHER): watcher_permissions(),
+        identity_name(Role.OPERATOR): operator_permissions(),
+        **{identity_name(Role.CELL, cell): cell_permissions(cell) for cell in cells},
+    }
+    assert {name: u["permissions"] for name, u in users.items()} == {
+        name: permissions_config(p) for name, p in expected.items()
+    }
+    passwords = [u["password"] for u in users.values()]
+    assert len(set(passwords)) == len(passwords), "every identity has a password of its own"
+
+
+def test_a_reconciler_with_its_own_cell_id_is_the_one_cell_of_its_link() -> None:
+    links = default_links("cfnft-nats") | {
+        "cfnft-reconciler": link("cfnft-reconciler", {"cell_id": "cell-z1-0"}, CELLS[:1])
+    }
+    assert set(nats_users(render("cfnft-nats", MINIMAL["cfnft-nats"], links=links))) == {
+        "watcher",
+        "operator",
+        "cell-cell-z1-0",
+    }
+
+
+def test_each_cell_renders_the_password_the_server_holds_for_it_and_never_the_secret() -> None:
+    nats_props = merged(MINIMAL["cfnft-nats"], {"cells": [INSTANCE_ID]})
+    server = nats_users(render("cfnft-nats", nats_props))
+    nats_link = {"cfnft-nats": link("cfnft-nats", nats_props, NATS_NODES)}
+    cell = render("cfnft-reconciler", {}, links=nats_link)
+    assert cell["config/certs/nats/password"].strip() == server[identity_name(Role.CELL, INSTANCE_ID)]["password"]
+    assert cell["config/certs/nats/ca.crt"].strip() == PEM
+    assert not any(nats_props["cell_password_secret"] in text for text in cell.values())
+    watcher = render("cfnft-watcher", MINIMAL["cfnft-watcher"], links=nats_link)
+    assert watcher["config/certs/nats/password"].strip() == server["watcher"]["password"]
+    assert not any(nats_props["cell_password_secret"] in text for text in watcher.values())
+
+
+def test_nats_nodes_route_to_each_other_over_mutual_tls_and_keep_jetstream_on_the_persistent_disk(
+    tmp_path: Path,
+) -> None:
+    props = full("cfnft-nats")
+    rendered = render("cfnft-nats", props)
+    config = nats_server_config(rendered)
+    assert config["server_name"] == f"cfnft-nats-{INSTANCE_ID}"
+    assert config["port"] == props["port"] and config["http"] == f"127.0.0.1:{props['monitor']['port']}"
+    assert config["cluster"]["routes"] == [
+        f"nats-route://{n['address']}:{props['cluster']['port']}" for n in NATS_NODES
+    ]
+    assert config["cluster"]["tls"]["verify"] is True
+    assert config["jetstream"]["store_dir"] == "/var/vcap/store/cfnft-nats"
+    process = bpm_process("cfnft-nats", rendered, tmp_path)
+    assert process["persistent_disk"] is True and "unsafe" not in process
+    assert process["args"] == ["-c", "/var/vcap/jobs/cfnft-nats/config/nats-server.json"]
+    single = nats_server_config(
+        render(
+            "cfnft-nats",
+            MINIMAL["cfnft-nats"],
+            links=default_links("cfnft-nats")
+            | {"cfnft-nats-cluster": link("cfnft-nats", MINIMAL["cfnft-nats"], NATS_NODES[:1])},
+        )
+    )
+    assert "cluster" not in single, "one node: no cluster, streams have one replica"
+
+
+def test_nats_post_start_waits_for_healthz_and_monit_only_for_liveness() -> None:
+    props = full("cfnft-nats")
+    rendered = render("cfnft-nats", props)
+    assert f'url="http://127.0.0.1:{props["monitor"]["port"]}/healthz"' in rendered["bin/post-start"]
+    assert 'request "/healthz?js-server-only=true"' in rendered["monit"]
+
+
+def test_the_release_vendors_the_nats_server_the_tests_run() -> None:
+    from lab.natsserver import find_nats_server
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("no nats-server in the venv")
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.split()[-1]
+    spec = load_yaml(ROOT / "packages" / "nats-server" / "spec")
+    assert spec["files"] == [f"nats-server/nats-server-{version}-linux-amd64.tar.gz"]
+    assert f"version={version.lstrip('v')}\n" in (ROOT / "packages" / "nats-server" / "prepare").read_text()
+
+
+NATS_REFUSALS = [
+    pytest.param(
+        "cfnft-reconciler", {}, {}, "nats.servers must be a non-empty list of NATS URLs (or consume a cfnft-nats link)"
+    ),
+    pytest.param("cfnft-reconciler", {"nats": _NATS}, {}, "NATS without TLS", id="reconciler-no-tls"),
+    pytest.param(
+        "cfnft-reconciler",
+        {"nats": _NATS | {"tls": {"ca_cert": PEM}}},
+        {},
+        "NATS without credentials",
+        id="reconciler-no-credentials",
+    ),
+    pytest.param("cfnft-watcher", merged(_WATCHER, {"nats": _NATS}), {}, "NATS without TLS", id="watcher-no-tls"),
+    pytest.param(
+        "cfnft-nats",
+        merged(MINIMAL["cfnft-nats"], {"cells": ["cell.a"]}),
+        None,
+        "cell ids cannot be used in NATS subjects and consumer names: cell.a",
+        id="cell-id",
+    ),
+    pytest.param(
+        "cfnft-nats",
+        {k: v for k, v in MINIMAL["cfnft-nats"].items() if k != "cluster"},
+        None,
+        "Can't find property '[\"cluster.tls.ca\"]'",
+        id="cluster-tls",
+    ),
+]
+
+
+@pytest.mark.parametrize(("job", "properties", "links", "message"), NATS_REFUSALS)
+def test_nats_settings_that_could_not_work_fail_rendering(job: str, properties: Any, links: Any, message: str) -> None:
+    with pytest.raises(RenderError) as failure:
+        render(job, properties, links=links)
+    assert message in str(failure.value)
+
+
+def test_nats_insecure_renders_for_a_lab(tmp_path: Path) -> None:
+    cfg = reconciler_config(render("cfnft-reconciler", {"nats": _NATS | {"insecure": True}}, links={}), tmp_path)
+    assert cfg.nats.insecure and cfg.nats.ca_file is None and cfg.nats.user is None
+
+
+@pytest.mark.nats
+async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_work(tmp_path: Path) -> None:
+    """The real nats-server with what the director would render (real certificates, paths moved
+    under tmp_path), and the reconciler's and watcher's rendered settings connecting to it."""
+    from events.connect import connect
+    from events.permissions import cell_consumers, inbox_prefix
+    from events.publisher import StatePublisher
+    from lab.natsserver import find_nats_server, free_port
+    from lab.pki import make_pki
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("no nats-server in the venv")
+    pki = make_pki(tmp_path / "pki")
+    tls = {
+        "ca": pki.server.ca.read_text(),
+        "certificate": pki.server.cert.read_text(),
+        "private_key": pki.server.key.read_text(),
+    }
+    port, monitor = free_port(), free_port()
+    props = merged(
+        MINIMAL["cfnft-nats"], {"tls": tls, "port": port, "monitor": {"port": monitor}, "cells": [INSTANCE_ID]}
+    )
+    one_node = default_links("cfnft-nats") | {"cfnft-nats-cluster": link("cfnft-nats", props, NATS_NODES[:1])}
+    server = render("cfnft-nats", props, links=one_node)
+
+    def moved(rendered: Mapping[str, str], job: str, where: str | None = None) -> Path:
+        """Write every rendered file under tmp_path/`where` (default: job) and point the job's paths there."""
+        root = tmp_path / (where or job)
+        for destination, text in rendered.items():
+            path = root / destination
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                text.replace(f"/var/vcap/jobs/{job}", str(root)).replace("/var/vcap/store", str(tmp_path / "store"))
+            )
+        return root
+
+    # A node of the three-node cluster (routes over mutual TLS) is a configuration nats-server accepts.
+    node = render("cfnft-nats", merged(props, {"cluster": {"tls": tls}}))
+    checked = subprocess.run(
+        [str(binary), "-c", str(moved(node, "cfnft-nats", "node") / "config/nats-server.json"), "-t"],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    server_dir = moved(server, "cfnft-nats")
+    process = subprocess.Popen(
+        [str(binary), "-c", str(server_dir / "config/nats-server.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        nats_link = {"cfnft-nats": link("cfnft-nats", props, NATS_NODES[:1])}
+        localhost = {"nats": {"servers": [f"tls://127.0.0.1:{port}"]}}
+
+        async def client(job: str, properties: Mapping[str, Any], role: Role, cell_id: str | None = None):
+            # Servers named by property (here: where the test's server listens) come without the
+            # link's CA, so the CA is given too; the credentials still come from the link.
+            here = merged(localhost, {"nats": {"tls": {"ca_cert": tls["ca"]}}})
+            rendered = render(job, merged(properties, here), links=nats_link)
+            directory = moved(rendered, job)
+            name = "config/reconciler.json" if job == "cfnft-reconciler" else "config/watcher.json"
+            cfg = NatsConfig.model_validate(json.loads((directory / name).read_text())["nats"])
+            return await connect(cfg, job, inbox_prefix(role, cell_id), forever=False)
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                watcher = await client("cfnft-watcher", MINIMAL["cfnft-watcher"], Role.WATCHER)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        await StatePublisher(watcher, replicas=1).publish(
+            ContainerMessage(version=1, cell_id=INSTANCE_ID, handle="h", container=None)
+        )
+        cell = await client("cfnft-reconciler", {}, Role.CELL, INSTANCE_ID)
+        own = cell_consumers(INSTANCE_ID)[0]
+        info = await cell.jetstream(timeout=2).add_consumer(
+            "CFNFT_STATE",
+            ConsumerConfig(name=own.name, filter_subject=own.filter_subject, deliver_subject=cell.new_inbox()),
+        )
+        assert info.num_pending == 1
+        await cell.close()
+        await watcher.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

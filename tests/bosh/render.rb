@@ -5,7 +5,10 @@
 # It answers JSON requests, one per line on stdin, with one JSON line each on stdout, until stdin
 # closes (so a test session starts Ruby once):
 #   {"render": {"job_dir": "jobs/cni", "properties": {...the job's manifest properties...},
-#               "spec": {...instance spec: id, index, name, deployment, address, ip, az, networks...}}}
+#               "spec": {...instance spec: id, index, name, deployment, address, ip, az, networks...},
+#               "links": {"<link name>": {"provider": {"job_dir": "jobs/cfnft-nats", "properties": {...}},
+#                                          "instances": [{"id", "index", "name", "az", "address", "bootstrap"}],
+#                                          "address": "<group DNS name>"}}}}
 #     -> {"rendered": {"<destination path>": "<text>", ..., "monit": "<text>"}}
 #     or {"error": "Error filling in template 'reconciler.json.erb' (line 12: Can't find property '[\"nats.servers\"]')"}
 #   {"yaml": "<path>"} -> {"value": <the YAML document>}   (YAML for the Python side, with Ruby's stdlib)
@@ -18,8 +21,10 @@
 #   first one set; if_p(*names) runs its block only when all are set, with .else / .else_if_p;
 # - spec is an OpenStruct of the instance spec (spec.id, spec.index, spec.address, spec.networks...),
 #   plus name and index as in the director;
-# - templates are ERB with trim mode '-', and the monit file is a template too.
-# Links are not reproduced: the jobs of this release use none.
+# - templates are ERB with trim mode '-', and the monit file is a template too;
+# - links: link(name) and if_link(name) for the links the job spec consumes; a link's properties are
+#   the ones its provider's spec lists under `provides`, with the provider's manifest values or spec
+#   defaults; a link the spec does not mark optional must be given, as the director refuses otherwise.
 
 require 'erb'
 require 'json'
@@ -33,25 +38,36 @@ class UnknownProperty < StandardError
   end
 end
 
-# Everything a BOSH job template can call.
-class EvaluationContext
-  attr_reader :name, :index, :spec, :raw_properties
-
-  def initialize(spec, properties)
-    @name = spec.dig('job', 'name')
-    @index = spec['index']
-    @spec = to_openstruct(spec)
-    @raw_properties = properties
+# The block after if_p was skipped: its .else runs.
+class ActiveElseBlock
+  def initialize(reader)
+    @reader = reader
   end
 
-  def get_binding
-    binding
+  def else
+    yield
   end
 
+  def else_if_p(*names, &block)
+    @reader.if_p(*names, &block)
+  end
+end
+
+# The block after if_p ran: its .else does not.
+class InactiveElseBlock
+  def else; end
+
+  def else_if_p(*_names)
+    InactiveElseBlock.new
+  end
+end
+
+# p() and if_p() over a tree of properties: a template's own, or a link's.
+module PropertyReader
   def p(*args)
     names = Array(args[0])
     names.each do |name|
-      value = lookup_property(@raw_properties, name)
+      value = lookup_property(property_tree, name)
       return value unless value.nil?
     end
     return args[1] if args.length == 2
@@ -61,37 +77,13 @@ class EvaluationContext
 
   def if_p(*names)
     values = names.map do |name|
-      value = lookup_property(@raw_properties, name)
+      value = lookup_property(property_tree, name)
       return ActiveElseBlock.new(self) if value.nil?
 
       value
     end
     yield(*values)
     InactiveElseBlock.new
-  end
-
-  # The block after if_p was skipped: its .else runs.
-  class ActiveElseBlock
-    def initialize(context)
-      @context = context
-    end
-
-    def else
-      yield
-    end
-
-    def else_if_p(*names, &block)
-      @context.if_p(*names, &block)
-    end
-  end
-
-  # The block after if_p ran: its .else does not.
-  class InactiveElseBlock
-    def else; end
-
-    def else_if_p(*_names)
-      InactiveElseBlock.new
-    end
   end
 
   private
@@ -105,6 +97,59 @@ class EvaluationContext
 
       ref
     end
+  end
+end
+
+# What link(name) returns: the provider's instances and the properties its spec shares.
+class Link
+  include PropertyReader
+  attr_reader :instances, :address
+
+  def initialize(instances, properties, address)
+    @instances = instances.map { |i| OpenStruct.new(i) }
+    @properties = properties
+    @address = address
+  end
+
+  private
+
+  def property_tree
+    @properties
+  end
+end
+
+# Everything a BOSH job template can call.
+class EvaluationContext
+  include PropertyReader
+  attr_reader :name, :index, :spec, :raw_properties
+
+  def initialize(spec, properties, links = {})
+    @name = spec.dig('job', 'name')
+    @index = spec['index']
+    @spec = to_openstruct(spec)
+    @raw_properties = properties
+    @links = links
+  end
+
+  def link(name)
+    @links.fetch(name) { raise "Can't find link '#{name}'" }
+  end
+
+  def if_link(name)
+    return ActiveElseBlock.new(self) unless @links.key?(name)
+
+    yield @links[name]
+    InactiveElseBlock.new
+  end
+
+  def get_binding
+    binding
+  end
+
+  private
+
+  def property_tree
+    @raw_properties
   end
 
   def to_openstruct(object)
@@ -140,12 +185,40 @@ rescue StandardError => e
   raise "Error filling in template '#{File.basename(path)}' (#{detail})"
 end
 
+# The links the job consumes, as the director resolves them from their providers.
+def resolve_links(job_spec, requested)
+  (job_spec['consumes'] || []).each_with_object({}) do |consumed, links|
+    name = consumed['name']
+    given = requested[name]
+    if given.nil?
+      raise "Failed to resolve link '#{name}' of type '#{consumed['type']}'" unless consumed['optional']
+
+      next
+    end
+    provider_dir = given.fetch('provider').fetch('job_dir')
+    provider_spec = YAML.safe_load(File.read(File.join(provider_dir, 'spec')))
+    provided = (provider_spec['provides'] || []).find { |l| l['type'] == consumed['type'] }
+    raise "#{provider_spec['name']} provides no link of type '#{consumed['type']}'" if provided.nil?
+
+    all = resolve_properties(provider_spec, given['provider'].fetch('properties', {}))
+    shared = {}
+    (provided['properties'] || []).each do |property|
+      keys = property.split('.')
+      value = keys.reduce(all) { |ref, key| ref.is_a?(Hash) ? ref[key] : nil }
+      target = keys[0..-2].reduce(shared) { |ref, key| ref[key] ||= {} }
+      target[keys[-1]] = value
+    end
+    links[name] = Link.new(given.fetch('instances', []), shared, given['address'])
+  end
+end
+
 def render_job(request)
   job_dir = request.fetch('job_dir')
   job_spec = YAML.safe_load(File.read(File.join(job_dir, 'spec')))
   properties = resolve_properties(job_spec, request.fetch('properties', {}))
+  links = resolve_links(job_spec, request.fetch('links', {}))
   spec = request.fetch('spec', {}).merge('job' => { 'name' => job_spec['name'] }, 'properties' => properties)
-  context = EvaluationContext.new(spec, properties)
+  context = EvaluationContext.new(spec, properties, links)
 
   rendered = {}
   (job_spec['templates'] || {}).each do |source, destination|
