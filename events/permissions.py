@@ -24,7 +24,7 @@ deliveries meant for another.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from events import subjects
 
@@ -32,7 +32,7 @@ JS_API = "$JS.API"
 JS_FLOW_CONTROL = "$JS.FC"
 
 
-class Role(Enum):
+class Role(StrEnum):
     WATCHER = "watcher"
     OPERATOR = "operator"
     CELL = "cell"
