@@ -11,7 +11,10 @@ lists (tests/test_bosh_templates.py compares them with this module).
 - **cell** (`cfnft reconcile`, one identity per cell): reads its own containers and config and the
   foundation-wide objects, through consumers it may create only with those filters and its own
   names, answers status requests on its own subject, and nothing else: it can neither write state
-  nor create, change or read the stream in any other way.
+  nor create or change the stream, nor read it any other way. It may ask for the stream's info
+  (creation time, first and last sequence: how a resuming cell knows the stream it left is still
+  there), which, asked for, also lists subject names: other cells' container handles, never their
+  contents.
 
 A cell's limits rest on the JetStream API subject that names the consumer and its filter
 (`$JS.API.CONSUMER.CREATE.<stream>.<consumer>.<filter>`, nats-server >= 2.9), which the server
@@ -51,9 +54,11 @@ class Permissions:
 
 @dataclass(frozen=True, slots=True)
 class CellConsumer:
-    """One JetStream consumer a cell's reconciler reads through: its fixed name and its filter."""
+    """One JetStream consumer a cell's reconciler reads through: its filter, under one of two fixed
+    names. A replacement goes into the other name, so a consumer left on a lost server (which cannot
+    be deleted until the cluster gives up on it) never blocks its successor."""
 
-    name: str
+    names: tuple[str, str]
     filter_subject: str
 
 
@@ -84,7 +89,7 @@ def cell_consumers(cell_id: str) -> tuple[CellConsumer, ...]:
     if any(c in cell_id for c in "/\\"):
         raise ValueError(f"cell id {cell_id!r} cannot be used in a JetStream consumer name (has '/' or '\\')")
     return tuple(
-        CellConsumer(f"cfnft-{cell_id}-{kind}", flt)
+        CellConsumer((f"cfnft-{cell_id}-{kind}-0", f"cfnft-{cell_id}-{kind}-1"), flt)
         for kind, flt in (
             ("containers", subjects.containers_of_cell(cell_id)),
             ("config", subjects.cell_config(cell_id)),
@@ -96,9 +101,9 @@ def cell_consumers(cell_id: str) -> tuple[CellConsumer, ...]:
     )
 
 
-def consumer_create_subject(stream: str, consumer: CellConsumer) -> str:
-    """The API subject that creates `consumer` with its filter (what nats-py sends for a named consumer)."""
-    return f"{JS_API}.CONSUMER.CREATE.{stream}.{consumer.name}.{consumer.filter_subject}"
+def consumer_create_subject(stream: str, name: str, filter_subject: str) -> str:
+    """The API subject that creates consumer `name` with its filter (what nats-py sends for a named consumer)."""
+    return f"{JS_API}.CONSUMER.CREATE.{stream}.{name}.{filter_subject}"
 
 
 def _state_writer() -> tuple[str, ...]:
@@ -138,11 +143,12 @@ def operator_permissions() -> Permissions:
 
 def cell_permissions(cell_id: str) -> Permissions:
     stream = subjects.STATE_STREAM
-    publish: list[str] = []
+    publish = [f"{JS_API}.STREAM.INFO.{stream}"]
     for consumer in cell_consumers(cell_id):
-        publish.append(consumer_create_subject(stream, consumer))
-        # A reconnecting cell replaces its consumer: delete the old one, create one from where it was.
-        publish.append(f"{JS_API}.CONSUMER.DELETE.{stream}.{consumer.name}")
+        for name in consumer.names:
+            publish.append(consumer_create_subject(stream, name, consumer.filter_subject))
+            # A cell replaces a consumer it lost: the new one from where the old one was, then the old one goes.
+            publish.append(f"{JS_API}.CONSUMER.DELETE.{stream}.{name}")
     return Permissions(
         publish=tuple(publish),
         subscribe=(

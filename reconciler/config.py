@@ -57,6 +57,18 @@ class ReconcilerConfig(BaseModel):
     rule_metrics_seconds: float = Field(
         30.0, gt=0, description="how often the per-group and per-policy totals on /metrics are read from the kernel"
     )
+    consumer_heartbeat_seconds: float = Field(
+        2.0,
+        ge=0.1,
+        description="idle heartbeat of the cell's JetStream consumers: three missed (the server holding one "
+        "went away) and it resumes from where it was",
+    )
+    replay_jitter_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="a full replay other than the first (the stream was lost) waits a random part of this, "
+        "so that the cells do not all read the stream at once",
+    )
 
 
 def load_config(path: Path) -> ReconcilerConfig:

@@ -371,8 +371,9 @@ class Reconciler:
 
         async def reconnected() -> None:
             self.metrics.nats_connected.set(1)
-            log.info("NATS reconnected; replaying the state stream")
-            self._begin_replay()
+            log.info("NATS reconnected; resuming the state stream where it was")
+            if self._feed is not None:
+                self._feed.reconnected()
 
         self.nc = await connect(
             self.config.nats,
@@ -384,10 +385,10 @@ class Reconciler:
         self.metrics.nats_connected.set(1)
         log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else "")
 
-    def _begin_replay(self) -> None:
+    def _on_replay_started(self) -> None:
+        """A full replay begins: it fills a store of its own, which replaces ours once complete."""
+        self.metrics.full_replays.inc()
         self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)
-        if self._feed is not None:
-            self._feed.request_replay()
 
     async def _serve_nats(self) -> None:
         await self._connect_nats()
@@ -409,8 +410,18 @@ class Reconciler:
         await nc.subscribe(subjects.resync_cell(self.config.cell_id), cb=on_resync)
         await nc.subscribe(subjects.status(self.config.cell_id), cb=on_status)
         await serve_operator_requests(self, nc)
-        self._replay_store = DesiredStore(self.config.cell_id, self.config.policy)
-        self._feed = StateFeed(nc, self.config.cell_id, self._on_message, self._on_in_sync, self._on_bad_message)
+        self._feed = StateFeed(
+            nc,
+            self.config.cell_id,
+            self._on_message,
+            self._on_in_sync,
+            self._on_bad_message,
+            on_replay_started=self._on_replay_started,
+            on_resumed=self.metrics.resumes.inc,
+            heartbeat_seconds=self.config.consumer_heartbeat_seconds,
+            replay_jitter_seconds=self.config.replay_jitter_seconds,
+            retry_max_seconds=self.config.retry_max_seconds,
+        )
         await self._feed.run()
 
     def status(self) -> dict[str, object]:

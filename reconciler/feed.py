@@ -1,36 +1,51 @@
-"""The reconciler's view of NATS: replay the state stream, then follow it.
+"""The reconciler's view of NATS: replay the state stream, follow it, and resume where it stopped.
 
-Concurrency: `StateFeed.run()` is one task. It opens one ordered JetStream consumer per
-filter (this cell's containers and config, and the foundation-wide apps, security groups,
-c2c and egress policies), each delivering the last message per subject first. Every message
-is validated and handed to `on_message` (synchronous, cheap: it only updates the store).
-When every consumer has drained what was pending at subscription time, `on_in_sync` is
-called once per replay. After a reconnect the feed replays again from scratch, so updates
-published while this cell was cut off are never missed; the store's version check makes
-the replay of unchanged objects a no-op.
+Concurrency: `StateFeed.run()` is one task. It reads through one `StateConsumer` per filter of
+this cell (events/permissions.py: its containers and config, and the foundation-wide apps,
+security groups, c2c and egress policies). Every message is validated and handed to `on_message`
+(synchronous, cheap: it only updates the store).
 
-A message that fails validation is logged with its subject and reason and skipped: the
-store keeps the last good version of that object, and everything else keeps flowing.
+- **Full replay**, at start and whenever the stream says it is needed: `on_replay_started`, then
+  every consumer delivers the last message of each of its subjects, and `on_in_sync` once all of
+  them have delivered what the stream held. A full replay other than the first waits a random part
+  of `replay_jitter_seconds`, so that a thousand cells that lost the stream do not read it at once.
+- **Resume**: a consumer that was interrupted (a message lost on the way; heartbeats stopped because
+  the server that held it went away) or, after a reconnect, every consumer, is reopened from the
+  stream sequence after the last one it delivered, without a replay. The stream is first checked:
+  another stream under the same name (created at another time) or one that no longer reaches that
+  sequence (rewound) means a full replay. Messages gone from before the stream's first one were
+  superseded by later ones of the same objects, which the resume delivers; a purge removes
+  messages, it deletes nothing, so a resuming cell keeps what it knew (design.md §6).
+- The feed never creates the stream (the watchers and `cfnft publish` do): while it is missing,
+  the feed waits, and the cell keeps enforcing what it knew.
+
+A message that fails validation is logged with its subject and reason and skipped: the store keeps
+the last good version of that object, and everything else keeps flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
-from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
 from pydantic import TypeAdapter, ValidationError
 
 from events import subjects
 from events.messages import Message, SecurityGroupMessage, StateMessage
 from events.models import SecurityGroup
+from events.permissions import cell_consumers
+from events.poller import Backoff
 from events.problems import Problem, StateError, problems_from
-from events.publisher import ensure_state_stream
+from reconciler.consumer import API_TIMEOUT, StateConsumer, StreamMissing
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +76,35 @@ def _lenient_security_group(data: bytes) -> tuple[Message, list[Problem]]:
     return msg, problems
 
 
-def filters(cell_id: str) -> list[str]:
-    return [
-        subjects.containers_of_cell(cell_id),
-        subjects.cell_config(cell_id),
-        f"{subjects.STATE_PREFIX}.app.*",
-        f"{subjects.STATE_PREFIX}.asg.*",
-        f"{subjects.STATE_PREFIX}.c2c.*",
-        subjects.EGRESS_POLICIES,
-    ]
+class StreamMoved(Exception):
+    """The stream is not the one a resume would continue: it was recreated, or rewound."""
+
+
+class StreamBehind(Exception):
+    """The stream's info ends before where a consumer was: rewound, or (during a failover) told by
+    a server that has not caught up yet. Asked again before it counts as rewound."""
+
+
+# Answers "behind" in a row before the stream counts as rewound.
+BEHIND_CHECKS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMark:
+    """Which stream a cell has been reading (its creation time) and how far it reaches."""
+
+    created: str
+    last_seq: int
+
+
+async def stream_mark(nc: NATS) -> StreamMark:
+    """The state stream's identity and extent; StreamMissing if there is none."""
+    try:
+        info = await nc.jetstream(timeout=API_TIMEOUT).stream_info(subjects.STATE_STREAM)
+    except NotFoundError:
+        raise StreamMissing(f"the state stream {subjects.STATE_STREAM} does not exist") from None
+    created = info.created.isoformat() if info.created is not None else ""
+    return StreamMark(created, info.state.last_seq)
 
 
 class StateFeed:
@@ -80,80 +115,136 @@ class StateFeed:
         on_message: Callable[[Message], None],
         on_in_sync: Callable[[], None],
         on_bad_message: Callable[[str, str], None] = lambda subject, reason: None,
+        *,
+        on_replay_started: Callable[[], None] = lambda: None,
+        on_resumed: Callable[[], None] = lambda: None,
+        heartbeat_seconds: float = 2.0,
+        replay_jitter_seconds: float = 10.0,
+        retry_max_seconds: float = 10.0,
     ) -> None:
         self._nc = nc
-        self._cell_id = cell_id
         self._on_message = on_message
         self._on_in_sync = on_in_sync
         self._on_bad = on_bad_message
-        self._replay = asyncio.Event()
-        self._replay.set()
+        self._on_replay_started = on_replay_started
+        self._on_resumed = on_resumed
+        self._jitter = replay_jitter_seconds
+        self._backoff = Backoff(0.2, retry_max_seconds)
+        self.consumers = [
+            StateConsumer(nc, spec, self._deliver, self._interrupted, heartbeat_seconds=heartbeat_seconds)
+            for spec in cell_consumers(cell_id)
+        ]
+        self._needs_replay = True
+        self._to_resume: set[StateConsumer] = set()
+        self._wake = asyncio.Event()
+        self._mark: StreamMark | None = None
+        self._announce: asyncio.Task[None] | None = None
+        self._last_problem = ""
+        self._replays = 0
+        self._behind = 0
 
-    def request_replay(self) -> None:
-        """Start over from the stream's current content (used after a reconnect)."""
-        self._replay.set()
+    def reconnected(self) -> None:
+        """The connection came back (perhaps to another server): resume every consumer."""
+        for consumer in self.consumers:
+            self._interrupted(consumer, "reconnected to NATS")
+
+    def _interrupted(self, consumer: StateConsumer, reason: str) -> None:
+        log.info("consumer %s: %s; resuming after stream sequence %d", consumer.name, reason, consumer.position)
+        self._to_resume.add(consumer)
+        self._wake.set()
 
     async def run(self) -> None:
-        await ensure_state_stream(self._nc)
-        subs: list[JetStreamContext.PushSubscription] = []
         try:
             while True:
-                await self._replay.wait()
-                self._replay.clear()
-                for s in subs:
-                    await _quietly_unsubscribe(s)
-                subs = await self._subscribe_all()
-        finally:
-            for s in subs:
-                await _quietly_unsubscribe(s)
-
-    async def _subscribe_all(self) -> list[JetStreamContext.PushSubscription]:
-        js = self._nc.jetstream()
-        waiting = set(filters(self._cell_id))
-        replay_done = False
-
-        def settle(flt: str) -> None:
-            nonlocal replay_done
-            waiting.discard(flt)
-            if not waiting and not replay_done:
-                replay_done = True
-                log.info("state replay complete")
-                self._on_in_sync()
-
-        def handler_for(flt: str) -> Callable[[Msg], Awaitable[None]]:
-            async def handle(m: Msg) -> None:
+                self._wake.clear()
                 try:
-                    msg, problems = parse_state_message(m.subject, m.data)
-                except (ValidationError, StateError, ValueError) as e:
-                    reason = _one_line(e)
-                    log.error("skipping bad message on %s: %s", m.subject, reason, extra={"subject": m.subject})
-                    self._on_bad(m.subject, reason)
-                else:
-                    for problem in problems:
-                        log.error("message on %s: skipped %s", m.subject, problem, extra={"subject": m.subject})
-                        self._on_bad(m.subject, str(problem))
-                    self._on_message(msg)
-                if flt in waiting and m.metadata.num_pending == 0:
-                    settle(flt)
+                    if self._needs_replay:
+                        await self._replay()
+                    elif self._to_resume:
+                        await self._resume()
+                    else:
+                        await self._wake.wait()
+                        continue
+                    self._backoff.reset()
+                    self._last_problem = ""
+                    self._behind = 0
+                    continue
+                except StreamMoved as e:
+                    log.warning("%s: replaying the whole state stream", e)
+                    self._needs_replay = True
+                    self._behind = 0
+                    continue
+                except StreamBehind as e:
+                    self._behind += 1
+                    if self._behind >= BEHIND_CHECKS:
+                        log.warning("%s, %d times: the stream was rewound; replaying it whole", e, self._behind)
+                        self._needs_replay = True
+                        self._behind = 0
+                        continue
+                    problem = f"{e}; asking again"
+                except StreamMissing as e:
+                    problem = f"{e}; waiting for it (enforcing the last known state)"
+                    self._needs_replay = True
+                except (nats.errors.Error, APIError, asyncio.TimeoutError) as e:
+                    problem = f"JetStream: {e or type(e).__name__}"
+                delay = self._backoff.next_delay()
+                if problem != self._last_problem:
+                    log.warning("%s; retrying in %.1fs", problem, delay)
+                    self._last_problem = problem
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+        finally:
+            if self._announce is not None:
+                self._announce.cancel()
+            for consumer in self.consumers:
+                await consumer.close()
 
-            return handle
+    async def _replay(self) -> None:
+        if self._replays:
+            delay = random.uniform(0, self._jitter)
+            log.info("full replay of the state stream in %.1fs (jittered)", delay)
+            await asyncio.sleep(delay)
+        mark = await stream_mark(self._nc)
+        if self._announce is not None:
+            self._announce.cancel()
+        self._to_resume.clear()
+        self._on_replay_started()
+        for consumer in self.consumers:
+            await consumer.open()
+        self._mark = mark
+        self._needs_replay = False
+        self._replays += 1
+        self._announce = asyncio.create_task(self._announce_in_sync(), name="feed-in-sync")
 
-        subs: list[JetStreamContext.PushSubscription] = []
-        for flt in filters(self._cell_id):
-            sub = await js.subscribe(
-                flt,
-                stream=subjects.STATE_STREAM,
-                cb=handler_for(flt),
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                idle_heartbeat=5.0,
-            )
-            subs.append(sub)
-            info = await sub.consumer_info()
-            if info.num_pending == 0 and (info.delivered is None or info.delivered.consumer_seq == 0):
-                # Nothing stored under this filter: it is in sync already.
-                settle(flt)
-        return subs
+    async def _announce_in_sync(self) -> None:
+        await asyncio.gather(*(c.drained.wait() for c in self.consumers))
+        log.info("state replay complete")
+        self._on_in_sync()
+
+    async def _resume(self) -> None:
+        mark = await stream_mark(self._nc)
+        if self._mark is None or mark.created != self._mark.created:
+            raise StreamMoved(f"the state stream was recreated (created {mark.created})")
+        for consumer in list(self._to_resume):
+            if mark.last_seq < consumer.position:
+                raise StreamBehind(f"the state stream ends at {mark.last_seq}, before {consumer.position}")
+            await consumer.open(resume_after=consumer.position)
+            self._to_resume.discard(consumer)
+            self._on_resumed()
+            log.info("consumer %s resumed after stream sequence %d", consumer.name, consumer.position)
+
+    def _deliver(self, m: Msg) -> None:
+        try:
+            msg, problems = parse_state_message(m.subject, m.data)
+        except (ValidationError, StateError, ValueError) as e:
+            reason = _one_line(e)
+            log.error("skipping bad message on %s: %s", m.subject, reason, extra={"subject": m.subject})
+            self._on_bad(m.subject, reason)
+            return
+        for problem in problems:
+            log.error("message on %s: skipped %s", m.subject, problem, extra={"subject": m.subject})
+            self._on_bad(m.subject, str(problem))
+        self._on_message(msg)
 
 
 def _one_line(e: Exception) -> str:
@@ -164,10 +255,3 @@ def _one_line(e: Exception) -> str:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return f"{problems[0]}{more}"
     return str(e)
-
-
-async def _quietly_unsubscribe(sub: JetStreamContext.PushSubscription) -> None:
-    try:
-        await sub.unsubscribe()
-    except Exception as e:  # the connection may already be gone; nothing to clean up then
-        log.debug("unsubscribe failed: %s", e)

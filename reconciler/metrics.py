@@ -52,4 +52,10 @@ class ReconcilerMetrics:
         self.bad_messages = Counter("cfnft_bad_messages", "state messages skipped as invalid", registry=r)
         self.messages = Counter("cfnft_messages", "state messages received", registry=r)
         self.in_sync = Gauge("cfnft_in_sync", "1 once the full desired state is known and committed", registry=r)
+        self.full_replays = Counter(
+            "cfnft_stream_full_replays", "full replays of the state stream (at start, or after it was lost)", registry=r
+        )
+        self.resumes = Counter(
+            "cfnft_stream_resumes", "consumers resumed where they stopped (reconnect, a server lost)", registry=r
+        )
         self.nats_connected = Gauge("cfnft_nats_connected", "1 while connected to NATS", registry=r)

@@ -535,6 +535,8 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
         give_up_after_failures=props["give_up_after_failures"],
         rule_metrics_seconds=props["rule_metrics_seconds"],
         flow_log=FlowLogConfig(file=props["flow_log"]["file"], host_ip="10.0.16.20", host_guid=INSTANCE_ID),
+        consumer_heartbeat_seconds=props["consumer_heartbeat_seconds"],
+        replay_jitter_seconds=props["replay_jitter_seconds"],
     )
     assert reconciler_config(rendered, tmp_path) == expected
     for destination, key in (("ca.crt", "ca_cert"), ("client.crt", "client_cert"), ("client.key", "client_key")):
@@ -1159,7 +1161,7 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
         own = cell_consumers(INSTANCE_ID)[0]
         info = await cell.jetstream(timeout=2).add_consumer(
             "CFNFT_STATE",
-            ConsumerConfig(name=own.name, filter_subject=own.filter_subject, deliver_subject=cell.new_inbox()),
+            ConsumerConfig(name=own.names[0], filter_subject=own.filter_subject, deliver_subject=cell.new_inbox()),
         )
         assert info.num_pending == 1
         await cell.close()

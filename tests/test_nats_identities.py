@@ -145,7 +145,7 @@ async def test_a_cell_can_neither_write_state_nor_create_or_change_the_stream(
     with pytest.raises(nats.errors.TimeoutError):
         await cell.js.add_stream(state_stream_config(1).evolve(name="CFNFT_OTHER", subjects=["cfnft.other.>"]))
     assert await cell.refused("$JS.API.STREAM.CREATE.CFNFT_OTHER")
-    for request in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE", "STREAM.INFO"):
+    for request in ("STREAM.DELETE", "STREAM.PURGE", "STREAM.UPDATE"):
         await cell.nc.publish(f"$JS.API.{request}.{subjects.STATE_STREAM}", b"{}", reply=cell.nc.new_inbox())
         assert await cell.refused(f"$JS.API.{request}.{subjects.STATE_STREAM}")
 
@@ -158,10 +158,10 @@ async def test_a_cell_cannot_read_another_cells_containers(connect_as, identitie
     deliver = cell.nc.new_inbox()
     attempts = {
         # b's filter under a's own consumer name, and b's consumer as it is
-        own.name: other.filter_subject,
-        other.name: other.filter_subject,
+        own.names[0]: other.filter_subject,
+        other.names[0]: other.filter_subject,
         # the whole stream, under a's name
-        f"{own.name}-all": subjects.STATE_WILDCARD,
+        f"{own.names[0]}-all": subjects.STATE_WILDCARD,
     }
     for name, filter_subject in attempts.items():
         with pytest.raises(nats.errors.TimeoutError):
@@ -170,11 +170,11 @@ async def test_a_cell_cannot_read_another_cells_containers(connect_as, identitie
     # The forms without a filter in the subject, and reading a message directly.
     for request in (
         f"CONSUMER.CREATE.{subjects.STATE_STREAM}",
-        f"CONSUMER.DURABLE.CREATE.{subjects.STATE_STREAM}.{own.name}",
+        f"CONSUMER.DURABLE.CREATE.{subjects.STATE_STREAM}.{own.names[0]}",
         f"STREAM.MSG.GET.{subjects.STATE_STREAM}",
         f"DIRECT.GET.{subjects.STATE_STREAM}",
         f"DIRECT.GET.{subjects.STATE_STREAM}.{subjects.container('b', 'b-1')}",
-        f"CONSUMER.INFO.{subjects.STATE_STREAM}.{other.name}",
+        f"CONSUMER.INFO.{subjects.STATE_STREAM}.{other.names[0]}",
     ):
         payload = json.dumps({"last_by_subj": subjects.container("b", "b-1")}).encode()
         await cell.nc.publish(f"$JS.API.{request}", payload, reply=cell.nc.new_inbox())
@@ -196,18 +196,21 @@ async def test_a_cell_reads_its_own_containers_and_the_foundation_through_its_na
             received.append(msg.subject)
 
     for consumer in cell_consumers("a"):
-        deliver = cell.nc.new_inbox()
-        await cell.nc.subscribe(deliver, cb=on_message)
-        await cell.js.add_consumer(
-            subjects.STATE_STREAM, cell_consumer_config(consumer.name, consumer.filter_subject, deliver)
-        )
-        # A reconnecting cell replaces its consumer.
-        await cell.js.delete_consumer(subjects.STATE_STREAM, consumer.name)
+        for name in consumer.names:
+            deliver = cell.nc.new_inbox()
+            await cell.nc.subscribe(deliver, cb=on_message)
+            await cell.js.add_consumer(
+                subjects.STATE_STREAM, cell_consumer_config(name, consumer.filter_subject, deliver)
+            )
+            # A cell replaces a consumer it lost.
+            await cell.js.delete_consumer(subjects.STATE_STREAM, name)
     for _ in range(100):
         if received:
             break
         await asyncio.sleep(0.02)
-    assert received == [subjects.container("a", "a-1")]
+    assert received == [subjects.container("a", "a-1")] * 2
+    # It sees where the stream stands (to resume from where it was).
+    assert (await cell.js.stream_info(subjects.STATE_STREAM)).state.last_seq == 2
     assert cell.errors.last is None
 
 

@@ -1,0 +1,176 @@
+"""Failover without loss: a 3-node nats-server cluster (TLS, the role identities) holding the state
+stream with three replicas, two cells' reconcilers reading it as their own identities, and a
+publisher writing a few hundred changes while the stream leader is killed, brought back, and then
+the next leader is killed too.
+
+Every cell ends with every change, applies each object's versions in order and each at most once,
+and never replays the stream again: each consumer it lost resumes where it was. The cells enforce
+into FakeNft (the kernel is not what is under test here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from events import subjects
+from events.connect import connect
+from events.messages import AppInstancesMessage, ContainerMessage, Message
+from events.models import Container
+from events.permissions import Role, inbox_prefix
+from events.publisher import StatePublisher
+from lab.natsconf import Identities, ServerSettings
+from lab.natsserver import NatsCluster
+from lab.pki import Pki, make_pki
+from nft import FakeNft
+from reconciler.config import ReconcilerConfig
+from reconciler.daemon import Reconciler
+from tests.running import running, until
+
+pytestmark = pytest.mark.nats
+
+CELLS = ("a", "b")
+CHANGES = 300
+APPS = 20
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def identities(tmp_path: Path) -> Identities:
+    return Identities(tmp_path / "identities", CELLS)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pki: Pki, identities: Identities) -> Iterator[NatsCluster]:
+    with NatsCluster(tmp_path / "cluster", settings=ServerSettings(users=identities.users(), tls=pki.server)) as c:
+        yield c
+
+
+def change(i: int) -> Message:
+    """Change i: alternately an app's instance addresses (every cell reads them) and a container of
+    one cell (only that cell may read it); its version is i + 1, so versions only grow per object."""
+    address = IPv4Address("10.255.0.0") + i + 2
+    if i % 2 == 0:
+        return AppInstancesMessage(version=i + 1, app_guid=f"app-{i % APPS}", addresses=[address])
+    cell = CELLS[(i // 2) % 2]
+    container = Container(handle=f"h-{i % 7}", ip=address, app_guid="app-0", space_guid="space", workload="app")
+    return ContainerMessage(version=i + 1, cell_id=cell, handle=container.handle, container=container)
+
+
+class Applied:
+    """Every message a reconciler took, in order, per subject."""
+
+    def __init__(self, rec: Reconciler) -> None:
+        self.versions: dict[str, list[int]] = {}
+        take = rec._on_message  # the feed's callback; observed, not replaced
+
+        def observe(msg: Message) -> None:
+            self.versions.setdefault(msg.subject(), []).append(msg.version)
+            take(msg)
+
+        rec._on_message = observe  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def reconcilers(
+    cluster: NatsCluster, pki: Pki, identities: Identities, tmp_path: Path
+) -> AsyncIterator[dict[str, Reconciler]]:
+    recs: dict[str, Reconciler] = {}
+    for cell in CELLS:
+        cfg = ReconcilerConfig(
+            cell_id=cell,
+            nats=identities.cell(cell).client(cluster.urls, pki.server, connect_timeout_seconds=1.0),
+            socket_path=tmp_path / f"{cell}.sock",
+            state_dir=tmp_path / f"state-{cell}",
+            drift_probe_seconds=5,
+            consumer_heartbeat_seconds=0.5,
+            replay_jitter_seconds=0.5,
+            retry_max_seconds=1.0,
+        )
+        recs[cell] = Reconciler(cfg, FakeNft())
+    async with running(recs["a"]), running(recs["b"]):
+        yield recs
+
+
+async def stream_leader(nc: NATS) -> str:
+    while True:
+        try:
+            info = await nc.jetstream(timeout=2).stream_info(subjects.STATE_STREAM)
+            if info.cluster is not None and info.cluster.leader:
+                return info.cluster.leader
+        except Exception:  # an election under way: ask again
+            pass
+        await asyncio.sleep(0.1)
+
+
+def metric(rec: Reconciler, name: str) -> float:
+    return rec.metrics.registry.get_sample_value(name) or 0.0
+
+
+async def test_killing_the_stream_leader_then_the_next_loses_no_change_and_replays_nothing(
+    cluster: NatsCluster, pki: Pki, identities: Identities, tmp_path: Path
+) -> None:
+    watcher = await connect(
+        identities.watcher.client(cluster.urls, pki.server), "watcher", inbox_prefix(Role.WATCHER), forever=True
+    )
+    publisher = StatePublisher(watcher, replicas=3)
+    for i in range(20):  # something to replay at start
+        await publisher.publish(change(i))
+    async with reconcilers(cluster, pki, identities, tmp_path) as recs:
+        applied = {cell: Applied(rec) for cell, rec in recs.items()}
+        await until(lambda: all(rec.ready for rec in recs.values()), "both cells in sync")
+
+        killed: list[str] = []
+        for i in range(20, CHANGES):
+            if i in (80, 200):
+                leader = await stream_leader(watcher)
+                await asyncio.to_thread(cluster.nodes[leader].stop, hard=True)
+                killed.append(leader)
+            if i in (150, 260):
+                # Back, and caught up, before the next node goes: two down would leave no quorum.
+                await asyncio.to_thread(cluster.nodes[killed[-1]].start)
+            await publisher.publish(change(i))
+        assert len(set(killed)) == 2, f"the second kill must hit another node: {killed}"
+
+        final: dict[str, int] = {}
+        for i in range(CHANGES):
+            final[change(i).subject()] = i + 1
+
+        def complete(cell: str) -> bool:
+            seen = {s: v[-1] for s, v in applied[cell].versions.items()}
+            return all(seen.get(s) == v for s, v in final.items() if readable(cell, s))
+
+        await until(lambda: all(complete(cell) for cell in CELLS), "every change on every cell", timeout=30)
+        await until(lambda: all(rec.ready for rec in recs.values()), "both cells committed")
+
+        for cell, rec in recs.items():
+            versions = applied[cell].versions
+            assert not [s for s in versions if not readable(cell, s)], f"cell {cell} read another cell's containers"
+            for subject, seen in versions.items():
+                assert seen == sorted(set(seen)), f"cell {cell}: {subject} applied out of order or twice: {seen}"
+            state = rec.store.snapshot()
+            assert {c.handle: c.ip for c in state.containers} == {
+                f"h-{i % 7}": change(i).container.ip  # type: ignore[attr-defined]
+                for i in range(CHANGES)
+                if i % 2 and CELLS[(i // 2) % 2] == cell
+            }
+            assert metric(rec, "cfnft_stream_full_replays_total") == 1, f"cell {cell} replayed the stream again"
+        resumed = sum(metric(rec, "cfnft_stream_resumes_total") for rec in recs.values())
+        assert resumed >= 1, "no consumer was lost with the killed nodes: the failover was not exercised"
+    await watcher.close()
+
+
+def readable(cell: str, subject: str) -> bool:
+    """What a cell may read: not the containers of another cell."""
+    prefix = f"{subjects.STATE_PREFIX}.container."
+    return not subject.startswith(prefix) or subject.startswith(f"{prefix}{cell}.")
