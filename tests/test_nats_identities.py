@@ -64,7 +64,7 @@ class Client:
     async def refused(self, subject: str) -> bool:
         """The server told this client it may not publish (or subscribe) on `subject`."""
         for _ in range(50):
-            if self.errors.last and subject.lower() in self.errors.last.lower():
+            if self.errors.refused and subject.lower() in self.errors.refused.lower():
                 return True
             await asyncio.sleep(0.02)
         return False
@@ -211,7 +211,7 @@ async def test_a_cell_reads_its_own_containers_and_the_foundation_through_its_na
     assert received == [subjects.container("a", "a-1")] * 2
     # It sees where the stream stands (to resume from where it was).
     assert (await cell.js.stream_info(subjects.STATE_STREAM)).state.last_seq == 2
-    assert cell.errors.last is None
+    assert cell.errors.refused is None
 
 
 async def test_the_status_reply_goes_back_to_the_operator_and_only_there(
