@@ -58,7 +58,7 @@ class ReconcilerConfig(BaseModel):
         30.0, gt=0, description="how often the per-group and per-policy totals on /metrics are read from the kernel"
     )
     consumer_heartbeat_seconds: float = Field(
-        2.0,
+        1.0,
         ge=0.1,
         description="idle heartbeat of the cell's JetStream consumers: three missed (the server holding one "
         "went away) and it resumes from where it was",

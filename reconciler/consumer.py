@@ -7,10 +7,11 @@ recreates them under the same request). So this module keeps the consumer itself
 - `open(resume_after=None)` creates a push consumer that delivers the last message of every subject
   (a full replay); `open(resume_after=n)` one that starts at stream sequence n + 1. The consumer is
   in memory, one replica, with flow control and idle heartbeats, on a fresh inbox of the cell's own.
-- Every message must carry the next consumer sequence. A gap (a message lost on the way), a
-  heartbeat saying more was sent than arrived, or heartbeats that stop (the server that held the
-  consumer is gone) interrupt the consumer; the owner then reopens it after `position`, the last
-  stream sequence delivered (or, per heartbeat, scanned past with nothing for this filter).
+- Every message must carry the next consumer sequence. A gap (a message lost on the way, e.g.
+  while the client reconnected), a heartbeat saying more was sent than arrived, or heartbeats that
+  stop while connected (the server that held the consumer is gone) interrupt the consumer; the
+  owner then reopens it after `position`, the last stream sequence delivered (or, per heartbeat,
+  scanned past with nothing for this filter). While the client is disconnected the watch pauses.
 - A consumer cannot be deleted while the server that holds it is down, nor replaced under the same
   name with another start. Each filter therefore has two names: a replacement goes into the other
   one, and the old consumer is deleted in the background once the cluster lets it go.
@@ -40,7 +41,8 @@ from events.permissions import CellConsumer, consumer_create_subject
 
 log = logging.getLogger(__name__)
 
-API_TIMEOUT = 5.0
+# Short: during a failover a request to a server that is gone is better retried than waited on.
+API_TIMEOUT = 1.0
 # Heartbeats missed before the consumer counts as lost.
 MISSED_HEARTBEATS = 3
 _STREAM_NOT_FOUND = 10059
@@ -250,6 +252,10 @@ class StateConsumer:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat)
+            if not self._nc.is_connected:
+                # Heartbeats cannot arrive; the feed resumes every consumer after the reconnect.
+                self._last_activity = time.monotonic()
+                continue
             if time.monotonic() - self._last_activity > MISSED_HEARTBEATS * self._heartbeat:
                 self._interrupt(f"no heartbeat for {MISSED_HEARTBEATS * self._heartbeat:.1f}s")
                 return

@@ -371,7 +371,8 @@ class Reconciler:
 
         async def reconnected() -> None:
             self.metrics.nats_connected.set(1)
-            log.info("NATS reconnected; resuming the state stream where it was")
+            where = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else ""
+            log.info("NATS reconnected to %s; resuming the state stream where it was", where)
             if self._feed is not None:
                 self._feed.reconnected()
 

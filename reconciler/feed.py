@@ -118,7 +118,7 @@ class StateFeed:
         *,
         on_replay_started: Callable[[], None] = lambda: None,
         on_resumed: Callable[[], None] = lambda: None,
-        heartbeat_seconds: float = 2.0,
+        heartbeat_seconds: float = 1.0,
         replay_jitter_seconds: float = 10.0,
         retry_max_seconds: float = 10.0,
     ) -> None:
@@ -144,7 +144,8 @@ class StateFeed:
         self._behind = 0
 
     def reconnected(self) -> None:
-        """The connection came back (perhaps to another server): resume every consumer."""
+        """The connection came back, perhaps to another server: the one that held the consumers may
+        be gone, and waiting for their heartbeats to tell costs seconds. Resume every consumer."""
         for consumer in self.consumers:
             self._interrupted(consumer, "reconnected to NATS")
 

@@ -108,6 +108,7 @@ async def running_reconciler(url, cell, tmp_path, **overrides):
         socket_path=tmp_path / f"{cell.cell_name}.sock",
         state_dir=tmp_path / f"state-{cell.cell_name}",
         drift_probe_seconds=0.2,
+        consumer_heartbeat_seconds=0.5,
         **overrides,
     )
     runner = NftRunner(netns=cell.name)
