@@ -15,16 +15,17 @@ import sys
 
 from cfnft.errors import InputError
 
-SCENARIOS = ["cold", "incremental", "e2e", "cni", "packet", "policy-load", "flowlog", "foundation"]
+SCENARIOS = ["cold", "incremental", "e2e", "failover", "cni", "packet", "policy-load", "flowlog", "foundation"]
 
 
 def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
         help="a two-cell foundation on this machine, and CF's network promises shown with real packets",
-        description="Start nats-server, the BBS and policy-server simulators, their watchers, two cells (network "
-        "namespaces) with reconcilers and the real CNI chain; push two apps and walk through default deny, a DNS "
-        "security group, a c2c policy across cells, a dynamic ASG change on a running app and a flushed table "
+        description="Start a cluster of three nats-servers (TLS, the role identities), the BBS and policy-server "
+        "simulators, their watchers, two cells (network namespaces) with reconcilers and the real CNI chain; push "
+        "two apps and walk through default deny, a DNS security group, a c2c policy across cells, a dynamic ASG "
+        "change on a running app, the NATS node leading the stream killed before a change, and a flushed table "
         "being repaired, printing each probe and how long the change took to take effect. Needs root. Removes "
         "everything it created on exit, also on Ctrl-C.",
     )
@@ -41,7 +42,7 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "500 c2c policies) and on one cell of a large foundation (`foundation`: 30,000 apps with 90,000 addresses, "
         "2,000 security groups, 4,000 c2c policies in a real nats-server) in throwaway network namespaces, and print "
         "each figure with its target and its ratio against the named baseline, measured side by side in the same "
-        "run; policy-load measures the load cfnft's policy watcher puts on the policy server at 6,000 security "
+        "run; failover runs a 3-node NATS cluster (one replica against three, the stream leader killed); policy-load measures the load cfnft's policy watcher puts on the policy server at 6,000 security "
         "groups next to 1,000 vxlan-policy-agents. Needs root.",
     )
     p.add_argument("--scenario", action="append", choices=SCENARIOS, help="what to run (repeatable; default: all)")

@@ -1,11 +1,14 @@
 """`cfnft demo`: a small foundation on this machine, and what CF promises, shown with real packets.
 
-Everything runs here, as root, in network namespaces of its own: nats-server; the BBS and policy
-server simulators (real wire formats, mutual TLS); the BBS and policy watchers; two cells, each
-with its reconciler and CNI endpoint; apps whose containers are attached by the real CNI chain
-(`ptp` + `host-local`, then `cfnft-cni`) exactly as Garden's external networker calls it; and an
-"internet" namespace owning the documentation address ranges. Each step changes something the
-way CF would, then probes until the expected outcome holds and prints how long that took.
+Everything runs here, as root, in network namespaces of its own: a cluster of three nats-servers
+(TLS, and cfnft's role identities: the watchers write as `watcher`, each cell reads as itself)
+holding the state stream with three replicas; the BBS and policy server simulators (real wire
+formats, mutual TLS); the BBS and policy watchers; two cells, each with its reconciler and CNI
+endpoint; apps whose containers are attached by the real CNI chain (`ptp` + `host-local`, then
+`cfnft-cni`) exactly as Garden's external networker calls it; and an "internet" namespace owning
+the documentation address ranges. Each step changes something the way CF would, then probes until
+the expected outcome holds and prints how long that took; one step kills the NATS node that leads
+the stream first.
 
 With --ci it exits 1 if any probe ends other than expected; with --keep it stays up for
 inspection until Ctrl-C. Everything it started or created is removed on exit, also on Ctrl-C.
@@ -24,17 +27,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
-
 from events.bbs.watcher import BbsWatcher, BbsWatcherConfig
-from events.connect import NatsConfig
+from events.connect import connect
+from events.permissions import Role, inbox_prefix
 from events.policy.spaces import ContainerSpaces
 from events.policy.watcher import PolicyWatcher, PolicyWatcherConfig
 from events.publisher import StatePublisher
 from lab.cnirun import CniRuntime, garden_injection
-from lab.natsserver import NatsServer
+from lab.natsconf import Identities, ServerSettings
+from lab.natsserver import NatsCluster, free_port, stream_leader
 from lab.netlab import Cell, Lab, Netns, Outcome, probe_many
-from lab.pki import make_pki
+from lab.pki import Pki, make_pki
 from lab.sim.bbs import BbsSimulator
 from lab.sim.policy import C2CPolicySpec, PolicyServerSimulator
 from nft import NftRunner
@@ -48,6 +51,8 @@ APP_NAMES = {FRONTEND: "frontend", BACKEND: "backend"}
 DNS = "198.51.100.53"
 WEB = "192.0.2.10"
 SETTLE = 15.0  # the longest a change may take to show, before the demo calls it wrong
+# ... when a NATS node was killed first: the stream elects a new leader in 4-9 s (nats-server's raft).
+FAILOVER_SETTLE = 30.0
 
 
 @dataclass
@@ -92,7 +97,9 @@ class Result:
 class Demo:
     workdir: Path
     lab: Lab
-    nats_url: str
+    cluster: NatsCluster
+    identities: Identities
+    pki: Pki
     bbs: BbsSimulator
     policy: PolicyServerSimulator
     reconcilers: dict[str, Reconciler] = field(default_factory=dict)
@@ -133,8 +140,8 @@ class Demo:
 
     # ------------------------------------------------------------------ probing
 
-    def check(self, step: str, probes: list[Probe], started: float) -> None:
-        """Probe until every probe gives its expected outcome (or SETTLE passes); record each."""
+    def check(self, step: str, probes: list[Probe], started: float, settle: float = SETTLE) -> None:
+        """Probe until every probe gives its expected outcome (or `settle` seconds pass); record each."""
         pending = list(probes)
         while True:
             by_source: dict[str, list[Probe]] = {}
@@ -150,7 +157,7 @@ class Demo:
                         still.append((p, r.outcome))
             if not still:
                 return
-            if time.perf_counter() - started > SETTLE:
+            if time.perf_counter() - started > settle:
                 for p, outcome in still:
                     self.results.append(Result(step, p, outcome, time.perf_counter() - started))
                 return
@@ -167,7 +174,13 @@ def _print_result(r: Result) -> None:
     )
 
 
-async def _step(demo: Demo, title: str, change: Callable[[], Awaitable[None] | None] | None, probes: list[Probe]):
+async def _step(
+    demo: Demo,
+    title: str,
+    change: Callable[[], Awaitable[None] | None] | None,
+    probes: list[Probe],
+    settle: float = SETTLE,
+) -> None:
     print(f"\n== {title}", flush=True)
     started = time.perf_counter()
     if change is not None:
@@ -175,7 +188,7 @@ async def _step(demo: Demo, title: str, change: Callable[[], Awaitable[None] | N
         if asyncio.iscoroutine(outcome):
             await outcome
     before = len(demo.results)
-    await asyncio.to_thread(demo.check, title, probes, started)
+    await asyncio.to_thread(demo.check, title, probes, started, settle)
     for r in demo.results[before:]:
         _print_result(r)
 
@@ -183,28 +196,34 @@ async def _step(demo: Demo, title: str, change: Callable[[], Awaitable[None] | N
 async def run(ci: bool, keep: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cfnft-demo-"))
     try:
-        with Lab(ipv6=False) as lab, NatsServer(workdir / "nats") as server:
-            return await _run(workdir, lab, server, ci, keep)
+        with Lab(ipv6=False) as lab:
+            return await _run(workdir, lab, ci, keep)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool) -> int:
+async def _run(workdir: Path, lab: Lab, ci: bool, keep: bool) -> int:
     print("cfnft demo: building a two-cell foundation in network namespaces ...", flush=True)
     cells = [lab.add_cell("a"), lab.add_cell("b")]
     lab.add_internet()
     pki = make_pki(workdir / "pki", "bbs.service.cf.internal", "policy-server.service.cf.internal")
+    identities = Identities(workdir / "nats-identities", [cell.cell_name for cell in cells])
+    cluster = NatsCluster(workdir / "nats", settings=ServerSettings(users=identities.users(), tls=pki.server))
     async with contextlib.AsyncExitStack() as stack:
+        await asyncio.to_thread(cluster.start)
+        stack.callback(cluster.stop)
         bbs = await stack.enter_async_context(BbsSimulator(pki.server))
         policy = await stack.enter_async_context(PolicyServerSimulator(pki.server))
-        demo = Demo(workdir, lab, server.url, bbs, policy)
-        nc = await nats.connect(server.url)
+        demo = Demo(workdir, lab, cluster, identities, pki, bbs, policy)
+        nc = await connect(
+            identities.watcher.client(cluster.urls, pki.server), "cfnft-watcher", inbox_prefix(Role.WATCHER)
+        )
         stack.push_async_callback(nc.close)
         client = pki.client
 
         bbs_watcher = BbsWatcher(
             BbsWatcherConfig(url=bbs.url, ca_file=client.ca, cert_file=client.cert, key_file=client.key),
-            StatePublisher(nc),
+            StatePublisher(nc, replicas=3),
         )
         spaces = await stack.enter_async_context(ContainerSpaces(nc))
         policy_watcher = PolicyWatcher(
@@ -216,7 +235,7 @@ async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool
                 poll_interval=0.2,
                 asg_poll_interval=0.2,
             ),
-            StatePublisher(nc),
+            StatePublisher(nc, replicas=3),
             spaces,
         )
         await stack.enter_async_context(bbs_watcher)
@@ -224,7 +243,10 @@ async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool
 
         for cell in cells:
             await _start_cell(demo, stack, cell)
-        print(f"   nats {server.url}; BBS {bbs.url}; policy server {policy.url}", flush=True)
+        print(
+            f"   nats {', '.join(cluster.urls)} (stream with 3 replicas); BBS {bbs.url}; policy server {policy.url}",
+            flush=True,
+        )
         for cell in cells:
             metrics = demo.reconcilers[cell.cell_name].config.metrics_listen
             print(
@@ -284,6 +306,20 @@ async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool
                 Probe(front, "tcp", WEB, 80, rejected),
             ],
         )
+        leader = await stream_leader(nc)
+        await _step(
+            demo,
+            f"kill -9 NATS node {leader}, the stream's leader; then a c2c policy backend -> frontend tcp 8080",
+            lambda: _kill_then(cluster, leader, policy, C2CPolicySpec(BACKEND, FRONTEND, "tcp", 8080, 8080)),
+            [
+                Probe(back, "tcp", front.ip, 8080, allowed),
+                Probe(front, "tcp", back.ip, 8080, allowed),
+                Probe(front, "udp", DNS, 53, allowed),
+            ],
+            settle=FAILOVER_SETTLE,
+        )
+        await asyncio.to_thread(cluster.nodes[leader].start)
+        print(f"   node {leader} is back and has caught up with the stream", flush=True)
         await _step(
             demo,
             "someone flushes table inet cfnft on cell a: the reconciler repairs it",
@@ -297,24 +333,30 @@ async def _run(workdir: Path, lab: Lab, server: NatsServer, ci: bool, keep: bool
         wrong = [r for r in demo.results if not r.ok]
         print(f"\n{len(demo.results) - len(wrong)} of {len(demo.results)} probes as expected", flush=True)
         if keep:
-            _explain(demo, cells, server.url)
+            _explain(demo, cells)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
         return 1 if (wrong and ci) else 0
 
 
-async def _start_cell(demo: Demo, stack: contextlib.AsyncExitStack, cell: Cell) -> None:
-    from lab.natsserver import free_port
+async def _kill_then(cluster: NatsCluster, node: str, policy: PolicyServerSimulator, spec: C2CPolicySpec) -> None:
+    """A NATS node dies (SIGKILL), and CF changes something right after."""
+    await asyncio.to_thread(cluster.nodes[node].stop, hard=True)
+    policy.add_c2c_policy(spec)
 
+
+async def _start_cell(demo: Demo, stack: contextlib.AsyncExitStack, cell: Cell) -> None:
     socket = demo.workdir / f"cell-{cell.cell_name}.sock"
     cfg = ReconcilerConfig(
         cell_id=cell.cell_name,
-        nats=NatsConfig(servers=[demo.nats_url], insecure=True),
+        nats=demo.identities.cell(cell.cell_name).client(demo.cluster.urls, demo.pki.server),
         netns=cell.name,
         socket_path=socket,
         state_dir=demo.workdir / f"state-{cell.cell_name}",
         metrics_listen=f"127.0.0.1:{free_port()}",
         drift_probe_seconds=0.5,
+        # A lost NATS node shows within 1.5 s (three missed heartbeats); the consumer resumes elsewhere.
+        consumer_heartbeat_seconds=0.5,
     )
     runner = NftRunner(netns=cell.name)
     stack.callback(runner.close)
@@ -356,11 +398,16 @@ async def _start_cell(demo: Demo, stack: contextlib.AsyncExitStack, cell: Cell) 
     )
 
 
-def _explain(demo: Demo, cells: list[Cell], nats_url: str) -> None:
+def _explain(demo: Demo, cells: list[Cell]) -> None:
     print("\nThe foundation stays up until Ctrl-C. To look inside:")
     for cell in cells:
         print(f"  ip netns exec {cell.name} nft list table inet cfnft")
-    print(f"  nats sub 'cfnft.>' -s {nats_url}        (the nats CLI; or: cfnft status --cell a --nats-url {nats_url})")
+    operator = demo.identities.operator
+    urls = " ".join(f"--nats-url {url}" for url in demo.cluster.urls)
+    print(
+        f"  cfnft status --cell a {urls} --nats-ca {demo.pki.client.ca} --nats-user {operator.user} "
+        f"--nats-password-file {operator.password_file}"
+    )
     for name, rec in demo.reconcilers.items():
         print(f"  curl http://{rec.config.metrics_listen}/metrics        (cell {name})")
     for i in demo.instances:

@@ -17,6 +17,7 @@ may go out on the dead socket and time out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import socket
@@ -28,7 +29,11 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
+import nats.errors
+from nats.aio.client import Client as NATS
+
 from cfnft.errors import OperationError
+from events import subjects
 from lab.natsconf import ClusterSettings, ServerSettings, server_config, write_config
 
 READY_TIMEOUT = 20.0
@@ -44,6 +49,17 @@ async def wait_connection(client: _Connection, *, connected: bool, timeout: floa
     async with asyncio.timeout(timeout):
         while client.is_connected != connected:
             await asyncio.sleep(0.02)
+
+
+async def stream_leader(nc: NATS, stream: str = subjects.STATE_STREAM, timeout: float = 30.0) -> str:
+    """The name of the server that leads `stream` now (asked again while an election is under way)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(nats.errors.Error):
+                info = await nc.jetstream(timeout=2).stream_info(stream)
+                if info.cluster is not None and info.cluster.leader:
+                    return info.cluster.leader
+            await asyncio.sleep(0.1)
 
 
 class NatsServerError(OperationError):

@@ -17,7 +17,6 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from nats.aio.client import Client as NATS
 
 from events import subjects
 from events.connect import connect
@@ -26,7 +25,7 @@ from events.models import Container
 from events.permissions import Role, inbox_prefix
 from events.publisher import StatePublisher
 from lab.natsconf import Identities, ServerSettings
-from lab.natsserver import NatsCluster
+from lab.natsserver import NatsCluster, stream_leader
 from lab.pki import Pki, make_pki
 from nft import FakeNft
 from reconciler.config import ReconcilerConfig
@@ -100,17 +99,6 @@ async def reconcilers(
         recs[cell] = Reconciler(cfg, FakeNft())
     async with running(recs["a"]), running(recs["b"]):
         yield recs
-
-
-async def stream_leader(nc: NATS) -> str:
-    while True:
-        try:
-            info = await nc.jetstream(timeout=2).stream_info(subjects.STATE_STREAM)
-            if info.cluster is not None and info.cluster.leader:
-                return info.cluster.leader
-        except Exception:  # an election under way: ask again
-            pass
-        await asyncio.sleep(0.1)
 
 
 def metric(rec: Reconciler, name: str) -> float:

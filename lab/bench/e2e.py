@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -20,7 +21,7 @@ import nats
 from cfnft.publish import publish_state
 from events.connect import NatsConfig
 from events.messages import C2CPoliciesMessage
-from events.models import C2CPolicy, load_cell_state
+from events.models import C2CPolicy, CellState, load_cell_state
 from lab.bench.incremental import Latencies
 from lab.bench.kernel import namespace
 from lab.bench.process import reconcile_process, rss, write_config
@@ -63,31 +64,50 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
         try:
             await wait_until(lambda: rec.ready)
             js = nc.jetstream()
-            target = state.containers[0].app_guid
-            existing = [p for p in state.c2c_policies if p.destination.id == target]
-            extra = C2CPolicy.model_validate(
-                {
-                    "source": {"id": state.containers[1].app_guid},
-                    "destination": {"id": target, "protocol": "tcp", "ports": {"start": 7777, "end": 7777}},
-                }
-            )
-            samples = []
-            for i in range(changes):
-                policies = existing + ([extra] if i % 2 == 0 else [])
-                msg = C2CPoliciesMessage(version=time.time_ns(), destination_app_guid=target, policies=policies)
-                subject = msg.subject()
-                t0 = time.perf_counter()
-                await js.publish(subject, msg.model_dump_json().encode())
-                await wait_until(lambda: rec.store.versions.get(subject) == msg.version)
-                generation = rec.generation
-                await wait_until(lambda: rec.committed_generation >= generation)
-                samples.append(time.perf_counter() - t0)
+
+            async def publish(msg: C2CPoliciesMessage) -> None:
+                await js.publish(msg.subject(), msg.model_dump_json().encode())
+
+            samples = [await publish_to_commit(rec, state, i, publish) for i in range(changes)]
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await nc.close()
     return Latencies(samples)
+
+
+def c2c_change(state: CellState, i: int, port: int = 7777) -> C2CPoliciesMessage:
+    """Change i: the c2c policies of the first container's app, with one extra policy (to `port`) on even i."""
+    target = state.containers[0].app_guid
+    existing = [p for p in state.c2c_policies if p.destination.id == target]
+    extra = C2CPolicy.model_validate(
+        {
+            "source": {"id": state.containers[1].app_guid},
+            "destination": {"id": target, "protocol": "tcp", "ports": {"start": port, "end": port}},
+        }
+    )
+    policies = existing + ([extra] if i % 2 == 0 else [])
+    return C2CPoliciesMessage(version=time.time_ns(), destination_app_guid=target, policies=policies)
+
+
+async def committed(rec: Reconciler, msg: C2CPoliciesMessage) -> None:
+    """Until the reconciler has taken `msg` and committed the transaction that contains it."""
+    subject = msg.subject()
+    await wait_until(lambda: rec.store.versions.get(subject) == msg.version)
+    generation = rec.generation
+    await wait_until(lambda: rec.committed_generation >= generation)
+
+
+async def publish_to_commit(
+    rec: Reconciler, state: CellState, i: int, publish: Callable[[C2CPoliciesMessage], Awaitable[None]]
+) -> float:
+    """Seconds from publishing change i to the kernel commit that enforces it."""
+    msg = c2c_change(state, i)
+    t0 = time.perf_counter()
+    await publish(msg)
+    await committed(rec, msg)
+    return time.perf_counter() - t0
 
 
 def _reconciler_rss(url: str, tmp: Path, cell_id: str) -> int:

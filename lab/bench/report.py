@@ -103,6 +103,22 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         )
         report.add("e2e", "NATS publish -> kernel commit, p99", lat.p99 * 1e3, "ms", "<250 ms")
         report.add("e2e", "reconciler RSS at a full cell", rss / 2**20, "MiB", "<100 MiB")
+    if "failover" in scenarios:
+        from lab.bench.failover import Failover, failover
+
+        f = failover(doc, changes=40 if quick else 200, kills=1 if quick else 3)
+        for name, lat in (("R1", f.r1), ("R3", f.r3)):
+            ratio = {"ratio": lat.p50 / f.r1.p50, "baseline": "R1 stream"} if lat is f.r3 else {}
+            report.add("failover", f"publish -> commit p50, {name} stream", lat.p50 * 1e3, "ms", **ratio)
+            report.add("failover", f"publish -> commit p99, {name} stream", lat.p99 * 1e3, "ms")
+        for how, samples in (("kill -9", f.killed), ("SIGTERM", f.stopped)):
+            report.add(
+                "failover",
+                f"leader {how} -> next change committed",
+                Failover.median(samples) * 1e3,
+                "ms",
+                note=f"median of {len(samples)}; max {max(samples) * 1e3:,.0f} ms",
+            )
     if "cni" in scenarios:
         from lab.bench.cni import cni_add_latency
 
