@@ -224,25 +224,31 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _nats(args: argparse.Namespace, action: str, errors: ServerErrors) -> AsyncIterator[NATS]:
+async def _nats(args: argparse.Namespace, action: str) -> AsyncIterator[NATS]:
     """A NATS connection for one command, as the operator identity (its inbox prefix; see
-    events/permissions.py). nats-py's errors while using it (no JetStream, the connection lost, a
-    request unanswered because the server refused it, as `errors` tells) become NatsUnavailable
-    naming the servers and `action`."""
+    events/permissions.py). nats-py's errors while using it (no JetStream, the connection lost)
+    become NatsUnavailable naming the servers and `action`; so does any failure, a request nobody
+    answered included, after the server refused something (a permissions violation): that is why."""
     from nats.errors import Error as NatsClientError
 
-    from events.connect import NatsConfig, NatsUnavailable, connect
+    from events.connect import NatsConfig, NatsUnavailable, ServerErrors, connect
     from events.permissions import Role, inbox_prefix
 
     cfg = _nats_config(NatsConfig(), args, f"cfnft {args.command}")
+    errors = ServerErrors("cfnft-cli")
     nc = await connect(cfg, "cfnft-cli", inbox_prefix(Role.OPERATOR), forever=False, errors=errors)
     try:
         yield nc
-    except NatsClientError as e:
+        # A refused publish is answered with an error before the flush's PONG; let it land.
+        await nc.flush()
+        await asyncio.sleep(0.05)
+    except (NatsClientError, OperationError) as e:
+        if errors.refused is None and isinstance(e, OperationError):
+            raise
         raise NatsUnavailable(cfg.servers, _refusal(errors) or str(e) or type(e).__name__, action) from None
     finally:
         await nc.close()
-    if errors.refused:  # a plain publish is refused after the fact
+    if errors.refused:
         raise NatsUnavailable(cfg.servers, _refusal(errors) or "", action)
 
 
@@ -254,14 +260,13 @@ def _refusal(errors: ServerErrors) -> str | None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from cfnft.publish import publish_state
-    from events.connect import ServerErrors
 
     state = _load_state(args.state, lenient=False)
     if not state.cell_id:
         raise InputError(f"{args.state}: cell_id is required to publish containers")
 
     async def main() -> int:
-        async with _nats(args, "publish to", ServerErrors("cfnft-cli")) as nc:
+        async with _nats(args, "publish to") as nc:
             sent, deleted = await publish_state(nc, state, prune=args.prune, replicas=args.stream_replicas)
         print(
             f"cfnft publish: {sent} objects published, {deleted} deleted (unchanged objects skipped)", file=sys.stderr
@@ -273,16 +278,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_resync(args: argparse.Namespace) -> int:
     from events import subjects
-    from events.connect import ServerErrors
     from events.messages import ResyncRequest
 
     async def main() -> int:
         subject = subjects.resync_cell(args.cell) if args.cell else subjects.RESYNC_ALL
-        async with _nats(args, "publish to", ServerErrors("cfnft-cli")) as nc:
+        async with _nats(args, "publish to") as nc:
             await nc.publish(subject, ResyncRequest(cell_id=args.cell, reason=args.reason).model_dump_json().encode())
-            # A refused publish is answered with an error before the flush's PONG; let it land.
-            await nc.flush()
-            await asyncio.sleep(0.05)
         print(f"cfnft resync: requested on {subject}", file=sys.stderr)
         return EXIT_OK
 

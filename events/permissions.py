@@ -6,11 +6,13 @@ lists (tests/test_bosh_templates.py compares them with this module).
 
 - **watcher** (`cfnft watch`): writes state, manages the state stream, and reads it back (a restarted
   watcher publishes only differences; the policy watcher reads which spaces have containers).
-- **operator** (`cfnft publish`, `cfnft resync`, `cfnft status`): what a watcher may do, plus resync
-  requests and status requests to any cell.
+- **operator** (`cfnft publish`, `resync`, `status`, `explain`, `stats`): what a watcher may do, plus
+  reading any one message of the stream, resync requests, and status, explain and stats requests to
+  any cell or (status) to all of them.
 - **cell** (`cfnft reconcile`, one identity per cell): reads its own containers and config and the
   foundation-wide objects, through consumers it may create only with those filters and its own
-  names, answers status requests on its own subject, and nothing else: it can neither write state
+  names, answers status, explain and stats requests on its own subjects (and the fleet-wide status
+  request), and nothing else: it can neither write state
   nor create or change the stream, nor read it any other way. It may ask for the stream's info
   (creation time, first and last sequence: how a resuming cell knows the stream it left is still
   there), which, asked for, also lists subject names: other cells' container handles, never their
@@ -133,9 +135,14 @@ def operator_permissions() -> Permissions:
     return Permissions(
         publish=(
             *_state_writer(),
+            # `cfnft status --object`: the version the stream holds
+            f"{JS_API}.STREAM.MSG.GET.{subjects.STATE_STREAM}",
             subjects.RESYNC_ALL,
             f"{subjects.RESYNC_CELL_PREFIX}.*",
             f"{subjects.STATUS_PREFIX}.*",
+            f"{subjects.EXPLAIN_PREFIX}.*",
+            f"{subjects.STATS_PREFIX}.*",
+            subjects.FLEET_STATUS,
         ),
         subscribe=(f"{inbox_prefix(Role.OPERATOR)}.>",),
     )
@@ -155,6 +162,9 @@ def cell_permissions(cell_id: str) -> Permissions:
             subjects.RESYNC_ALL,
             subjects.resync_cell(cell_id),
             subjects.status(cell_id),
+            subjects.explain(cell_id),
+            subjects.stats(cell_id),
+            subjects.FLEET_STATUS,
             f"{inbox_prefix(Role.CELL, cell_id)}.>",
         ),
         allow_responses=True,

@@ -249,6 +249,20 @@ def cfnft(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cfnft.cli", *args], capture_output=True, text=True, timeout=60)
 
 
+def as_identity(server: NatsServer, pki: Pki, identity: Identity) -> tuple[str, ...]:
+    """The command line's NATS flags for `identity` on `server`."""
+    return (
+        "--nats-url",
+        server.url,
+        "--nats-ca",
+        str(pki.client.ca),
+        "--nats-user",
+        identity.user,
+        "--nats-password-file",
+        str(identity.password_file),
+    )
+
+
 def test_nats_commands_refuse_to_start_without_tls_and_credentials(tmp_path: Path) -> None:
     """Nothing connects: the refusal comes first, exit 2, and names what is missing and the way out."""
     state = tmp_path / "cell.json"
@@ -271,19 +285,7 @@ def test_the_operator_cli_works_as_the_operator_never_logs_its_password_and_a_ce
     state.write_text(json.dumps({"cell_id": "a", "containers": []}))
 
     def as_(identity: Identity, *args: str) -> subprocess.CompletedProcess[str]:
-        return cfnft(
-            "--log-level",
-            "debug",
-            *args,
-            "--nats-url",
-            secure_server.url,
-            "--nats-ca",
-            str(pki.client.ca),
-            "--nats-user",
-            identity.user,
-            "--nats-password-file",
-            str(identity.password_file),
-        )
+        return cfnft("--log-level", "debug", *args, *as_identity(secure_server, pki, identity))
 
     published = as_(identities.operator, "publish", "--state", str(state))
     assert published.returncode == 0, published.stderr
@@ -308,14 +310,7 @@ def test_stream_replicas_beyond_the_cluster_is_a_clear_error(
         str(state),
         "--stream-replicas",
         "3",
-        "--nats-url",
-        secure_server.url,
-        "--nats-ca",
-        str(pki.client.ca),
-        "--nats-user",
-        identities.operator.user,
-        "--nats-password-file",
-        str(identities.operator.password_file),
+        *as_identity(secure_server, pki, identities.operator),
     )
     assert result.returncode == 3, result.stderr
     assert "replicas" in result.stderr and "Traceback" not in result.stderr
@@ -338,3 +333,33 @@ def test_examples_nats_is_what_the_lab_generates_and_nats_server_accepts_it(tmp_
         [str(binary), "-c", "nats-server.json", "-t"], cwd=tmp_path, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_cells_as_their_own_identities_answer_the_operators_fleet_status(
+    secure_server: NatsServer, pki: Pki, identities: Identities, watcher: Client, tmp_path: Path
+) -> None:
+    """The reconciler itself reads through its named consumers and answers as its identity; the
+    operator's `cfnft status --all` reaches every cell and `status --cell` one."""
+    from nft import FakeNft
+    from reconciler.config import ReconcilerConfig
+    from reconciler.daemon import Reconciler
+    from tests.running import running, until
+
+    def reconciler(cell: str) -> Reconciler:
+        cfg = ReconcilerConfig(
+            cell_id=cell,
+            nats=identities.cell(cell).client([secure_server.url], pki.client),
+            socket_path=tmp_path / f"{cell}.sock",
+            state_dir=tmp_path / f"state-{cell}",
+        )
+        return Reconciler(cfg, FakeNft())
+
+    operator = as_identity(secure_server, pki, identities.operator)
+    async with running(reconciler("a")) as a, running(reconciler("b")) as b:
+        await until(lambda: a.ready and b.ready, "both cells in sync")
+        assert set(a.store.containers) == {"a-1"} and set(b.store.containers) == {"b-1"}
+        fleet = await asyncio.to_thread(cfnft, "status", "--all", "--expect", "a", "--expect", "b", *operator)
+        assert fleet.returncode == 0, fleet.stdout + fleet.stderr
+        assert "2 of 2 cells in sync" in fleet.stdout
+        one = await asyncio.to_thread(cfnft, "status", "--cell", "b", *operator)
+        assert one.returncode == 0 and json.loads(one.stdout)["cell_id"] == "b", one.stderr
