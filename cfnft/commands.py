@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfnft import logs
-from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError
+from cfnft.errors import EXIT_DIFFERS, EXIT_FAILED, EXIT_OK, CfnftError, InputError, OperationError
 
 if TYPE_CHECKING:  # imported where they are used, so that each command loads only what it needs
     from nats.aio.client import Client as NATS
@@ -119,7 +119,7 @@ def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
     """The config file with the flags given laid over it, validated whole: a bad flag is refused
     like a bad key in the file (StateError naming the key), and `--metrics-listen ''` turns the
     listener off as an empty `metrics_listen` does."""
-    from events.connect import NatsConfig
+    from events.connect import check_usable
     from events.problems import validate_strict
     from reconciler.config import ReconcilerConfig, load_config
 
@@ -135,9 +135,12 @@ def _reconciler_config(args: argparse.Namespace) -> ReconcilerConfig:
         "metrics_listen": args.metrics_listen,
     }
     data.update({key: value for key, value in flags.items() if value is not None})
-    base = cfg.nats if cfg is not None else NatsConfig()
-    data["nats"] = _nats_config(base, args, str(args.config or "reconcile"))
-    return validate_strict(ReconcilerConfig, data)
+    nats_updates = _nats_overrides(args)
+    if nats_updates:
+        data["nats"] = {**(dict(cfg.nats) if cfg is not None else {}), **nats_updates}
+    checked = validate_strict(ReconcilerConfig, data)
+    check_usable(checked.nats)  # TLS and credentials, or --nats-insecure: refused before anything starts
+    return checked
 
 
 def _nats_overrides(args: argparse.Namespace) -> dict[str, Any]:

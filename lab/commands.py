@@ -42,7 +42,8 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "500 c2c policies) and on one cell of a large foundation (`foundation`: 30,000 apps with 90,000 addresses, "
         "2,000 security groups, 4,000 c2c policies in a real nats-server) in throwaway network namespaces, and print "
         "each figure with its target and its ratio against the named baseline, measured side by side in the same "
-        "run; failover runs a 3-node NATS cluster (one replica against three, the stream leader killed); policy-load measures the load cfnft's policy watcher puts on the policy server at 6,000 security "
+        "run; failover runs a 3-node NATS cluster (one replica against three, the stream leader killed); "
+        "policy-load measures the load cfnft's policy watcher puts on the policy server at 6,000 security "
         "groups next to 1,000 vxlan-policy-agents. Needs root.",
     )
     p.add_argument("--scenario", action="append", choices=SCENARIOS, help="what to run (repeatable; default: all)")

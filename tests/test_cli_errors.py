@@ -41,11 +41,12 @@ def restore_logging() -> Iterator[None]:
 
 
 def cfnft(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
-    """Run the command line; its exit code and the lines on stderr that are not JSON log lines."""
+    """Run the command line; its exit code and the lines on stderr that are not JSON log lines, nor
+    the warning every --nats-insecure command gives (these tests use a NATS without TLS or users)."""
     code = main(list(argv))
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    return code, [line for line in err.splitlines() if not line.startswith("{")]
+    return code, [line for line in err.splitlines() if not line.startswith("{") and "NATS in insecure mode" not in line]
 
 
 def one_line(lines: list[str], command: str) -> str:
@@ -158,7 +159,10 @@ def test_an_empty_flag_is_refused_naming_the_key(flag: str, key: str, capsys) ->
 
 def test_flags_lay_over_the_file_and_an_empty_metrics_listen_turns_the_listener_off(tmp_path: Path) -> None:
     path = tmp_path / "reconciler.json"
-    path.write_text(json.dumps({"cell_id": "a", "nats": {"servers": ["nats://n1:4222"], "user": "u", "password": "p"}}))
+    password = tmp_path / "password"
+    password.write_text("p\n")
+    nats = {"servers": ["nats://n1:4222"], "user": "u", "password_file": str(password), "insecure": True}
+    path.write_text(json.dumps({"cell_id": "a", "nats": nats}))
     args = build_parser().parse_args(
         ["reconcile", "--config", str(path), "--metrics-listen", "", "--nats-url", "nats://n2:4222", "--netns", "c"]
     )
@@ -180,14 +184,14 @@ def test_a_watcher_metrics_listener_that_is_not_host_port_names_the_file_and_key
 def test_a_socket_the_system_refuses_is_one_line_naming_it(netns: str, tmp_path: Path, capsys) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    argv = ["--cell-id", "a", "--netns", netns, "--state-dir", str(tmp_path), "--metrics-listen", ""]
+    argv = ["--cell-id", "a", "--netns", netns, "--state-dir", str(tmp_path), "--metrics-listen", "", "--nats-insecure"]
     code, lines = cfnft(capsys, "reconcile", *argv, "--socket", str(not_a_dir / "reconciler.sock"))
     assert code == EXIT_FAILED
     assert one_line(lines, "reconcile") == f"[Errno 17] File exists: '{not_a_dir}'"
 
 
 def write_watch_config(path: Path, nats_url: str, **sections: object) -> Path:
-    path.write_text(json.dumps({"nats": {"servers": [nats_url]}, "metrics_listen": "", **sections}))
+    path.write_text(json.dumps({"nats": {"servers": [nats_url], "insecure": True}, "metrics_listen": "", **sections}))
     return path
 
 
@@ -224,20 +228,22 @@ def test_unreadable_tls_files_of_a_watcher_name_the_file(nats_server: NatsServer
 )
 def test_unreachable_nats_is_one_line_naming_the_server(argv: list[str], capsys) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    code, lines = cfnft(capsys, *argv, "--nats-url", url)
+    code, lines = cfnft(capsys, *argv, "--nats-url", url, "--nats-insecure")
     assert code == EXIT_FAILED
     assert one_line(lines, argv[0]).startswith(f"cannot connect to NATS {url}: [Errno 111] Connect call failed")
 
 
 def test_an_unreadable_nats_ca_is_bad_input(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nats-ca.pem"
-    code, lines = cfnft(capsys, "resync", "--nats-ca", str(missing))
+    code, lines = cfnft(capsys, "resync", "--nats-ca", str(missing), "--nats-insecure")
     assert code == EXIT_USAGE
     assert one_line(lines, "resync") == f"TLS CA {missing}: No such file or directory"
 
 
 def test_status_of_a_cell_nobody_answers_for(nats_server: NatsServer, capsys) -> None:
-    code, lines = cfnft(capsys, "status", "--cell", "cell-z", "--timeout", "0.2", "--nats-url", nats_server.url)
+    code, lines = cfnft(
+        capsys, "status", "--cell", "cell-z", "--timeout", "0.2", "--nats-url", nats_server.url, "--nats-insecure"
+    )
     assert code == EXIT_FAILED
     assert one_line(lines, "status") == "no reconciler for cell cell-z answered the status request within 0.2s"
 
@@ -324,7 +330,7 @@ def test_a_cell_that_answers_garbage_is_one_line_naming_it(
     nats_server: NatsServer, argv: list[str], subject: str, answer: bytes, said: str, capsys
 ) -> None:
     with responder(nats_server.url, subject, answer):
-        code, lines = cfnft(capsys, *argv, "--nats-url", nats_server.url)
+        code, lines = cfnft(capsys, *argv, "--nats-url", nats_server.url, "--nats-insecure")
     assert code == EXIT_FAILED
     what = {"status": "the status request", "explain": "the explain request", "stats": "the stats request"}[argv[0]]
     assert one_line(lines, argv[0]) == f"cell cell-a: bad answer to {what}: {said}"
@@ -360,7 +366,7 @@ def test_a_fleet_answer_that_is_not_a_status_is_one_line(
     """Had the answer been ignored, the command would have waited out its timeout and exited 1 with no
     cell in sync; had it been believed, it could have counted a cell as enforcing what it does not."""
     with responder(nats_server.url, subjects.FLEET_STATUS, answer):
-        code, lines = cfnft(capsys, "status", *argv, "--timeout", "5", "--nats-url", nats_server.url)
+        code, lines = cfnft(capsys, "status", *argv, "--timeout", "5", "--nats-url", nats_server.url, "--nats-insecure")
     assert code == EXIT_FAILED
     assert one_line(lines, "status").startswith(said), lines
 
@@ -393,7 +399,9 @@ def _greets(port: int) -> bool:
 
 @pytest.mark.nats
 def test_publishing_to_a_nats_without_jetstream(nats_without_jetstream: str, capsys) -> None:
-    code, lines = cfnft(capsys, "publish", "--state", str(EXAMPLE), "--nats-url", nats_without_jetstream)
+    code, lines = cfnft(
+        capsys, "publish", "--state", str(EXAMPLE), "--nats-url", nats_without_jetstream, "--nats-insecure"
+    )
     assert code == EXIT_FAILED
     assert one_line(lines, "publish").startswith(f"cannot publish to NATS {nats_without_jetstream}: ")
 

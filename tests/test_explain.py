@@ -304,14 +304,28 @@ async def test_live_explain_answers_from_what_the_cell_committed(nats_server, tm
     nc = await nats.connect(nats_server.url)
     await publish_state(nc, load_cell_state(doc))
     cfg = ReconcilerConfig(
-        cell_id="z", nats=NatsConfig(servers=[nats_server.url]), socket_path=tmp_path / "s", state_dir=tmp_path
+        cell_id="z",
+        nats=NatsConfig(servers=[nats_server.url], insecure=True),
+        socket_path=tmp_path / "s",
+        state_dir=tmp_path,
     )
     rec = Reconciler(cfg, FakeNft())
     task = asyncio.create_task(rec.run())
     try:
         while not rec.ready:
             await asyncio.sleep(0.05)
-        args = ["explain", "--cell", "z", "--from", "w", "--nats-url", nats_server.url, "--json", "--to"]
+        args = [
+            "explain",
+            "--cell",
+            "z",
+            "--from",
+            "w",
+            "--nats-url",
+            nats_server.url,
+            "--nats-insecure",
+            "--json",
+            "--to",
+        ]
         ok = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "cfnft.cli", *args, "tcp:192.0.2.10:443"], capture_output=True
         )

@@ -51,7 +51,7 @@ async def reconcilers(url, tmp_path, cells):
     for cell in cells:
         cfg = ReconcilerConfig(
             cell_id=cell,
-            nats=NatsConfig(servers=[url]),
+            nats=NatsConfig(servers=[url], insecure=True),
             socket_path=tmp_path / f"{cell}.sock",
             state_dir=tmp_path / cell,
             give_up_after_failures=1000,
@@ -70,7 +70,18 @@ async def reconcilers(url, tmp_path, cells):
 
 
 def cfnft(url, *args):
-    argv = [sys.executable, "-m", "cfnft.cli", "status", "--nats-url", url, "--timeout", "0.5", *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "cfnft.cli",
+        "status",
+        "--nats-url",
+        url,
+        "--nats-insecure",
+        "--timeout",
+        "0.5",
+        *args,
+    ]
     return subprocess.run(argv, capture_output=True, text=True)
 
 

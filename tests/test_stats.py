@@ -42,7 +42,7 @@ def state(web, api):
 
 
 def cli_stats(url, *extra):
-    argv = [sys.executable, "-m", "cfnft.cli", "stats", "--cell", "a", "--nats-url", url, *extra]
+    argv = [sys.executable, "-m", "cfnft.cli", "stats", "--cell", "a", "--nats-url", url, "--nats-insecure", *extra]
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

@@ -246,7 +246,7 @@ async def _reconciler(url: str, tmp: Path, state: CellState) -> AsyncIterator[tu
     with namespace("foundation") as ns, NftRunner(netns=ns) as runner:
         cfg = ReconcilerConfig(
             cell_id=state.cell_id,
-            nats=NatsConfig(servers=[url]),
+            nats=NatsConfig(servers=[url], insecure=True),
             netns=ns,
             socket_path=tmp / "in-process.sock",
             state_dir=tmp / f"in-process-{len(state.containers)}",

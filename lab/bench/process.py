@@ -72,7 +72,7 @@ def write_config(path: Path, cell_id: str, url: str, netns: str, **settings: obj
     port = free_port()
     config = {
         "cell_id": cell_id,
-        "nats": {"servers": [url]},
+        "nats": {"servers": [url], "insecure": True},
         "netns": netns,
         "socket_path": str(path.with_suffix(".sock")),
         "state_dir": str(path.with_suffix(".state")),
