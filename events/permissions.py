@@ -8,7 +8,7 @@ lists (tests/test_bosh_templates.py compares them with this module).
   watcher publishes only differences; the policy watcher reads which spaces have containers).
 - **operator** (`cfnft publish`, `resync`, `status`, `explain`, `stats`): what a watcher may do, plus
   reading any one message of the stream, resync requests, and status, explain and stats requests to
-  any cell or (status) to all of them.
+  any cell or (status) to all of them, and watching every `cfnft.` subject (`nats sub 'cfnft.>'`).
 - **cell** (`cfnft reconcile`, one identity per cell): reads its own containers and config and the
   foundation-wide objects, through consumers it may create only with those filters and its own
   names, answers status, explain and stats requests on its own subjects (and the fleet-wide status
@@ -144,7 +144,8 @@ def operator_permissions() -> Permissions:
             f"{subjects.STATS_PREFIX}.*",
             subjects.FLEET_STATUS,
         ),
-        subscribe=(f"{inbox_prefix(Role.OPERATOR)}.>",),
+        # Everything cfnft publishes, as `nats sub 'cfnft.>'` shows it to an operator.
+        subscribe=("cfnft.>", f"{inbox_prefix(Role.OPERATOR)}.>"),
     )
 
 
