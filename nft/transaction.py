@@ -144,7 +144,10 @@ class Transaction:
 
     @property
     def is_empty(self) -> bool:
-        return not self._count
+        """Whether committing would change nothing. An invalid transaction is never empty: whoever
+        asks whether there is work to do must not mistake "refused before the first command" for
+        "nothing to do" (a caller that skips empty transactions would otherwise stall silently)."""
+        return self._err is None and not self._count
 
     def __len__(self) -> int:
         return self._count

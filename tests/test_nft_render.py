@@ -333,6 +333,7 @@ def test_invalid_objects_are_refused(verb: str, obj: object, message: str) -> No
     getattr(tx, verb)(obj)
     assert tx.err is not None
     assert message in str(tx.err)
+    assert not tx.is_empty, "refused before its first command is not 'nothing to do'"
     with pytest.raises(TransactionError, match=message):
         tx.render()
 
