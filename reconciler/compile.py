@@ -594,6 +594,10 @@ def _skeleton(rs: Ruleset, cfg: CellConfig, state: CellState) -> None:
                 "unknown overlay source (IPv6): fail closed",
             )
         )
+    else:
+        # Without the IPv6 overlay prefix, any forwarded IPv6 that no known container sends or
+        # receives could come from a container not known yet: fail closed on all of it.
+        rs.add_rule(Rule("forward", "meta nfproto ipv6 counter reject", "IPv6 of no known container: fail closed"))
 
     rs.add_chain(Chain("input", ChainType.FILTER, Hook.INPUT, 0, Policy.ACCEPT))
     rs.add_rule(Rule("input", f"ip saddr {overlay} counter jump {HOST_ACCESS}", "containers to their cell"))

@@ -231,6 +231,20 @@ def test_c2c_policy_removal_and_udp(world):
     assert_reachability(c["web0"], {("udp", api, 7000): REJECTED})
 
 
+def test_without_overlay_network6_unknown_ipv6_sources_still_fail_closed(world):
+    """No IPv6 overlay prefix configured: a container whose IPv6 address the reconciler does not
+    know (here: it knows only the IPv4 one) reaches nothing over IPv6; a known one keeps its rules."""
+    everything = sg("everything", [{"protocol": "all", "destination": "::/0"}], running=True)
+    apply(world, doc(world, [everything], ipv6=False))
+    _, _, c, _ = world
+    assert c["rogue"].ip6 is not None
+    assert_reachability(c["rogue"], {("tcp", "2001:db8::1", 443): REJECTED})
+    assert_reachability(c["web0"], {("tcp", "2001:db8::1", 443): REJECTED})
+    apply(world, doc(world, [everything]))
+    assert_reachability(c["web0"], {("tcp", "2001:db8::1", 443): OPEN})
+    assert_reachability(c["rogue"], {("tcp", "2001:db8::1", 443): REJECTED})
+
+
 def test_unknown_overlay_source_gets_nothing(world):
     everything = sg("everything", [{"protocol": "all", "destination": "0.0.0.0/0"}], running=True)
     policy = {"source": {"id": WEB}, "destination": {"id": API, "protocol": "tcp", "ports": {"start": 1, "end": 65535}}}
