@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # imported where they are used, so that each command loads on
     from nats.aio.client import Client as NATS
 
     from events.connect import NatsConfig, ServerErrors
-    from events.models import CellState
     from reconciler.config import ReconcilerConfig
+    from reconciler.document import Ready
 
 log = logging.getLogger("cfnft")
 
@@ -55,33 +55,42 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ one-shot
 
 
-def _load_state(path: Path, lenient: bool) -> CellState:
-    """The cell state document (StateError, listing every problem, if it is invalid)."""
+def _load_state(path: Path, lenient: bool) -> Ready:
+    """The cell state document, checked as the kernel needs it and compiled (reconciler/document.py);
+    StateError, listing every problem, if it is invalid (lenient: what cannot be left out)."""
     from events.models import load_cell_state_file
+    from events.problems import StateError
+    from reconciler.document import ready_for_kernel
 
     if lenient:
         state, problems = load_cell_state_file(path, lenient=True)
         for p in problems:
             print(f"cfnft: {path}: skipped: {p}", file=sys.stderr)
-        return state
-    return load_cell_state_file(path)
+    else:
+        state = load_cell_state_file(path)
+    try:
+        ready = ready_for_kernel(state, lenient=lenient)
+    except StateError as e:
+        raise StateError(e.problems, source=str(path), what="cell state") from None
+    for u in ready.left_out:
+        print(f"cfnft: {path}: skipped: {u.unit}: {u.reason}", file=sys.stderr)
+    return ready
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from nft import render_ruleset
-    from reconciler.compile import compile_ruleset
 
-    state = _load_state(args.state, args.lenient)
-    sys.stdout.write(render_ruleset(compile_ruleset(state)))  # the batch a cold `cfnft apply` commits
+    ready = _load_state(args.state, args.lenient)
+    sys.stdout.write(render_ruleset(ready.desired))  # the batch a cold `cfnft apply` commits
     return EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from nft import NftRunner, diff
-    from reconciler.compile import TABLE, compile_ruleset
+    from reconciler.compile import TABLE
 
-    state = _load_state(args.state, args.lenient)
-    desired = compile_ruleset(state)
+    ready = _load_state(args.state, args.lenient)
+    desired, state = ready.desired, ready.state
     runner = NftRunner(netns=args.netns)
     tx = diff(desired, runner.read(TABLE))
     if tx.is_empty:
@@ -99,10 +108,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from nft import NftRunner, diff
-    from reconciler.compile import TABLE, compile_ruleset
+    from reconciler.compile import TABLE
 
-    state = _load_state(args.state, lenient=False)
-    tx = diff(compile_ruleset(state), NftRunner(netns=args.netns).read(TABLE))
+    ready = _load_state(args.state, lenient=False)
+    tx = diff(ready.desired, NftRunner(netns=args.netns).read(TABLE))
     repair = tx.render()
     if tx.is_empty:
         print("cfnft check: the kernel matches the state", file=sys.stderr)
@@ -264,7 +273,7 @@ def _refusal(errors: ServerErrors) -> str | None:
 def cmd_publish(args: argparse.Namespace) -> int:
     from cfnft.publish import publish_state
 
-    state = _load_state(args.state, lenient=False)
+    state = _load_state(args.state, lenient=False).state
     if not state.cell_id:
         raise InputError(f"{args.state}: cell_id is required to publish containers")
 

@@ -1,7 +1,8 @@
 """`cfnft status --all` and `cfnft status --object KIND:ID`: has a change reached every cell?
 
 Every reconciler answers a request on `cfnft.fleet.status` with its status (and, when asked, the
-version of one object it enforces: reconciler/realization.py). The command gathers answers
+version of one object it enforces: reconciler/realization.py). An object's version is the stream
+sequence of its last message, the one order the state stream has (docs/design.md §2.4). The command gathers answers
 until the timeout, or until every expected cell has answered. The expected cells are those that
 have containers on the state stream (the BBS watcher publishes them per cell) plus any named with
 `--expect`; a cell that answers is counted even if it was not expected. A cell that was removed
@@ -27,10 +28,9 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cfnft.errors import OperationError
-from cfnft.replies import CellStatus, decode, sender_of, wrong
+from cfnft.replies import CellStatus, decode, sender_of
 from events import subjects
 
 _OBJECT_SUBJECTS = {"asg": subjects.security_group, "c2c": subjects.c2c_policies, "app": subjects.app_instances}
@@ -148,22 +148,11 @@ def object_report(
     return "\n".join(lines), len(enforced) == len(cells) and bool(cells)
 
 
-class _Versioned(BaseModel):
-    """Any state message, as far as its version goes."""
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    version: int
-
-
 async def stream_version(nc: NATS, subject: str) -> int | None:
-    """The version of the last message on `subject` in the state stream; None if there is none."""
+    """The version of `subject` on the state stream: the stream sequence of its last message; None if
+    there is none."""
     try:
         raw = await nc.jetstream().get_last_msg(subjects.STATE_STREAM, subject)
     except NotFoundError:
         return None
-    data = raw.data or b""
-    try:
-        return _Versioned.model_validate_json(data).version
-    except ValidationError as e:
-        raise OperationError(f"{subject}: the last message on the state stream is bad: {wrong(data, e)}") from None
+    return raw.seq

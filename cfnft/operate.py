@@ -44,7 +44,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.state is not None:
         from cfnft.commands import _load_state
 
-        answer = explain(_load_state(args.state, False), args.source, probe, established=args.established)
+        answer = explain(_load_state(args.state, False).state, args.source, probe, established=args.established)
     else:
         import asyncio
 

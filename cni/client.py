@@ -47,7 +47,8 @@ class ReconcilerClient:
         self.socket_path = socket_path
 
     def register(self, body: dict[str, Any], timeout_seconds: float) -> Answer:
-        """POST /v1/containers: 200 once committed, 503 when not committed in time, 400 on bad input."""
+        """POST /v1/containers: 200 once committed, 503 when not committed in time, 400 on bad input,
+        409 when the commit could not include it (then it is unregistered again)."""
         payload = {**body, "timeout_seconds": timeout_seconds}
         return self._request("POST", "/v1/containers", payload, timeout_seconds + _GRACE)
 

@@ -65,7 +65,7 @@ def add(inv: Invocation, cfg: PluginConfig, client: ReconcilerClient) -> dict[st
         raise CniError(Code.BAD_ANSWER, "unexpected answer from the cfnft reconciler", str(e)) from None
     if answer.status == 200:
         return with_nameservers(result, cfg.dns_servers)
-    if answer.status == 400:  # refused before anything was registered
+    if answer.status in (400, 409):  # refused: 400 before registering, 409 unregistered again after the commit
         raise CniError(
             Code.INVALID_CONFIG, f"the cfnft reconciler refused container {inv.container_id}", _answer_error(answer)
         )

@@ -1,11 +1,20 @@
 """The whole-state messages carried on `cfnft.state.*` (see events/subjects.py).
 
-Each message holds the complete current state of one object plus a `version` (a number that
-only grows for that object: the source's own modification counter when it has one, else the
-publisher's clock in nanoseconds). A reader keeps, per subject, the message with the highest
-version, so duplicates from two watcher replicas and re-deliveries are harmless.
-A null object (or an empty list) is an explicit deletion. `observed_at` (optional) is when the
-publisher saw the state at its source; it takes no part in what the message means.
+Each message holds the complete current state of one object. A null object (or an empty list)
+is an explicit deletion. `observed_at` (optional) is when the publisher saw the state at its
+source; it takes no part in what the message means.
+
+Which message of an object is the current one is decided by the JetStream stream, not by the
+payload: the stream keeps the last message per subject, and readers order messages by the
+sequence the server assigned when it stored them (docs/design.md §2.4). No publisher's clock is
+involved, so a publisher whose clock stepped back can still revoke, and a forged high number
+pins nothing. The payload's `version` is therefore informational only (publishers may put their
+own counter there for tracing); it stays in the model so that messages written by earlier
+releases, which carried one, still validate.
+
+`EpochMessage` is the state plane's marker: a publisher writes it after it has published a
+complete view of its kinds into the stream, so a reader can tell "the foundation has no objects"
+from "the stream was lost, purged or recreated" (reconciler/stateplane.py).
 """
 
 from __future__ import annotations
@@ -20,11 +29,11 @@ from events.rules import IP
 
 
 class Message(BaseModel):
-    """Base of every cfnft message: strict (unknown keys are errors), versioned."""
+    """Base of every cfnft message: strict (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: int = Field(ge=0, description="grows with every change of this object")
+    version: int | None = Field(None, ge=0, description="informational; readers order by stream sequence")
     observed_at: float | None = Field(
         None, description="unix time at which the watcher observed this state at its source (for latency metrics)"
     )
@@ -89,6 +98,25 @@ class CellConfigMessage(Message):
         return subjects.cell_config(self.cell_id)
 
 
+StateKind = Literal["container", "app", "asg", "c2c", "egress", "config"]
+STATE_KINDS: tuple[StateKind, ...] = ("container", "app", "asg", "c2c", "egress", "config")
+
+
+class EpochMessage(Message):
+    """A publisher's statement that it has published every object of the kinds `complete` into the
+    stream incarnation created at `stream_created` (the stream's creation time, as the server
+    reports it). Purging the stream removes it; recreating the stream makes it stale."""
+
+    kind: Literal["epoch"] = "epoch"
+    source: str = Field(description="who publishes: a watcher (bbs, policy, cc) or an operator (publish)")
+    stream_created: str
+    complete: list[StateKind] = Field(description="the kinds of which this publisher has published a full view")
+    cell_id: str | None = Field(None, description="set: of containers, only this cell's are complete")
+
+    def subject(self) -> str:
+        return subjects.epoch(self.source)
+
+
 StateMessage = Annotated[
     Union[
         ContainerMessage,
@@ -97,6 +125,7 @@ StateMessage = Annotated[
         C2CPoliciesMessage,
         EgressPoliciesMessage,
         CellConfigMessage,
+        EpochMessage,
     ],
     Field(discriminator="kind"),
 ]

@@ -83,7 +83,8 @@ def identity_name(role: Role, cell_id: str | None = None) -> str:
 
 
 def cell_consumers(cell_id: str) -> tuple[CellConsumer, ...]:
-    """What one cell reads: its containers and config, and every foundation-wide object.
+    """What one cell reads: its containers and config, every foundation-wide object, and the
+    publishers' epoch markers (which say whether the stream holds a whole publication).
 
     The names are fixed per cell and filter, so the server can tie each name to its filter and a
     cell can neither take over another cell's consumer nor read another's deliveries."""
@@ -99,6 +100,7 @@ def cell_consumers(cell_id: str) -> tuple[CellConsumer, ...]:
             ("asgs", f"{subjects.STATE_PREFIX}.asg.*"),
             ("c2c", f"{subjects.STATE_PREFIX}.c2c.*"),
             ("egress", subjects.EGRESS_POLICIES),
+            ("epochs", subjects.EPOCHS),
         )
     )
 
@@ -121,6 +123,9 @@ def _state_writer() -> tuple[str, ...]:
         f"{JS_API}.CONSUMER.INFO.{stream}.*",
         f"{JS_API}.CONSUMER.DELETE.{stream}.*",
         f"{JS_FLOW_CONTROL}.{stream}.>",
+        # The last message of one subject: a publisher that does not know whether its publication
+        # was stored reads it back (events/publisher.py); `cfnft status --object` shows it.
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
     )
 
 
@@ -135,8 +140,6 @@ def operator_permissions() -> Permissions:
     return Permissions(
         publish=(
             *_state_writer(),
-            # `cfnft status --object`: the version the stream holds
-            f"{JS_API}.STREAM.MSG.GET.{subjects.STATE_STREAM}",
             subjects.RESYNC_ALL,
             f"{subjects.RESYNC_CELL_PREFIX}.*",
             f"{subjects.STATUS_PREFIX}.*",

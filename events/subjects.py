@@ -11,6 +11,7 @@ or CF API up. A deletion is an explicit message whose object is null, never a mi
     cfnft.state.c2c.<destination app guid>     C2CPoliciesMessage    all c2c policies whose destination is that app
     cfnft.state.egress                         EgressPoliciesMessage all dynamic egress policies
     cfnft.state.config.<cell_id>               CellConfigMessage     operator config of one cell
+    cfnft.state.epoch.<source>                 EpochMessage          which kinds a publisher has published whole
 
 Plain (not stored) subjects:
 
@@ -72,6 +73,13 @@ EGRESS_POLICIES = f"{STATE_PREFIX}.egress"
 
 def cell_config(cell_id: str) -> str:
     return f"{STATE_PREFIX}.config.{token(cell_id, 'cell id')}"
+
+
+def epoch(source: str) -> str:
+    return f"{STATE_PREFIX}.epoch.{token(source, 'publisher name')}"
+
+
+EPOCHS = f"{STATE_PREFIX}.epoch.*"
 
 
 def resync_cell(cell_id: str) -> str:

@@ -3,7 +3,9 @@ cluster of three on loopback, each with free ports and a store of its own.
 
 `stop()` and `start()` keep the ports and the store directory, so a test can cut NATS away and bring
 the same server back (outage and catch-up tests); `stop(hard=True)` is a SIGKILL, a crash rather
-than a shutdown. A server is ready when its monitoring endpoint's /healthz says so, which for a
+than a shutdown. Setting `jetstream = False` before a `start()` brings the server back with
+JetStream off, so every JetStream API call fails while core NATS works (as during a JetStream
+meta-leader election). A server is ready when its monitoring endpoint's /healthz says so, which for a
 cluster node means it has a JetStream meta leader and its streams have caught up. The configuration
 (TLS, identities, cluster) comes from lab/natsconf.py. No pytest in here: conftest.py wraps it in
 fixtures.
@@ -100,6 +102,7 @@ class NatsServer:
         self.name = self.settings.name or f"nats-{self.port}"
         self.log_path = store_dir.parent / f"nats-server-{self.port}.log"
         self.config_path = store_dir.parent / f"nats-server-{self.port}.json"
+        self.jetstream = True
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,6 +127,8 @@ class NatsServer:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = server_config(self.settings, port=self.port, http_port=self.http_port, store_dir=self.store_dir)
+        if not self.jetstream:
+            del config["jetstream"]
         write_config(config, self.config_path)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(

@@ -46,13 +46,15 @@ class FakeNft:
 
     `transactions` lists every committed transaction. `fail_next(n, error)` makes the next `n`
     `apply` calls raise `error` (an NftError by default) without changing anything; `heal()` forgets
-    those still pending.
+    those still pending. `refuse(text)` makes it refuse, for good, every batch with a line containing
+    `text` (in `apply` and `check`), as a kernel refuses content it cannot take.
     """
 
     def __init__(self) -> None:
         self._tables: dict[Table, Ruleset] = {}
         self._next_handle = 1
         self._failures: list[BaseException] = []
+        self._refused: list[str] = []
         self.transactions: list[Transaction] = []
 
     def fail_next(self, n: int = 1, error: BaseException | None = None) -> None:
@@ -63,6 +65,10 @@ class FakeNft:
     def heal(self) -> None:
         """Forget the failures `fail_next` still holds: the next `apply` succeeds."""
         self._failures.clear()
+
+    def refuse(self, text: str) -> None:
+        """From now on, refuse every batch with a line containing `text` (EOPNOTSUPP, at that line)."""
+        self._refused.append(text)
 
     def apply(self, tx: Transaction) -> None:
         lines = tx.render_lines()  # raises the transaction's validation error, as the runner does
@@ -127,6 +133,9 @@ class FakeNft:
         current = self._tables.get(tx.table)
         kernel = _Kernel(tx.table, _copy(current) if current is not None else None, self._next_handle)
         batch = "".join(text + "\n" for text, _ in lines)
+        for n, (text, _) in enumerate(lines):
+            if any(needle in text for needle in self._refused):
+                raise _error(batch, lines, n, EOPNOTSUPP, what)
         i = 0
         while i < len(lines):
             op = lines[i][1]

@@ -15,6 +15,7 @@ from events.connect import NatsConfig
 from events.listen import ListenAddress
 from events.models import CellConfig
 from events.problems import load_model_file
+from reconciler.admission import Limits
 
 
 class FlowLogConfig(BaseModel):
@@ -69,6 +70,10 @@ class ReconcilerConfig(BaseModel):
         description="a full replay other than the first (the stream was lost) waits a random part of this, "
         "so that the cells do not all read the stream at once",
     )
+    state_check_seconds: float = Field(
+        5.0, gt=0, description="how often the state stream is checked for being deleted, purged or recreated"
+    )
+    limits: Limits = Field(default_factory=Limits, description="host ports and ruleset sizes this cell accepts")
 
 
 def load_config(path: Path) -> ReconcilerConfig:

@@ -4,16 +4,22 @@ On a unix socket, for the CNI plugin (it must work whether or not NATS is reacha
 
     POST   /v1/containers            {"container": <Container>, "timeout_seconds": 5, "net_out_rules": [...]}
                                      registers the container and answers once its rules are
-                                     committed: 200, or 503 when the commit did not happen in time.
+                                     committed: 200, or 503 when the commit did not happen in time;
+                                     400 when the kernel could not take it (reconciler/admission.py),
+                                     409 when it was committed without it (e.g. its address is
+                                     outside the overlay): then it is unregistered again.
                                      `net_out_rules` (optional): Garden NetOutRules from CNI's
                                      runtimeConfig, kept as the container's `net_out_rules`
-    DELETE /v1/containers/<handle>   forgets it (idempotent) and answers once committed
+    DELETE /v1/containers/<handle>   forgets it (idempotent) and answers once committed;
+                                     `?timeout_seconds=` as for POST (0-120]
     GET    /v1/containers/<handle>   CHECK: {"ok": bool, "problems": [...]} read from the kernel;
                                      `?ip=A` also reports a registration under another address
     POST   /v1/gc                    {"valid_handles": [...]}: forget every registered container not listed
     GET    /v1/status                the reconciler's status (see Reconciler.status)
 
-On TCP (`metrics_listen`), for operators and monit: /metrics, /healthz, /readyz.
+On TCP (`metrics_listen`), for operators and monit: /metrics, /healthz, /readyz. `/readyz` is
+200 once the kernel enforces the current desired state, else 503 with the reason; both name
+what is left out (`dropped`).
 
 Deletions the CNI plugin could not deliver (the reconciler was down) wait as files in
 `<socket_path>.pending-del/` (cni/pending.py); they are drained once the reconciler is ready,
@@ -34,18 +40,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cni import pending
 from events.models import Container, NetOutRule
-from reconciler.check import container_problems
+from reconciler.admission import container_problems
+from reconciler.check import container_problems as kernel_problems
 from reconciler.compile import TABLE
 from reconciler.daemon import Reconciler
 
 log = logging.getLogger(__name__)
 
 
+MAX_TIMEOUT_SECONDS = 120.0
+
+
 class RegisterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     container: Container
-    timeout_seconds: float = Field(5.0, gt=0, le=120)
+    timeout_seconds: float = Field(5.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     net_out_rules: list[NetOutRule] = Field(default_factory=list)
 
     def full_container(self) -> Container:
@@ -66,10 +76,20 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"timeout_seconds {text!r} is not a number") from None
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # also refuses nan and inf
+        raise ValueError(f"timeout_seconds {text!r} is outside (0, {MAX_TIMEOUT_SECONDS:g}]")
+    return value
+
+
 def drain_pending_deletions(rec: Reconciler, socket_path: Path) -> list[str]:
-    """Unregister the handles the CNI plugin left pending; only once the reconciler is ready, because
-    before that its saved registrations may not be loaded yet (and would come back)."""
-    if not rec.ready:
+    """Unregister the handles the CNI plugin left pending; only once the saved registrations are
+    loaded, because before that they would come back."""
+    if not rec.registrations_loaded:
         return []
     handles = pending.pending_handles(socket_path)
     for handle in handles:
@@ -111,6 +131,12 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
             first = e.errors()[0]
             return _error(400, f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
         container = req.full_container()
+        refused = container_problems(container, rec.limits)
+        if refused:
+            log.error(
+                "refusing container %s: %s", container.handle, "; ".join(refused), extra={"handle": container.handle}
+            )
+            return _error(400, f"container {container.handle}: {'; '.join(refused)}")
         if socket_path is not None:
             pending.forget(socket_path, container.handle)  # this ADD is newer than any DEL left pending
         _drop_stale_holders(rec, container)
@@ -128,27 +154,37 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
             return _error(
                 503,
                 f"rules of container {req.container.handle} not committed within "
-                f"{req.timeout_seconds}s (reconciler ready: {rec.ready})",
+                f"{req.timeout_seconds}s ({rec.not_ready_reason or 'ready'})",
             )
+        if not rec.enforced(container.handle):
+            # Committed without it: the rules of the cell are live, but not this container's. Say why,
+            # and leave nothing behind (the runtime's DEL after a failed ADD may never come).
+            why = rec.board.reason_for(f"container {container.handle}") or "left out of the ruleset"
+            rec.unregister(container.handle)
+            return _error(409, f"container {container.handle} cannot be enforced: {why}")
         return web.json_response({"handle": req.container.handle, "committed_generation": rec.committed_generation})
 
     async def unregister(request: web.Request) -> web.Response:
         handle = request.match_info["handle"]
+        try:
+            timeout = _timeout(request.query.get("timeout_seconds", "5"))
+        except ValueError as e:
+            return _error(400, str(e))
         gen = rec.unregister(handle)
         log.info("container %s removed by CNI", handle, extra={"handle": handle})
         try:
-            await rec.wait_committed(gen, float(request.query.get("timeout_seconds", "5")))
+            await rec.wait_committed(gen, timeout)
         except asyncio.TimeoutError:
             return _error(503, f"removal of container {handle} not committed yet; it will be")
         return web.json_response({"handle": handle})
 
     async def check(request: web.Request) -> web.Response:
         handle = request.match_info["handle"]
-        container = rec.store.local_containers().get(handle)
+        container = rec.admitted.local(handle)
         if container is None:
             return web.json_response({"ok": False, "problems": [f"container {handle} is not known to the reconciler"]})
         kernel = await rec.runner.read_async(TABLE)
-        problems = container_problems(container, kernel)
+        problems = kernel_problems(container, kernel)
         expected_ip = request.query.get("ip")
         if expected_ip is not None and expected_ip != str(container.ip):
             problems.append(f"container {handle} is registered with address {container.ip}, not {expected_ip}")
@@ -209,9 +245,11 @@ def ops_app(rec: Reconciler) -> web.Application:
         return web.json_response({"healthy": True})
 
     async def readyz(request: web.Request) -> web.Response:
-        if not rec.ready:
-            return _error(503, "not in sync")
-        return web.json_response({"ready": True})
+        reason = rec.not_ready_reason
+        body = {"ready": reason is None, "dropped": rec.board.entries()}
+        if reason is not None:
+            return web.json_response({**body, "error": f"not ready: {reason}"}, status=503)
+        return web.json_response(body)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

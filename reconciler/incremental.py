@@ -378,6 +378,10 @@ class IncrementalCompiler:
         """How many local containers the last compile() enforced."""
         return len(self._local)
 
+    def local_handles(self) -> set[str]:
+        """The handles of the local containers the last compile() enforced."""
+        return set(self._local)
+
     def relevant_state(self) -> CellState:
         """Everything the last compile() used, and nothing else: the local containers, the groups
         that apply to them, the policies towards their apps and the addresses of those policies'

@@ -3,6 +3,7 @@ incremental compiler takes (reconciler/incremental.py)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -15,6 +16,10 @@ from events.messages import (
     Message,
     SecurityGroupMessage,
 )
+from events.problems import show
+
+# Ids shown as they are in a report; anything else (odd characters, very long) is quoted and cut.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class Kind(StrEnum):
@@ -31,10 +36,15 @@ class Kind(StrEnum):
 @dataclass(frozen=True, slots=True)
 class StateKey:
     """One object of the desired state: a container handle, an app guid, a group guid, a c2c
-    destination app guid; the egress policies and the config are one object each."""
+    destination app guid; the egress policies and the config are one object each (an egress key
+    with an id names one policy of them: reconciler/units.py)."""
 
     kind: Kind
     id: str = ""
+
+    def __str__(self) -> str:
+        shown = self.id if _PLAIN_ID.fullmatch(self.id) else show(self.id)
+        return f"{self.kind.value} {shown}" if self.id else self.kind.value
 
 
 def key_of(msg: Message) -> StateKey:

@@ -49,7 +49,18 @@ class ReconcilerMetrics:
             "tracked connections ended because a change took their allowance away (revoke_established)",
             registry=r,
         )
-        self.bad_messages = Counter("cfnft_bad_messages", "state messages skipped as invalid", registry=r)
+        self.bad_messages = Counter(
+            "cfnft_bad_messages", "state messages refused, or used without their bad entries", registry=r
+        )
+        self.dropped_objects = Gauge(
+            "cfnft_dropped_objects", "objects and messages left out of the ruleset right now (see status)", registry=r
+        )
+        self.state_plane_complete = Gauge(
+            "cfnft_state_plane_complete",
+            "1 once a replay held a complete view of what the cell enforces; 0 before, and while it keeps "
+            "state the stream lacks (stream missing, purged or recreated)",
+            registry=r,
+        )
         self.messages = Counter("cfnft_messages", "state messages received", registry=r)
         self.in_sync = Gauge("cfnft_in_sync", "1 once the full desired state is known and committed", registry=r)
         self.full_replays = Counter(

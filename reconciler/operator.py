@@ -128,7 +128,7 @@ def answer_fleet_status(rec: Reconciler, data: bytes) -> dict[str, Any]:
         request = {}
     subject = request.get("object") if isinstance(request, dict) else None
     if isinstance(subject, str):
-        version = rec.realization.enforced_version(subject, rec.store.versions, rec.committed_generation)
+        version = rec.realization.enforced_version(subject, rec.store.position(subject), rec.committed_generation)
         status["enforced"] = {"subject": subject, "version": version}
     return status
 

@@ -1,8 +1,9 @@
 """What this cell has enforced, object by object, and how long a change took to get there.
 
-Per subject, the reconciler keeps the version it holds (the store's `versions`); this module adds
-which generation carried the last change of it, so "is version V of this object in the kernel?"
-is answered exactly: the store holds at least V and that generation is committed. A replay
+Per kind of object, the store knows how far it has read the state stream (`position`: every
+message of the kind up to that stream sequence was taken); this module adds which generation
+carried the last change of each subject, so "is the message at stream sequence V of this object in
+the kernel?" is answered exactly: the store has read at least V and that generation is committed. A replay
 (start-up, reconnect) marks every replayed subject with the generation that ends it.
 
 `cfnft_programming_latency_seconds` (kube-proxy's network-programming latency): from the time
@@ -55,8 +56,9 @@ class Realization:
                 waiting.append((g, observed_at))
         self._observed = waiting
 
-    def enforced_version(self, subject: str, versions: dict[str, int], committed_generation: int) -> int | None:
-        """The version of `subject` the kernel enforces; None if the cell holds none, or has not committed it."""
-        if subject not in versions or self._changed_in.get(subject, 0) > committed_generation:
+    def enforced_version(self, subject: str, position: int | None, committed_generation: int) -> int | None:
+        """The stream sequence up to which the kernel enforces `subject` (`position`: how far the store
+        has read its kind); None if the cell has read none of it, or has not committed its last change."""
+        if position is None or self._changed_in.get(subject, 0) > committed_generation:
             return None
-        return versions[subject]
+        return position

@@ -1,12 +1,16 @@
 """The desired state of one cell, as the reconciler knows it.
 
 Fed by whole-state messages (from the JetStream replay and live updates) and by the CNI
-plugin's registrations; read by the apply loop as a `CellState` snapshot. Applying a message
-only records it and reports whether anything changed: no compilation, no kernel I/O
-(Felix's OnUpdate/apply split).
+plugin's registrations; read by the compiler through reconciler/admitted.py, which leaves out
+what cannot be enforced. Applying a message only records it and reports whether anything
+changed: no compilation, no kernel I/O (Felix's OnUpdate/apply split).
 
-Per subject, a message with a lower version than the one held is ignored, so duplicates
-from two watcher replicas and re-deliveries after a reconnect change nothing.
+Order: every message comes with its stream sequence, which the JetStream server assigns as it
+stores the message. Per subject the store keeps the message with the highest sequence, so a
+re-delivery changes nothing, and no publisher's clock or payload decides which version of an
+object wins (a `version` in the payload is informational only). Sequences are kept only for
+objects that exist: a deletion forgets its subject entirely, so deleted objects leave nothing
+behind (no tombstones), and neither do other cells' containers, which are never recorded.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from events import subjects
 from events.messages import (
     AppInstancesMessage,
     C2CPoliciesMessage,
     CellConfigMessage,
     ContainerMessage,
     EgressPoliciesMessage,
+    EpochMessage,
     Message,
     SecurityGroupMessage,
+    StateKind,
 )
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from reconciler.keys import Kind, StateKey
@@ -45,19 +52,32 @@ class DesiredStore:
     c2c: dict[str, list[C2CPolicy]] = field(default_factory=dict)
     egress: list[EgressPolicy] = field(default_factory=list)
     config: CellConfig | None = None  # from NATS; overrides default_config when present
-    versions: dict[str, int] = field(default_factory=dict)
+    markers: dict[str, EpochMessage] = field(default_factory=dict)  # the publishers' epoch markers, by source
+    seqs: dict[str, int] = field(default_factory=dict)  # stream sequence per subject of an existing object
+    positions: dict[str, int] = field(default_factory=dict)  # message kind -> highest stream sequence taken
+    registration_order: dict[str, int] = field(default_factory=dict)  # CNI handle -> order of registration
+    _next_registration: int = 0
 
-    def apply(self, msg: Message) -> bool:
-        """Record `msg`; return whether the desired state changed."""
-        subject = msg.subject()
-        if msg.version < self.versions.get(subject, -1):
-            log.debug("ignoring %s version %d: have %d", subject, msg.version, self.versions[subject])
+    def apply(self, msg: Message, seq: int) -> bool:
+        """Record `msg`, stored at stream sequence `seq`; return whether the desired state changed."""
+        if isinstance(msg, (ContainerMessage, CellConfigMessage)) and msg.cell_id != self.cell_id:
             return False
-        self.versions[subject] = msg.version
+        subject = msg.subject()
+        if seq <= self.seqs.get(subject, 0):
+            log.debug("ignoring %s at sequence %d: have %d", subject, seq, self.seqs[subject])
+            return False
+        changed = self._record(msg)
+        kind = _kind(subject)
+        self.positions[kind] = max(seq, self.positions.get(kind, 0))
+        if _deletes(msg):
+            self.seqs.pop(subject, None)
+        else:
+            self.seqs[subject] = seq
+        return changed
+
+    def _record(self, msg: Message) -> bool:
         match msg:
             case ContainerMessage():
-                if msg.cell_id != self.cell_id:
-                    return False
                 return _put(self.containers, msg.handle, msg.container)
             case AppInstancesMessage():
                 return _put(self.apps, msg.app_guid, sorted(msg.addresses, key=str) or None)
@@ -70,28 +90,70 @@ class DesiredStore:
                 self.egress = list(msg.policies)
                 return changed
             case CellConfigMessage():
-                if msg.cell_id != self.cell_id:
-                    return False
                 changed = self.config != msg.config
                 self.config = msg.config
                 return changed
+            case EpochMessage():
+                self.markers[msg.source] = msg
+                return False  # says how complete the state is; changes no rule
         raise TypeError(f"no store rule for message {type(msg).__name__}")
 
+    def position(self, subject: str) -> int | None:
+        """How far this store has read the stream for `subject`'s kind: every message of that kind
+        up to this stream sequence was taken (each kind comes through one ordered consumer)."""
+        return self.positions.get(_kind(subject))
+
     def register(self, container: Container) -> bool:
-        """A container the CNI plugin is adding on this cell."""
+        """A container the CNI plugin is adding on this cell (the newest registration of its handle)."""
+        self._next_registration += 1
+        self.registration_order[container.handle] = self._next_registration
         return _put(self.registered, container.handle, container)
 
     def unregister(self, handle: str) -> bool:
+        self.registration_order.pop(handle, None)
         return _put(self.registered, handle, None)
 
+    def registrations(self) -> list[Container]:
+        """The CNI registrations, oldest first (how they are saved, so a restart keeps their order)."""
+        return sorted(self.registered.values(), key=lambda c: self.registration_order.get(c.handle, 0))
+
+    def container_seq(self, handle: str) -> int:
+        """The stream sequence of this cell's NATS record of `handle` (0: none, or kept from before)."""
+        return self.seqs.get(subjects.container(self.cell_id, handle), 0)
+
     def local_containers(self) -> dict[str, Container]:
-        """This cell's containers: NATS's view, with the CNI plugin's registrations winning,
-        because the plugin reports the address the container really got. A NATS record whose
-        address a registered container now holds is stale (the address was reused) and dropped."""
+        """This cell's containers as the store has them: NATS's view, with the CNI plugin's
+        registrations winning, and a NATS record whose address a registration holds dropped. (The
+        compiler sees them through reconciler/admitted.py, which also settles every other clash.)"""
         taken = {c.ip: h for h, c in self.registered.items()}
         merged = {h: c for h, c in self.containers.items() if taken.get(c.ip, h) == h}
         merged.update(self.registered)
         return merged
+
+    def keep_from(self, previous: DesiredStore, kinds: set[StateKind]) -> set[StateKind]:
+        """Add the objects of `kinds` that `previous` has and this (replay) store lacks
+        (reconciler/stateplane.py). They carry no stream sequence, so any message for them wins.
+        Returns the kinds kept."""
+        kept: set[StateKind] = set()
+        tables: dict[StateKind, tuple[dict[str, Any], dict[str, Any]]] = {
+            "container": (self.containers, previous.containers),
+            "app": (self.apps, previous.apps),
+            "asg": (self.groups, previous.groups),
+            "c2c": (self.c2c, previous.c2c),
+        }
+        for kind in kinds:
+            if kind in tables:
+                mine, theirs = tables[kind]
+                for key in theirs.keys() - mine.keys():
+                    mine[key] = theirs[key]
+                    kept.add(kind)
+            elif kind == "egress" and not self.egress and previous.egress:
+                self.egress = list(previous.egress)
+                kept.add(kind)
+            elif kind == "config" and self.config is None and previous.config is not None:
+                self.config = previous.config
+                kept.add(kind)
+        return kept
 
     def adopt(self, replay: DesiredStore) -> list[StateKey]:
         """Take the content of a complete replay (a fresh store fed the whole stream), keeping the CNI
@@ -108,7 +170,9 @@ class DesiredStore:
         if self.config != replay.config:
             self.config = replay.config
             changed.append(StateKey(Kind.CONFIG))
-        self.versions = replay.versions
+        self.markers = replay.markers
+        self.seqs = replay.seqs
+        self.positions = replay.positions
         return changed
 
     def load_snapshot(self, state: CellState) -> None:
@@ -123,6 +187,7 @@ class DesiredStore:
         self.config = state.config
 
     def snapshot(self) -> CellState:
+        """The whole state as one document (the reference compile's input, compile.py)."""
         containers = self.local_containers()
         return CellState(
             cell_id=self.cell_id,
@@ -136,13 +201,32 @@ class DesiredStore:
 
     def summary(self) -> dict[str, int]:
         return {
-            "containers": len(self.local_containers()),
+            "containers": len(self.containers.keys() | self.registered.keys()),
             "registered_by_cni": len(self.registered),
             "security_groups": len(self.groups),
             "apps_with_instances": len(self.apps),
             "c2c_policies": sum(len(p) for p in self.c2c.values()),
             "egress_policies": len(self.egress),
         }
+
+
+def _kind(subject: str) -> str:
+    """The kind token of a state subject (`cfnft.state.<kind>...`)."""
+    return subject.split(".")[2] if subject.count(".") >= 2 else ""
+
+
+def _deletes(msg: Message) -> bool:
+    """Whether `msg` is the explicit deletion of its object."""
+    match msg:
+        case ContainerMessage():
+            return msg.container is None
+        case SecurityGroupMessage():
+            return msg.security_group is None
+        case AppInstancesMessage():
+            return not msg.addresses
+        case C2CPoliciesMessage():
+            return not msg.policies
+    return False
 
 
 def _adopt(kind: Kind, mine: dict[str, V], theirs: dict[str, V], changed: list[StateKey]) -> None:

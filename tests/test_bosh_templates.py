@@ -49,6 +49,7 @@ from events.permissions import (
 )
 from events.policy.watcher import PolicyWatcherConfig
 from events.problems import StateError
+from reconciler.admission import Limits
 from reconciler.config import FlowLogConfig, ReconcilerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -537,6 +538,8 @@ def test_reconciler_carries_every_property_into_its_config(tmp_path: Path) -> No
         flow_log=FlowLogConfig(file=props["flow_log"]["file"], host_ip="10.0.16.20", host_guid=INSTANCE_ID),
         consumer_heartbeat_seconds=props["consumer_heartbeat_seconds"],
         replay_jitter_seconds=props["replay_jitter_seconds"],
+        state_check_seconds=props["state_check_seconds"],
+        limits=Limits.model_validate(props["limits"]),
     )
     assert reconciler_config(rendered, tmp_path) == expected
     for destination, key in (("ca.crt", "ca_cert"), ("client.crt", "client_cert"), ("client.key", "client_key")):

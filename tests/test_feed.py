@@ -99,8 +99,9 @@ async def test_a_stream_recreated_while_away_is_replayed_whole(nats_server: Nats
         await asyncio.to_thread(nats_server.start)
         await wait_connection(rec.nc, connected=True)
         await asyncio.sleep(1.0)
-        # No stream: the cell keeps what it knew (absence is not permission).
-        assert groups(rec) == {"g1", "g2"} and rec.ready
+        # No stream: the cell keeps what it knew (absence is not permission), and says so.
+        assert groups(rec) == {"g1", "g2"}
+        assert not rec.ready and "does not exist" in (rec.not_ready_reason or "")
         await publish(nats_server.url, state("g3"))
         await until(lambda: replays(rec) == 2 and groups(rec) == {"g3"}, "the new stream replayed whole")
         await until(lambda: rec.ready, "in sync with the new stream")

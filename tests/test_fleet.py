@@ -11,7 +11,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 
 import nats
 import pytest
@@ -102,10 +101,10 @@ async def test_status_all_and_object_report_in_sync_lagging_and_unreachable_cell
 
             recs["b"].runner.fail_next(10_000)  # cell b's kernel refuses every change from now on
             before = latency_count(recs["a"])
-            version = time.time_ns()
             edited = SecurityGroup.model_validate(group("192.0.2.11"))
-            edit = SecurityGroupMessage(version=version, guid="public", security_group=edited)
-            await nc.jetstream().publish(edit.subject(), edit.model_dump_json().encode())  # no observed_at: ignored
+            edit = SecurityGroupMessage(guid="public", security_group=edited)
+            ack = await nc.jetstream().publish(edit.subject(), edit.model_dump_json().encode())  # no observed_at
+            version = ack.seq  # an object's version is the stream sequence of its last message
             await eventually(lambda: recs["a"].committed_generation == recs["a"].generation and recs["b"]._failures > 1)
 
             everything = await asyncio.to_thread(cfnft, nats_server.url, "--all")

@@ -204,12 +204,13 @@ def test_incremental_equals_the_reference_after_every_message(seed: int) -> None
     kernel.apply(diff(compiled, None))
     committed, _ = compiled, compiler.take_touched()
     irrelevant = relevant = replayed = 0
-    stream: dict[str, Message] = {}  # the last message per subject, as JetStream keeps them
+    stream: dict[str, tuple[Message, int]] = {}  # per subject the last message and its sequence, as JetStream keeps
+    seq = 0
     for step in range(400):
         if rng.random() < 0.02:  # NATS came back: the replay of the whole stream is adopted
             replay = DesiredStore(CELL)
-            for kept in stream.values():
-                replay.apply(kept)
+            for kept, kept_seq in sorted(stream.values(), key=lambda entry: entry[1]):
+                replay.apply(kept, kept_seq)
             keys = store.adopt(replay)
             replayed += bool(keys)
         elif rng.random() < 0.15:
@@ -220,10 +221,11 @@ def test_incremental_equals_the_reference_after_every_message(seed: int) -> None
                 taken = {c.ip for h, c in store.containers.items() if h != msg.handle}
                 if msg.container.ip in taken:
                     continue
-            stream[msg.subject()] = msg
+            seq += 1
+            stream[msg.subject()] = (msg, seq)
             if rng.random() < 0.1:
                 continue  # published while this cell was cut off: the next replay brings it
-            keys = [key_of(msg)] if store.apply(msg) else []
+            keys = [key_of(msg)] if store.apply(msg, seq) else []
         if not keys:
             continue
         touches = [compiler.changed(key) for key in keys]
@@ -258,17 +260,21 @@ def test_a_change_elsewhere_in_the_foundation_costs_no_compile() -> None:
             {"source": {"id": "api"}, "destination": {"id": app, "protocol": "tcp", "ports": {"start": 80, "end": 80}}}
         )
 
-    for msg, touches in (
-        (AppInstancesMessage.model_validate({"version": 1, "app_guid": "api", "addresses": ["10.255.9.9"]}), False),
-        (C2CPoliciesMessage(version=1, destination_app_guid="other", policies=[towards("other")]), False),
-        (C2CPoliciesMessage(version=2, destination_app_guid="web", policies=[towards("web")]), True),
-        (AppInstancesMessage.model_validate({"version": 2, "app_guid": "api", "addresses": ["10.255.9.8"]}), True),
+    for seq, (msg, touches) in enumerate(
         (
-            AppInstancesMessage.model_validate({"version": 1, "app_guid": "unrelated", "addresses": ["10.255.9.7"]}),
-            False,
-        ),
+            (AppInstancesMessage.model_validate({"version": 1, "app_guid": "api", "addresses": ["10.255.9.9"]}), False),
+            (C2CPoliciesMessage(version=1, destination_app_guid="other", policies=[towards("other")]), False),
+            (C2CPoliciesMessage(version=2, destination_app_guid="web", policies=[towards("web")]), True),
+            (AppInstancesMessage.model_validate({"version": 2, "app_guid": "api", "addresses": ["10.255.9.8"]}), True),
+            (
+                AppInstancesMessage.model_validate(
+                    {"version": 1, "app_guid": "unrelated", "addresses": ["10.255.9.7"]}
+                ),
+                False,
+            ),
+        )
     ):
-        assert store.apply(msg)
+        assert store.apply(msg, seq + 1)
         assert compiler.changed(key_of(msg)) is touches, msg
         compiler.compile()
     for space, touches in (("space-1", False), ("space-0", True)):
@@ -277,6 +283,6 @@ def test_a_change_elsewhere_in_the_foundation_costs_no_compile() -> None:
              "relationships": {"running_spaces": {"data": [{"guid": space}]}}}
         )  # fmt: skip
         msg = SecurityGroupMessage(version=1, guid=group.guid, security_group=group)
-        assert store.apply(msg)
+        assert store.apply(msg, 100 + len(space))
         assert compiler.changed(key_of(msg)) is touches, space
     assert normal(compiler.compile()) == normal(compile_ruleset(store.snapshot()))

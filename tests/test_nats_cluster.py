@@ -3,7 +3,7 @@ stream with three replicas, two cells' reconcilers reading it as their own ident
 publisher writing a few hundred changes while the stream leader is killed, brought back, and then
 the next leader is killed too.
 
-Every cell ends with every change, applies each object's versions in order and each at most once,
+Every cell ends with every change, applies each object's messages in stream order and each at most once,
 and never replays the stream again: each consumer it lost resumes where it was. The cells enforce
 into FakeNft (the kernel is not what is under test here).
 """
@@ -70,14 +70,16 @@ class Applied:
     """Every message a reconciler took, in order, per subject."""
 
     def __init__(self, rec: Reconciler) -> None:
-        self.versions: dict[str, list[int]] = {}
-        take = rec._on_message  # the feed's callback; observed, not replaced
+        self.versions: dict[str, list[int | None]] = {}
+        self.sequences: dict[str, list[int]] = {}
+        take = rec.message  # the feed's sink; observed, not replaced
 
-        def observe(msg: Message) -> None:
+        def observe(msg: Message, seq: int, problems: list[str]) -> None:
             self.versions.setdefault(msg.subject(), []).append(msg.version)
-            take(msg)
+            self.sequences.setdefault(msg.subject(), []).append(seq)
+            take(msg, seq, problems)
 
-        rec._on_message = observe  # type: ignore[method-assign]
+        rec.message = observe  # type: ignore[method-assign]
 
 
 @contextlib.asynccontextmanager
@@ -144,8 +146,8 @@ async def test_killing_the_stream_leader_then_the_next_loses_no_change_and_repla
         for cell, rec in recs.items():
             versions = applied[cell].versions
             assert not [s for s in versions if not readable(cell, s)], f"cell {cell} read another cell's containers"
-            for subject, seen in versions.items():
-                assert seen == sorted(set(seen)), f"cell {cell}: {subject} applied out of order or twice: {seen}"
+            for subject, seqs in applied[cell].sequences.items():
+                assert seqs == sorted(set(seqs)), f"cell {cell}: {subject} applied out of order or twice: {seqs}"
             state = rec.store.snapshot()
             assert {c.handle: c.ip for c in state.containers} == {
                 f"h-{i % 7}": change(i).container.ip  # type: ignore[attr-defined]

@@ -92,9 +92,9 @@ def c2c_change(state: CellState, i: int, port: int = 7777) -> C2CPoliciesMessage
 
 
 async def committed(rec: Reconciler, msg: C2CPoliciesMessage) -> None:
-    """Until the reconciler has taken `msg` and committed the transaction that contains it."""
-    subject = msg.subject()
-    await wait_until(lambda: rec.store.versions.get(subject) == msg.version)
+    """Until the reconciler holds `msg`'s policies and has committed the transaction that contains them.
+    (By content: the store orders messages by stream sequence, and each change differs from the last.)"""
+    await wait_until(lambda: rec.store.c2c.get(msg.destination_app_guid, []) == list(msg.policies))
     generation = rec.generation
     await wait_until(lambda: rec.committed_generation >= generation)
 

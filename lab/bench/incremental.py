@@ -86,7 +86,7 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
             edited = SecurityGroup.model_validate(raw)
             message = SecurityGroupMessage(version=2 + i, guid=group.guid, security_group=edited)
             t = time.perf_counter()
-            store.apply(message)
+            store.apply(message, seq=2 + i)
             compiler.changed(key_of(message))
             commit()
             edit_samples.append(time.perf_counter() - t)
