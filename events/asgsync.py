@@ -58,6 +58,7 @@ async def publish_security_groups(
     )
     for message in deleted:
         log.info("security group %s is gone: published its deletion", message.guid)
+    await publisher.mark_complete(("asg",))  # the stream holds exactly the listing now
     return SyncResult(len(published), len(deleted))
 
 

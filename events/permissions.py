@@ -5,7 +5,8 @@ configuration (examples/nats/ is generated from here) and the BOSH job `cfnft-na
 lists (tests/test_bosh_templates.py compares them with this module).
 
 - **watcher** (`cfnft watch`): writes state, manages the state stream, and reads it back (a restarted
-  watcher publishes only differences; the policy watcher reads which spaces have containers).
+  watcher publishes only differences; the policy watcher reads which spaces have containers), and
+  holds the lease of its kind in the bucket CFNFT_LEASES (events/lease.py).
 - **operator** (`cfnft publish`, `resync`, `status`, `explain`, `stats`): what a watcher may do, plus
   reading any one message of the stream, resync requests, and status, explain and stats requests to
   any cell or (status) to all of them, and watching every `cfnft.` subject (`nats sub 'cfnft.>'`).
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from events import subjects
+from events.lease import LEASE_BUCKET
 
 JS_API = "$JS.API"
 JS_FLOW_CONTROL = "$JS.FC"
@@ -129,9 +131,21 @@ def _state_writer() -> tuple[str, ...]:
     )
 
 
+def _lease_holder() -> tuple[str, ...]:
+    """The JetStream key-value bucket of the watchers' leases (events/lease.py): create it, read
+    and write its keys."""
+    stream = f"KV_{LEASE_BUCKET}"
+    return (
+        f"$KV.{LEASE_BUCKET}.>",
+        f"{JS_API}.STREAM.INFO.{stream}",
+        f"{JS_API}.STREAM.CREATE.{stream}",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+    )
+
+
 def watcher_permissions() -> Permissions:
     return Permissions(
-        publish=_state_writer(),
+        publish=(*_state_writer(), *_lease_holder()),
         subscribe=(subjects.RESYNC_ALL, f"{inbox_prefix(Role.WATCHER)}.>"),
     )
 
@@ -140,6 +154,7 @@ def operator_permissions() -> Permissions:
     return Permissions(
         publish=(
             *_state_writer(),
+            *_lease_holder(),
             subjects.RESYNC_ALL,
             f"{subjects.RESYNC_CELL_PREFIX}.*",
             f"{subjects.STATUS_PREFIX}.*",

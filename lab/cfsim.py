@@ -21,19 +21,23 @@ from nats.js.api import DeliverPolicy
 from events import subjects
 from events.publisher import ensure_state_stream
 
+_EPOCH_PREFIX = subjects.epoch("x")[:-1]
+
 WAIT = 15.0
 """Upper bound for an expected outcome to show up; only reached when a test fails."""
 
 
 class StateView:
     """The state stream as a subscriber sees it. `state[subject]` is the decoded last message,
-    `history` every message received in order."""
+    `history` every message received in order; the publishers' epoch markers are kept apart, in
+    `markers` (by subject), since they are statements about the state rather than objects of it."""
 
     def __init__(self, nc: NATS, subject_filter: str = subjects.STATE_WILDCARD) -> None:
         self._nc = nc
         self._filter = subject_filter
         self.state: dict[str, dict[str, Any]] = {}
         self.history: list[tuple[str, dict[str, Any]]] = []
+        self.markers: dict[str, dict[str, Any]] = {}
         self._changed = asyncio.Condition()
         self._sub: Any = None
 
@@ -50,6 +54,10 @@ class StateView:
     async def _on_message(self, msg: Msg) -> None:
         doc = json.loads(msg.data)
         async with self._changed:
+            if msg.subject.startswith(_EPOCH_PREFIX):
+                self.markers[msg.subject] = doc
+                self._changed.notify_all()
+                return
             self.state[msg.subject] = doc
             self.history.append((msg.subject, doc))
             self._changed.notify_all()

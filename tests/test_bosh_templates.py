@@ -559,6 +559,7 @@ def test_watcher_carries_every_property_into_its_config(tmp_path: Path) -> None:
     rendered = render("cfnft-watcher", props)
     cfg = watcher_config(rendered, tmp_path)
     assert cfg.metrics_listen == f"{props['metrics']['address']}:{props['metrics']['port']}"
+    assert (cfg.lease_seconds, cfg.state_check_seconds) == (props["lease_seconds"], props["state_check_seconds"])
     assert cfg.nats.user == props["nats"]["user"] and cfg.nats.creds_file is not None
     assert rendered["config/certs/nats/password"].strip() == props["nats"]["password"]
     assert (cfg.nats.insecure, cfg.nats.tls_handshake_first) == (props["nats"]["insecure"], False)

@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events import subjects
 from events.connect import NatsConfig, NatsUnavailable, ServerErrors, connect
+from events.lease import LEASE_BUCKET, Lease
 from events.messages import ContainerMessage
 from events.models import Container
 from events.permissions import Role, cell_consumers, inbox_prefix
@@ -243,6 +244,32 @@ async def test_the_watcher_writes_state_but_sends_no_resync_or_status_requests(
         await watcher.nc.publish(subject, b"{}")
         assert await watcher.refused(subject)
     assert len(await stream_subjects(watcher)) == 2
+
+
+async def test_the_watcher_holds_its_lease_marks_its_publication_and_reads_back_a_subject(
+    connect_as, identities: Identities, watcher: Client
+) -> None:
+    """What a watcher replica does besides publishing (cfnft/watch.py): take and renew its kind's
+    lease, write its epoch marker, and read back a subject it is unsure of. A cell may do none of it."""
+    lease = Lease(watcher.nc, "watch-bbs", ttl=3.0)
+    await asyncio.wait_for(lease.acquire(), 5)
+    holding = asyncio.create_task(lease.hold())
+    await asyncio.sleep(1.5)  # a renewal every ttl/3
+    assert lease.held and not holding.done()
+    holding.cancel()
+    await lease.release()
+
+    publisher = StatePublisher(watcher.nc, "bbs")
+    await publisher.mark_complete(["container"])
+    assert subjects.epoch("bbs") in await stream_subjects(watcher)
+    stored = await watcher.js.get_last_msg(subjects.STATE_STREAM, subjects.container("a", "a-1"))
+    assert stored.data is not None and b'"a-1"' in stored.data
+
+    cell = await connect_as(identities.cell("a"), Role.CELL, "a")
+    intruder = Lease(cell.nc, "watch-bbs", ttl=3.0)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(intruder.acquire(), 1.5)
+    assert await cell.refused(f"$JS.API.STREAM.INFO.KV_{LEASE_BUCKET}")
 
 
 def cfnft(*args: str) -> subprocess.CompletedProcess[str]:

@@ -406,6 +406,7 @@ class BbsWatcher:
         wanted = {subjects.container(cell_id, handle) for cell_id, handle in containers}
         for subject in sorted(set(self._live) - wanted):
             changed += await self._delete_container(subject)
+        await self._publisher.mark_complete(("container", "app"))  # the stream holds our whole view now
         self.in_sync.set()
         self._update_gauges()
         return changed

@@ -54,7 +54,7 @@ from events import subjects
 from events.asgsync import ASG_SUBJECT_PREFIX, ParseCache, collect_security_groups, publish_security_groups
 from events.cc.stamp import AsgStamp, AsgTriggerConfig
 from events.httpsource import Reason, SourceError
-from events.messages import C2CPoliciesMessage, EgressPoliciesMessage
+from events.messages import C2CPoliciesMessage, EgressPoliciesMessage, StateKind
 from events.models import (
     C2CPolicy,
     EgressPolicy,
@@ -228,10 +228,13 @@ class PolicyWatcher(PollingWatcher):
         self._c2c_dropped.report([str(p) for p in dropped if p.loc[:1] != ("egress_policies",)] + unusable)
         version = self._clock()
         await self._publish_c2c(by_app, version)
+        complete: list[StateKind] = ["c2c"]
         if "egress_policies" in body or self._publisher.published_subjects(subjects.EGRESS_POLICIES):
             # An upgraded server stops sending egress policies: that is an explicit "none".
             self._egress_dropped.report([str(p) for p in dropped if p.loc[:1] == ("egress_policies",)])
             await self._publish_egress(egress, version)
+            complete.append("egress")
+        await self._publisher.mark_complete(complete)  # the stream holds the whole listing now
         self._c2c_stamp = stamp
 
     async def _publish_c2c(self, by_app: dict[str, list[C2CPolicy]], version: int) -> None:
