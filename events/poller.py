@@ -59,7 +59,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.failures += 1
-        cap = min(self.maximum, self.initial * 2 ** (self.failures - 1))
+        # The exponent is bounded: a long outage must not overflow the float (2**1024) and end the caller.
+        cap = min(self.maximum, self.initial * 2 ** min(self.failures - 1, 64))
         return random.uniform(cap / 2, cap)
 
     def reset(self) -> None:

@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 
+from cfnft.publish import publish_state
+from events import subjects
 from events.connect import NatsConfig
+from events.models import load_cell_state
 from lab.natsserver import free_port
 from nft import FakeNft, NftRunner
 from reconciler.config import ReconcilerConfig
@@ -99,3 +103,25 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def publish_doc(url: str, document: dict[str, Any], prune: bool = False) -> None:
+    """Publish a cell state document as `cfnft publish` does (its epoch marker included)."""
+    nc = await nats.connect(url)
+    try:
+        await publish_state(nc, load_cell_state(document), prune=prune)
+    finally:
+        await nc.close()
+
+
+async def publish_raw(url: str, *messages: tuple[str, object]) -> None:
+    """Publish (subject, JSON payload or bytes) pairs as they are, with no model in between: what a
+    publisher without our models, or with bad intent, could put on the state stream."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for subject, payload in messages:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            await js.publish(subject, data, stream=subjects.STATE_STREAM)
+    finally:
+        await nc.close()

@@ -15,14 +15,12 @@ import time
 import nats
 import pytest
 
-from cfnft.publish import publish_state
 from events import subjects
-from events.models import load_cell_state
 from lab.netlab import Lab, Outcome, probe_many
 from reconciler.admission import Limits
 from reconciler.compile import TABLE
 from reconciler.config import ReconcilerConfig
-from tests.daemons import eventually, running_daemon
+from tests.daemons import eventually, publish_doc, publish_raw, running_daemon
 
 OPEN, REJECTED = Outcome.OPEN, Outcome.REJECTED
 WEB, API = "app-web", "app-api"
@@ -35,26 +33,6 @@ def sg(guid, dest, ports="80", log=False):
 
 def ctr(handle, ip, app, **extra):
     return {"handle": handle, "ip": str(ip), "app_guid": app, "space_guid": "space-1", "workload": "app", **extra}
-
-
-async def publish_doc(url, doc, prune=False):
-    nc = await nats.connect(url)
-    try:
-        await publish_state(nc, load_cell_state(doc), prune=prune)
-    finally:
-        await nc.close()
-
-
-async def publish_raw(url, *messages: tuple[str, object]) -> None:
-    """Publish (subject, JSON payload or bytes) pairs as they are, with no model in between."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        for subject, payload in messages:
-            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            await js.publish(subject, data, stream=subjects.STATE_STREAM)
-    finally:
-        await nc.close()
 
 
 def reachable(netns, target, outcome):

@@ -115,6 +115,9 @@ def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
         assert cap / 2 <= delay <= cap
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+    for _ in range(5000):  # hours of an outage at the cap: the delay stays the cap, never an overflow
+        delay = backoff.next_delay()
+    assert 2.5 <= delay <= 5.0
 
 
 async def test_resync_fetches_although_nothing_changed(
