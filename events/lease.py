@@ -34,6 +34,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from events.tasks import stop_if_cancelled
+
 log = logging.getLogger(__name__)
 
 LEASE_BUCKET = "CFNFT_LEASES"
@@ -64,6 +66,7 @@ class Lease:
         """Wait until this replica holds the lease."""
         announced = False
         while True:
+            stop_if_cancelled()
             try:
                 kv = await self._bucket()
                 self._revision = await kv.create(self.name, self.holder.encode())
@@ -82,6 +85,7 @@ class Lease:
         renewed = time.monotonic()
         while self._revision is not None:
             await asyncio.sleep(self.ttl / 3)
+            stop_if_cancelled()
             try:
                 kv = await self._bucket()
                 self._revision = await kv.update(self.name, self.holder.encode(), last=self._revision)

@@ -31,7 +31,6 @@ keeps the last good version of that object, and everything else keeps flowing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -50,6 +49,7 @@ from events.models import SecurityGroup
 from events.permissions import cell_consumers
 from events.poller import Backoff
 from events.problems import Problem, StateError, problems_from
+from events.tasks import stop_if_cancelled, wait_event
 from reconciler.admission import Limits, check_message
 from reconciler.consumer import API_TIMEOUT, StateConsumer, StreamMissing
 
@@ -190,6 +190,7 @@ class StateFeed:
     async def run(self) -> None:
         try:
             while True:
+                stop_if_cancelled()
                 problem = await self._step()
                 if problem is None:
                     continue
@@ -197,8 +198,7 @@ class StateFeed:
                 if problem != self._last_problem:
                     log.warning("%s; retrying in %.1fs", problem, delay)
                     self._last_problem = problem
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_event(self._wake, delay)
         finally:
             if self._announce is not None:
                 self._announce.cancel()
@@ -214,9 +214,7 @@ class StateFeed:
             elif self._to_resume:
                 await self._resume()
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._check_seconds)
-                if not self._wake.is_set():
+                if not await wait_event(self._wake, self._check_seconds):
                     await self._check_stream()
                 return None
             self._backoff.reset()
