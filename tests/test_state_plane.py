@@ -104,7 +104,7 @@ async def test_a_restarted_reconciler_agrees_with_one_that_kept_running(nats_ser
             assert restarted.kernel.dump() == running.kernel.dump()
             for guid in wanted:
                 rules = restarted.rec.store.groups[guid].rules
-                assert rules[0].destination == last[guid]["rules"][0]["destination"]  # type: ignore[index]
+                assert rules[0].destination == last[guid]["rules"][0]["destination"]
 
 
 # --- a lost stream is not the truth --------------------------------------------------------------
