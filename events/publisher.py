@@ -187,7 +187,7 @@ class StatePublisher:
     def __init__(
         self,
         nc: NATS,
-        source: str = "publish",
+        source: str,
         *,
         cell_id: str | None = None,
         replicas: int | None = None,

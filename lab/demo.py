@@ -223,7 +223,7 @@ async def _run(workdir: Path, lab: Lab, ci: bool, keep: bool) -> int:
 
         bbs_watcher = BbsWatcher(
             BbsWatcherConfig(url=bbs.url, ca_file=client.ca, cert_file=client.cert, key_file=client.key),
-            StatePublisher(nc, replicas=3),
+            StatePublisher(nc, "bbs", replicas=3),
         )
         spaces = await stack.enter_async_context(ContainerSpaces(nc))
         policy_watcher = PolicyWatcher(
@@ -235,7 +235,7 @@ async def _run(workdir: Path, lab: Lab, ci: bool, keep: bool) -> int:
                 poll_interval=0.2,
                 asg_poll_interval=0.2,
             ),
-            StatePublisher(nc, replicas=3),
+            StatePublisher(nc, "policy", replicas=3),
             spaces,
         )
         await stack.enter_async_context(bbs_watcher)

@@ -81,7 +81,7 @@ async def start_watcher(
         registry = CollectorRegistry()
         watcher = BbsWatcher(
             watcher_config(sim.url, client or pki.client, **overrides),
-            StatePublisher(nats_client),
+            StatePublisher(nats_client, "bbs"),
             metrics=BbsWatcherMetrics.create(registry),
         )
         running = Running(watcher, asyncio.create_task(watcher.run()), registry)
@@ -307,7 +307,7 @@ async def test_tasks_are_left_to_the_cells(
     sim.desire_task("stage-1", "app-1", "space-1", "org-1", staging=True)
     sim.start_task("task-1", "cell-a")
     sim.start_task("stage-1", "cell-b")
-    cell_publisher = StatePublisher(nats_client)
+    cell_publisher = StatePublisher(nats_client, "cells")
     registered = {}
     for handle, cell, workload, ip in (
         ("task-1", "cell-a", "task", "10.255.1.9"),
@@ -531,7 +531,9 @@ async def test_unreadable_tls_files_fail_at_start(
     pki: Pki, sim: BbsSimulator, nats_client: NatsClient, tmp_path: Path
 ) -> None:
     config = watcher_config(sim.url, TlsFiles(pki.client.ca, tmp_path / "missing.pem", tmp_path / "missing.key"))
-    watcher = BbsWatcher(config, StatePublisher(nats_client), metrics=BbsWatcherMetrics.create(CollectorRegistry()))
+    watcher = BbsWatcher(
+        config, StatePublisher(nats_client, "bbs"), metrics=BbsWatcherMetrics.create(CollectorRegistry())
+    )
     with pytest.raises(Exception, match="missing.pem"):
         await watcher.run()
 
@@ -546,7 +548,9 @@ async def test_bbs_down_at_start_then_up(pki: Pki, nats_client: NatsClient) -> N
     sim.push_app("app-1", "space-1", "org-1", cells=["cell-a"])
     registry = CollectorRegistry()
     config = watcher_config(f"https://127.0.0.1:{port}", pki.client)
-    async with BbsWatcher(config, StatePublisher(nats_client), metrics=BbsWatcherMetrics.create(registry)) as watcher:
+    async with BbsWatcher(
+        config, StatePublisher(nats_client, "bbs"), metrics=BbsWatcherMetrics.create(registry)
+    ) as watcher:
         async with asyncio.timeout(10):
             while (registry.get_sample_value("cfnft_watcher_bbs_errors_total", {"kind": "unavailable"}) or 0) < 3:
                 await asyncio.sleep(0.02)

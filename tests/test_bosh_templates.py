@@ -1158,7 +1158,7 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        await StatePublisher(watcher, replicas=1).publish(
+        await StatePublisher(watcher, "bbs", replicas=1).publish(
             ContainerMessage(version=1, cell_id=INSTANCE_ID, handle="h", container=None)
         )
         cell = await client("cfnft-reconciler", {}, Role.CELL, INSTANCE_ID)

@@ -47,7 +47,7 @@ def config(cc: CloudControllerSimulator, pki: Pki, *, internal: bool = True, **o
 
 
 def watcher(cc: CloudControllerSimulator, pki: Pki, nc: NATS, **overrides: Any) -> CcWatcher:
-    return CcWatcher(config(cc, pki, **overrides), StatePublisher(nc))
+    return CcWatcher(config(cc, pki, **overrides), StatePublisher(nc, "cc"))
 
 
 def metric(name: str, **labels: str) -> float:

@@ -113,7 +113,7 @@ async def test_killing_the_stream_leader_then_the_next_loses_no_change_and_repla
     watcher = await connect(
         identities.watcher.client(cluster.urls, pki.server), "watcher", inbox_prefix(Role.WATCHER), forever=True
     )
-    publisher = StatePublisher(watcher, replicas=3)
+    publisher = StatePublisher(watcher, "bbs", replicas=3)
     for i in range(20):  # something to replay at start
         await publisher.publish(change(i))
     async with reconcilers(cluster, pki, identities, tmp_path) as recs:

@@ -97,7 +97,7 @@ def container_message(cell_id: str, handle: str) -> ContainerMessage:
 @pytest.fixture
 async def watcher(connect_as, identities: Identities) -> Client:
     client = await connect_as(identities.watcher, Role.WATCHER)
-    publisher = StatePublisher(client.nc)
+    publisher = StatePublisher(client.nc, "bbs")
     for cell in ("a", "b"):
         assert await publisher.publish(container_message(cell, f"{cell}-1"))
     return client

@@ -50,7 +50,9 @@ def config(sim: PolicyServerSimulator, pki: Pki, **overrides: Any) -> PolicyWatc
 
 
 def watcher(sim: PolicyServerSimulator, pki: Pki, nc: NATS, spaces: Any = None, **overrides: Any) -> PolicyWatcher:
-    return PolicyWatcher(config(sim, pki, **overrides), StatePublisher(nc), spaces or StaticSpaces({"space-1"}))
+    return PolicyWatcher(
+        config(sim, pki, **overrides), StatePublisher(nc, "policy"), spaces or StaticSpaces({"space-1"})
+    )
 
 
 def metric(name: str, **labels: str) -> float:
@@ -432,7 +434,7 @@ async def test_spaces_come_from_the_containers_in_nats(
     """A group bound to a space is published once a container of that space appears, deleted when it goes."""
     sim.add_security_group("web", WEB, guid="g-web", running_spaces=("space-9",))
     sim.add_security_group("dns", DNS, guid="g-dns", running_default=True)
-    publisher = StatePublisher(nats_client)
+    publisher = StatePublisher(nats_client, "cells")
     container = Container(handle="h1", ip="10.255.1.2", app_guid="app-a", space_guid="space-9", workload="app")
     async with ContainerSpaces(nats_client) as spaces, watcher(sim, pki, nats_client, spaces):
         await view.wait_for(lambda s: subjects.security_group("g-dns") in s, "the default group")
@@ -446,7 +448,7 @@ async def test_spaces_come_from_the_containers_in_nats(
 async def test_container_spaces_are_ready_only_when_complete(nats_client: NATS) -> None:
     """The space set is declared ready only once every container message in the stream was read, so
     the first listing cannot publish the groups of unread spaces as deleted."""
-    publisher = StatePublisher(nats_client)
+    publisher = StatePublisher(nats_client, "cells")
     spaces = {f"space-{n}" for n in range(300)}
     for n, space in enumerate(sorted(spaces)):
         container = Container(

@@ -21,7 +21,7 @@ def app(guid: str, version: int, last_octet: int) -> AppInstancesMessage:
 
 async def stream_content(nc: NatsClient) -> dict[str, Message]:
     """What the stream holds, without the observation time the publisher stamped on each message."""
-    found = await StatePublisher(nc).load_published()
+    found = await StatePublisher(nc, "test-reader").load_published()
     out: dict[str, Message] = {}
     for subject, data in found.items():
         message = AppInstancesMessage.model_validate_json(data)
@@ -31,7 +31,7 @@ async def stream_content(nc: NatsClient) -> dict[str, Message]:
 
 
 async def test_a_large_listing_is_published_whole_with_a_small_window(nats_client: NatsClient) -> None:
-    publisher = StatePublisher(nats_client, window=8)
+    publisher = StatePublisher(nats_client, "bbs", window=8)
     messages = [app(f"app-{i}", 1, i % 200 + 2) for i in range(500)]
     # The same subject twice in one batch: only the later one is sent.
     messages.append(app("app-0", 2, 250))
@@ -44,13 +44,13 @@ async def test_a_large_listing_is_published_whole_with_a_small_window(nats_clien
 
 
 async def test_unchanged_content_is_not_sent_again(nats_client: NatsClient) -> None:
-    publisher = StatePublisher(nats_client)
+    publisher = StatePublisher(nats_client, "bbs")
     assert len(await publisher.publish_all([app("a", 1, 2), app("b", 1, 3)])) == 2
     # A new version of the same content, twice in one batch, and one real change.
     again = await publisher.publish_all([app("a", 2, 2), app("a", 3, 2), app("b", 2, 4)])
     assert again == [app("b", 2, 4)]
     # A restarted publisher learns what the stream holds and sends only the difference.
-    restarted = StatePublisher(nats_client)
+    restarted = StatePublisher(nats_client, "bbs")
     await restarted.load_published()
     assert await restarted.publish_all([app("a", 4, 2), app("b", 4, 5)]) == [app("b", 4, 5)]
 
@@ -58,7 +58,7 @@ async def test_unchanged_content_is_not_sent_again(nats_client: NatsClient) -> N
 async def test_a_failed_publish_raises_and_is_sent_again_next_time(
     nats_server: NatsServer, nats_client: NatsClient
 ) -> None:
-    publisher = StatePublisher(nats_client, ack_timeout=0.5)
+    publisher = StatePublisher(nats_client, "bbs", ack_timeout=0.5)
     await publisher.publish_all([app("a", 1, 2)])
     nats_server.stop()
     await wait_connection(nats_client, connected=False)

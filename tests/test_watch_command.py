@@ -60,7 +60,7 @@ async def test_watch_publishes_bbs_and_policy_state_and_answers_resync(nats_serv
         )
         nc = await nats.connect(nats_server.url)
         try:
-            publisher = StatePublisher(nc)
+            publisher = StatePublisher(nc, "test-reader")
 
             async def published(prefix: str) -> set[str]:
                 deadline = time.monotonic() + 20

@@ -165,7 +165,7 @@ _QueueItem = BbsEvent | BbsError | _Resync
 class BbsWatcher:
     """Follows BBS and publishes LRP container states and app instance sets (module docstring).
 
-    watcher = BbsWatcher(config, StatePublisher(nc))
+    watcher = BbsWatcher(config, StatePublisher(nc, "bbs"))
     task = asyncio.create_task(watcher.run())
     await watcher.in_sync.wait()     # the first listing is published
     """

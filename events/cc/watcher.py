@@ -106,7 +106,7 @@ class CcWatcher(PollingWatcher):
 
     Example::
 
-        async with CcWatcher(config, StatePublisher(nc)):
+        async with CcWatcher(config, StatePublisher(nc, "cc")):
             await stopped.wait()
     """
 

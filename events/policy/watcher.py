@@ -131,7 +131,7 @@ class PolicyWatcher(PollingWatcher):
 
     Example::
 
-        async with ContainerSpaces(nc) as spaces, PolicyWatcher(config, StatePublisher(nc), spaces):
+        async with ContainerSpaces(nc) as spaces, PolicyWatcher(config, StatePublisher(nc, "policy"), spaces):
             await stopped.wait()
     """
 

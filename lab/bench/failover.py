@@ -73,7 +73,7 @@ async def _measure(
             # The watcher scales the same stream from one replica to three, as a deployment would.
             await publish_state(nc, state, replicas=replicas)
             await _replicas_current(nc, replicas)
-            publisher = StatePublisher(nc)
+            publisher = StatePublisher(nc, "bench")
 
             async def publish(msg: C2CPoliciesMessage) -> None:
                 await publisher.publish(msg)

@@ -184,7 +184,7 @@ async def _untriggered(
     achieved, and the cost of one listing (over whole listings only)."""
     config = _config(policy, pki, asg_poll_interval=1.0)
     fetched = _fetches()
-    async with PolicyWatcher(config, StatePublisher(nc), spaces):
+    async with PolicyWatcher(config, StatePublisher(nc, "policy"), spaces):
         await _fetched(fetched + 1)  # the first listing and its confirmation are published
         before, started = _counted(policy, PolicyRoute.SECURITY_GROUPS), time.monotonic()
         listings = 0
@@ -217,7 +217,7 @@ async def _triggered(
     )
     config = _config(policy, pki, asg_trigger=trigger)  # every other setting at its default
     fetched = _fetches()
-    async with PolicyWatcher(config, StatePublisher(nc), spaces):
+    async with PolicyWatcher(config, StatePublisher(nc, "policy"), spaces):
         await _fetched(fetched + 1)  # the start-up listing and its confirmation are done
         before, started = _counted(policy, PolicyRoute.SECURITY_GROUPS), time.monotonic()
         reads_before = cc.requests[CcRoute.ASG_LATEST_UPDATE]
