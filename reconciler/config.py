@@ -71,7 +71,10 @@ class ReconcilerConfig(BaseModel):
         "so that the cells do not all read the stream at once",
     )
     state_check_seconds: float = Field(
-        5.0, gt=0, description="how often the state stream is checked for being deleted, purged or recreated"
+        30.0,
+        gt=0,
+        description="how often the cell asks which epoch markers the state stream holds: one it read that is "
+        "gone means a purge, and the stream is replayed",
     )
     limits: Limits = Field(default_factory=Limits, description="host ports and ruleset sizes this cell accepts")
 
