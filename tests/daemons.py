@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import nats
+from nats.js.client import JetStreamContext
 
 from cfnft.publish import publish_state
 from events import subjects
@@ -114,14 +115,20 @@ async def publish_doc(url: str, document: dict[str, Any], prune: bool = False) -
         await nc.close()
 
 
+@contextlib.asynccontextmanager
+async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    """JetStream on a connection of its own, closed afterwards: a test's own requests to the server."""
+    nc = await nats.connect(url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
 async def publish_raw(url: str, *messages: tuple[str, object]) -> None:
     """Publish (subject, JSON payload or bytes) pairs as they are, with no model in between: what a
     publisher without our models, or with bad intent, could put on the state stream."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
+    async with jetstream(url) as js:
         for subject, payload in messages:
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             await js.publish(subject, data, stream=subjects.STATE_STREAM)
-    finally:
-        await nc.close()

@@ -9,7 +9,6 @@ import asyncio
 import json
 import random
 
-import nats
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -17,7 +16,7 @@ from events import subjects
 from lab.natsserver import NatsServer, wait_connection
 from lab.netlab import Lab, Outcome, probe_many
 from reconciler.compile import TABLE
-from tests.daemons import Daemon, eventually, publish_doc, publish_raw, running_daemon
+from tests.daemons import Daemon, eventually, jetstream, publish_doc, publish_raw, running_daemon
 
 OPEN, REJECTED = Outcome.OPEN, Outcome.REJECTED
 
@@ -40,14 +39,12 @@ def doc(*groups, ip="10.255.1.2"):
 
 
 async def stream_exists(url) -> bool:
-    nc = await nats.connect(url)
-    try:
-        await nc.jetstream().stream_info(subjects.STATE_STREAM)
-        return True
-    except NotFoundError:
-        return False
-    finally:
-        await nc.close()
+    async with jetstream(url) as js:
+        try:
+            await js.stream_info(subjects.STATE_STREAM)
+            return True
+        except NotFoundError:
+            return False
 
 
 def groups_in(d: Daemon) -> set[str]:
@@ -84,17 +81,13 @@ async def test_a_restarted_reconciler_agrees_with_one_that_kept_running(nats_ser
     last: dict[str, dict | None] = {}
     async with running_daemon(tmp_path / "running", nats_server.url) as running:
         await eventually(lambda: running.rec.ready, what="in sync")
-        nc = await nats.connect(nats_server.url)
-        try:
-            js = nc.jetstream()
+        async with jetstream(nats_server.url) as js:
             for _ in range(300):
                 guid = f"g{rng.randrange(12)}"
                 group = sg(guid, f"192.0.2.{rng.randrange(1, 250)}") if rng.random() < 0.7 else None
                 payload = {"kind": "asg", "guid": guid, "security_group": group, "version": rng.randrange(2**62)}
                 await js.publish(subjects.security_group(guid), json.dumps(payload).encode())
                 last[guid] = group
-        finally:
-            await nc.close()
         wanted = {guid for guid, group in last.items() if group is not None}
         await eventually(lambda: set(running.rec.store.groups) == wanted, what="the running one follows")
         await eventually(lambda: running.rec.ready, what="committed")
@@ -123,11 +116,8 @@ async def test_a_purged_stream_keeps_the_last_good_state_until_it_is_published_a
     await publish_doc(nats_server.url, doc(sg("public", "192.0.2.10"), sg("old", "192.0.2.11"), ip=web.ip))
     async with running_daemon(tmp_path, nats_server.url, netns=cell.name) as d:
         await eventually(lambda: d.rec.ready, what="in sync")
-        nc = await nats.connect(nats_server.url)
-        try:
-            await nc.jetstream().purge_stream(subjects.STATE_STREAM)
-        finally:
-            await nc.close()
+        async with jetstream(nats_server.url) as js:
+            await js.purge_stream(subjects.STATE_STREAM)
         await eventually(lambda: not d.rec.ready, what="the purge noticed")
         status, body = await d.ops("/readyz")
         assert (
@@ -151,11 +141,8 @@ async def test_the_reconciler_never_creates_the_stream_and_keeps_enforcing_witho
     await publish_doc(nats_server.url, doc(sg("public", "192.0.2.10"), ip=web.ip))
     async with running_daemon(tmp_path, nats_server.url, netns=cell.name) as d:
         await eventually(lambda: d.rec.ready, what="in sync")
-        nc = await nats.connect(nats_server.url)
-        try:
-            await nc.jetstream().delete_stream(subjects.STATE_STREAM)
-        finally:
-            await nc.close()
+        async with jetstream(nats_server.url) as js:
+            await js.delete_stream(subjects.STATE_STREAM)
         await eventually(lambda: not d.rec.ready, what="the deletion noticed")
         assert "does not exist" in (d.rec.not_ready_reason or "") or "deleted" in (d.rec.not_ready_reason or "")
         await asyncio.sleep(1.0)  # several stream checks (state_check_seconds 0.3)
