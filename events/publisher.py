@@ -111,6 +111,9 @@ class _AckInbox:
         future = self._futures.get(msg.subject.rsplit(".", 1)[-1])
         if future is None or future.done():
             return
+        if (msg.headers or {}).get("Status") == "503":  # no responders: the stream has no leader right now
+            future.set_exception(NoStreamResponseError())
+            return
         try:
             answer = json.loads(msg.data)
         except ValueError:

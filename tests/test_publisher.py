@@ -4,8 +4,11 @@ failure reported with what was acknowledged still counted."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import NoStreamResponseError
 
 from events import subjects
 from events.messages import AppInstancesMessage, Message
@@ -73,3 +76,14 @@ async def test_a_failed_publish_raises_and_is_sent_again_next_time(
     stream = await stream_content(nats_client)
     assert stream[subjects.app_instances("a")].addresses == app("a", 3, 3).addresses
     assert stream[subjects.app_instances("b")].addresses == app("b", 3, 4).addresses
+
+
+async def test_a_batch_no_stream_answers_fails_as_such_at_once(nats_client: NatsClient) -> None:
+    """While no stream stores the subjects (a leader election; here: the stream deleted), the server
+    answers "no responders": the batch fails with that, not with an unreadable acknowledgement or
+    after waiting out the acknowledgement timeout."""
+    publisher = StatePublisher(nats_client, "bbs", ack_timeout=30)
+    await publisher.publish_all([app("a", 1, 2)])
+    await nats_client.jetstream().delete_stream(subjects.STATE_STREAM)
+    with pytest.raises(NoStreamResponseError):
+        await asyncio.wait_for(publisher.publish_all([app("a", 2, 3), app("b", 2, 4)]), 10)
