@@ -7,7 +7,7 @@ Nothing here knows about Cloud Foundry. Typical use:
     runner.apply(tx)                            # one atomic libnftables call
 """
 
-from nft.diff import diff, render_ruleset, same_structure
+from nft.diff import Touched, diff, render_ruleset, same_structure
 from nft.errors import NamespaceError, NftError, ReadbackError
 from nft.fake import FakeNft
 from nft.interface import NftInterface
@@ -57,6 +57,7 @@ __all__ = [
     "Set",
     "SetFlag",
     "Table",
+    "Touched",
     "Transaction",
     "TransactionError",
     "Verb",

@@ -17,7 +17,8 @@ changed in place once a ruleset holding them was handed to `diff`.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from nft.objects import Chain, Element, KeyField, Map, Rule, Ruleset, Set
 from nft.render import clean_comment, key_order, normalize_value, rule_human_comment, sorted_flags
@@ -27,20 +28,35 @@ from nft.transaction import Transaction
 _REFERENCE = re.compile(r"@([A-Za-z0-9_.\-]+)|\b(?:jump|goto)\s+([A-Za-z0-9_.\-]+)")
 
 
-def diff(desired: Ruleset, actual: Ruleset | None, only: Collection[str] | None = None) -> Transaction:
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """What may differ between a ruleset and an earlier one, as whoever made the second from the first
+    knows: whole chains and sets by name, and of a set changed an element at a time (a dispatch map)
+    only the keys of those elements. Everything else is the same on both sides."""
+
+    names: frozenset[str] = frozenset()
+    elements: Mapping[str, frozenset[tuple[KeyField, ...]]] = field(default_factory=dict)
+
+    def __or__(self, other: Touched) -> Touched:
+        keys = {name: self.elements.get(name, frozenset()) | other.elements.get(name, frozenset())
+                for name in self.elements.keys() | other.elements.keys()}  # fmt: skip
+        return Touched(self.names | other.names, keys)
+
+
+def diff(desired: Ruleset, actual: Ruleset | None, only: Touched | None = None) -> Transaction:
     """A transaction that makes the table `actual` (None: it does not exist) equal `desired`.
 
-    `only`, when given, names every chain and set that may differ between the two: the caller knows
-    that all others are the same on both sides (it changed only these since it computed `actual`),
-    so the cost follows the change, not the size of the table."""
+    `only`, when given, says what may differ between the two (the caller changed only that since it
+    computed `actual`), so that the cost follows the change, not the size of the table."""
     if actual is None:
         return _creation(desired, sort_elements=False)
     tx = Transaction(desired.table)
     if only is None:
         chains, sets = desired.chains.keys() | actual.chains.keys(), desired.sets.keys() | actual.sets.keys()
     else:
-        chains = {n for n in only if n in desired.chains or n in actual.chains}
-        sets = {n for n in only if n in desired.sets or n in actual.sets}
+        names = only.names | only.elements.keys()
+        chains = {n for n in names if n in desired.chains or n in actual.chains}
+        sets = {n for n in names if n in desired.sets or n in actual.sets}
     replaced_chains = {
         name
         for name in chains & desired.chains.keys() & actual.chains.keys()
@@ -65,6 +81,9 @@ def diff(desired: Ruleset, actual: Ruleset | None, only: Collection[str] | None 
         # The same dict: the compiler reused an unchanged fragment. A map's elements still have to
         # let go of a chain being replaced, so only then are they looked at one by one.
         if wanted_elements is had_elements and (isinstance(want, Set) or not replaced_chains):
+            continue
+        if only is not None and name not in only.names and not replaced_chains:
+            _diff_keys(tx, want, wanted_elements, had_elements, only.elements[name])
             continue
         _diff_elements(tx, want, wanted_elements, had_elements, replaced_chains)
     for name in sorted(n for n in sets if n not in desired.sets):
@@ -153,6 +172,27 @@ def same_structure(desired: Ruleset, actual: Ruleset | None) -> bool:
         if not _same_rules(desired.rules.get(name, []), actual.rules.get(name, [])):
             return False
     return all(same_set(s, actual.sets[name]) for name, s in desired.sets.items())
+
+
+def _diff_keys(
+    tx: Transaction,
+    s: Set | Map,
+    wanted: Mapping[tuple[KeyField, ...], Element],
+    had: Mapping[tuple[KeyField, ...], Element],
+    keys: Collection[tuple[KeyField, ...]],
+) -> None:
+    """As `_diff_elements`, for the elements of these keys only (the others are the same on both sides)."""
+    added = []
+    for key in keys:
+        want, have = wanted.get(key), had.get(key)
+        if want is have or (want is not None and have is not None and same_element(want, have)):
+            continue
+        if have is not None:
+            tx.delete(have)
+        if want is not None:
+            added.append(want)
+    if added:
+        tx.add_elements(s, added)
 
 
 def _diff_elements(

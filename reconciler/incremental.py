@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import Protocol, TypeVar
 
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
+from nft import Touched
 from nft.objects import AddrRange, Chain, Element, KeyField, Map, Rule, Ruleset, Set
 from reconciler.compile import (
     DISPATCH_MAPS,
@@ -177,7 +178,7 @@ class IncrementalCompiler:
         self._full = True
         self._rs = Ruleset(TABLE)
         self._pass = _Pass(self._rs, {})
-        self._touched: set[str] | None = None  # changed since the last take_touched(); None: everything
+        self._touched: Touched | None = None  # changed since the last take_touched(); None: everything
         # Foundation-wide indexes, always current.
         self._groups_by: dict[Binding, set[str]] = defaultdict(set)
         self._bindings: dict[str, frozenset[Binding]] = {}
@@ -352,7 +353,7 @@ class IncrementalCompiler:
         if self._full:
             self._touched = None
         elif self._touched is not None:
-            self._touched |= self._pass.touched
+            self._touched |= self._pass.changes()
         self._full = False
         self._dirty_egress = False
         self._dirty_handles.clear()
@@ -361,11 +362,10 @@ class IncrementalCompiler:
         self._dirty_apps.clear()
         return self._rs
 
-    def take_touched(self) -> set[str] | None:
-        """The names of the chains and sets that compile() changed since the last call (None: it
-        compiled everything anew): all that `nft.diff` needs to look at, against the ruleset returned
-        by the compile() before that call."""
-        touched, self._touched = self._touched, set()
+    def take_touched(self) -> Touched | None:
+        """What compile() changed since the last call (None: it compiled everything anew): all that
+        `nft.diff` needs to look at, against the ruleset returned by the compile() before that call."""
+        touched, self._touched = self._touched, Touched()
         return touched
 
     @property
@@ -504,14 +504,13 @@ class IncrementalCompiler:
         local = _Local(c, bundle.name, tuple(elements), Fragment.of(scratch))
         self._pass.put(local.port_chains)
         for e in local.elements:
-            self._pass.map(e.set)[e.key] = e
+            self._pass.put_element(e)
         self._local[c.handle] = local
 
     def _unplace(self, local: _Local) -> None:
         self._pass.drop(local.port_chains)
         for e in local.elements:
-            if self._pass.maps[e.set].get(e.key) is e:
-                del self._pass.map(e.set)[e.key]
+            self._pass.drop_element(e)
         self._release_bundle(local.bundle, local.container.handle)
 
     def _bundle_for(self, c: Container) -> Bundle:
@@ -632,21 +631,38 @@ class IncrementalCompiler:
 
 @dataclass(slots=True)
 class _Pass:
-    """The ruleset being assembled by one compile(), and the names of the chains and sets it changes.
-    The container maps are copied on their first change: the previous ruleset, which a diff may
-    still hold, keeps its own."""
+    """The ruleset being assembled by one compile(), and what it changes: chains and sets by name, and
+    the container maps by element. The container maps are copied on their first change: the previous
+    ruleset, which a diff may still hold, keeps its own."""
 
     rs: Ruleset
     maps: dict[str, dict[ElementKey, Element]]
     shared: set[str] = field(default_factory=set)
     touched: set[str] = field(default_factory=set)
+    touched_elements: dict[str, set[ElementKey]] = field(default_factory=dict)
 
-    def map(self, name: str) -> dict[ElementKey, Element]:
-        self.touched.add(name)
+    def put_element(self, e: Element) -> None:
+        self._map(e)[e.key] = e
+
+    def drop_element(self, e: Element) -> None:
+        """Take `e` out of its map, unless another element has its key by now."""
+        if self.maps[e.set].get(e.key) is e:
+            del self._map(e)[e.key]
+
+    def _map(self, e: Element) -> dict[ElementKey, Element]:
+        """The map of `e`, about to change at `e.key`."""
+        name = e.set
+        self.touched_elements.setdefault(name, set()).add(e.key)
         if name in self.shared:
             self.maps[name] = dict(self.maps[name])
             self.shared.discard(name)
         return self.maps[name]
+
+    def changes(self) -> Touched:
+        return Touched(
+            frozenset(self.touched),
+            {name: frozenset(keys) for name, keys in self.touched_elements.items()},
+        )
 
     def put(self, fragment: Fragment) -> None:
         """Add a fragment's chains and sets, sharing its rule tuples and element mappings. (Ruleset types

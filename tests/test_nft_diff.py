@@ -25,6 +25,7 @@ from nft import (
     Set,
     SetFlag,
     Table,
+    Touched,
     diff,
     render_ruleset,
     same_structure,
@@ -406,3 +407,28 @@ def test_structure_changes_are_seen_both_ways() -> None:
         changed_kernel = kernel_with(changed).read(TABLE, elements=False)
         assert not same_structure(base(), changed_kernel), what
         assert not diff(base(), kernel_with(changed).read(TABLE)).is_empty, what
+
+
+def test_with_what_the_caller_touched_only_that_is_compared() -> None:
+    def ruleset(dispatch: list[str], webs: list[Element]) -> Ruleset:
+        rs = Ruleset(TABLE)
+        rs.add_set(DISPATCH)
+        rs.add_set(WEB)
+        for ip in dispatch:
+            rs.add_element(Element("ctr-dispatch", (one(ip),), "accept"))
+        for e in webs:
+            rs.add_element(e)
+        return rs
+
+    actual = ruleset(["10.255.1.2", "10.255.1.3"], [web("192.0.2.0/24", 443)])
+    desired = ruleset(["10.255.1.2", "10.255.1.4"], [web("192.0.2.0/24", 443), web("198.51.100.0/24", 80)])
+    b, c = (one("10.255.1.3"),), (one("10.255.1.4"),)
+    everything = Touched(frozenset({"asg-web"}), {"ctr-dispatch": frozenset({b, c})})
+    assert diff(desired, actual, only=everything).render() == diff(desired, actual).render()
+    kernel = FakeNft()
+    kernel.apply(diff(actual, None))
+    kernel.apply(diff(desired, actual, only=everything))
+    assert diff(desired, kernel.read(TABLE)).is_empty
+    # What the caller says it did not touch is taken as the same on both sides.
+    partial = diff(desired, actual, only=Touched(elements={"ctr-dispatch": frozenset({c})})).render()
+    assert "10.255.1.4" in partial and "10.255.1.3" not in partial and "asg-web" not in partial
