@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -40,12 +41,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cni import pending
 from events.models import Container, NetOutRule
-from reconciler.admission import container_problems
+from nft.objects import Ruleset
+from reconciler.admission import Limits, container_problems
 from reconciler.check import container_problems as kernel_problems
-from reconciler.compile import TABLE
 from reconciler.daemon import Reconciler
 
 log = logging.getLogger(__name__)
+
+
+class CellFacade(Protocol):
+    """What the CNI endpoint needs of its cell's reconciler (reconciler/daemon.py `Reconciler`)."""
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def registrations_loaded(self) -> bool: ...
+    @property
+    def registered(self) -> Mapping[str, Container]: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def committed_generation(self) -> int: ...
+    @property
+    def not_ready_reason(self) -> str | None: ...
+    def register(self, container: Container) -> int: ...
+    def unregister(self, handle: str) -> int: ...
+    async def wait_committed(self, generation: int, timeout: float) -> None: ...
+    def enforced(self, handle: str) -> bool: ...
+    def left_out_reason(self, what: str) -> str | None: ...
+    def local(self, handle: str) -> Container | None: ...
+    async def read_kernel(self) -> Ruleset | None: ...
+    def status(self) -> dict[str, object]: ...
 
 
 MAX_TIMEOUT_SECONDS = 120.0
@@ -86,7 +112,7 @@ def _timeout(text: str) -> float:
     return value
 
 
-def drain_pending_deletions(rec: Reconciler, socket_path: Path) -> list[str]:
+def drain_pending_deletions(rec: CellFacade, socket_path: Path) -> list[str]:
     """Unregister the handles the CNI plugin left pending; only once the saved registrations are
     loaded, because before that they would come back."""
     if not rec.registrations_loaded:
@@ -102,11 +128,11 @@ def drain_pending_deletions(rec: Reconciler, socket_path: Path) -> list[str]:
     return handles
 
 
-def _drop_stale_holders(rec: Reconciler, container: Container) -> None:
+def _drop_stale_holders(rec: CellFacade, container: Container) -> None:
     """The connectivity plugin just gave `container` its addresses, so another registration holding one
     of them is stale (its DEL was lost); two holders of one address would make the state invalid."""
     mine = {container.ip, container.ipv6} - {None}
-    for handle, other in list(rec.store.registered.items()):
+    for handle, other in list(rec.registered.items()):
         if handle != container.handle and mine & {other.ip, other.ipv6}:
             log.warning(
                 "container %s takes over an address of registered container %s; unregistering that",
@@ -117,7 +143,7 @@ def _drop_stale_holders(rec: Reconciler, container: Container) -> None:
             rec.unregister(handle)
 
 
-def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application:
+def cni_app(rec: CellFacade, socket_path: Path | None = None) -> web.Application:
     """The CNI endpoint; with `socket_path`, pending deletions next to it are drained too."""
 
     def drain() -> None:
@@ -159,7 +185,7 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
         if not rec.enforced(container.handle):
             # Committed without it: the rules of the cell are live, but not this container's. Say why,
             # and leave nothing behind (the runtime's DEL after a failed ADD may never come).
-            why = rec.board.reason_for(f"container {container.handle}") or "left out of the ruleset"
+            why = rec.left_out_reason(f"container {container.handle}") or "left out of the ruleset"
             rec.unregister(container.handle)
             return _error(409, f"container {container.handle} cannot be enforced: {why}")
         return web.json_response({"handle": req.container.handle, "committed_generation": rec.committed_generation})
@@ -180,10 +206,10 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
 
     async def check(request: web.Request) -> web.Response:
         handle = request.match_info["handle"]
-        container = rec.admitted.local(handle)
+        container = rec.local(handle)
         if container is None:
             return web.json_response({"ok": False, "problems": [f"container {handle} is not known to the reconciler"]})
-        kernel = await rec.runner.read_async(TABLE)
+        kernel = await rec.read_kernel()
         problems = kernel_problems(container, kernel)
         expected_ip = request.query.get("ip")
         if expected_ip is not None and expected_ip != str(container.ip):
@@ -196,7 +222,7 @@ def cni_app(rec: Reconciler, socket_path: Path | None = None) -> web.Application
         except ValidationError as e:
             return _error(400, str(e.errors()[0]["msg"]))
         valid = set(req.valid_handles)
-        removed = [h for h in list(rec.store.registered) if h not in valid]
+        removed = [h for h in list(rec.registered) if h not in valid]
         gen = rec.generation
         for h in removed:
             gen = rec.unregister(h)

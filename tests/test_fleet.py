@@ -105,7 +105,9 @@ async def test_status_all_and_object_report_in_sync_lagging_and_unreachable_cell
             edit = SecurityGroupMessage(guid="public", security_group=edited)
             ack = await nc.jetstream().publish(edit.subject(), edit.model_dump_json().encode())  # no observed_at
             version = ack.seq  # an object's version is the stream sequence of its last message
-            await eventually(lambda: recs["a"].committed_generation == recs["a"].generation and recs["b"]._failures > 1)
+            await eventually(
+                lambda: recs["a"].committed_generation == recs["a"].generation and recs["b"].dataplane.failures > 1
+            )
 
             everything = await asyncio.to_thread(cfnft, nats_server.url, "--all")
             lines = everything.stdout.splitlines()

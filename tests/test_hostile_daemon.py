@@ -307,8 +307,8 @@ async def test_two_containers_claiming_one_address_or_host_port_never_stop_the_c
 
 async def test_cni_refuses_what_it_cannot_enforce_and_keeps_nothing_of_it(tmp_path):
     async with running_daemon(tmp_path, None) as d:
-        d.rec._synced.set()  # no NATS and no saved state: let it start from nothing
-        d.rec._dirty.set()
+        d.rec.intake.synced.set()  # no NATS and no saved state: let it start from nothing
+        d.rec.intake.dirty.set()
         await eventually(lambda: d.rec.converged, what="converged")
         status, body = await d.http("POST", "/v1/containers", {"container": ctr("h1", "10.255.1.2", "bad:app")})
         assert status == 400 and "app guid 'bad:app'" in body["error"]

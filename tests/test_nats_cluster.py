@@ -72,14 +72,14 @@ class Applied:
     def __init__(self, rec: Reconciler) -> None:
         self.versions: dict[str, list[int | None]] = {}
         self.sequences: dict[str, list[int]] = {}
-        take = rec.message  # the feed's sink; observed, not replaced
+        take = rec.intake.message  # the feed's sink (the state intake); observed, not replaced
 
         def observe(msg: Message, seq: int, problems: list[str]) -> None:
             self.versions.setdefault(msg.subject(), []).append(msg.version)
             self.sequences.setdefault(msg.subject(), []).append(seq)
             take(msg, seq, problems)
 
-        rec.message = observe  # type: ignore[method-assign]
+        rec.intake.message = observe  # type: ignore[method-assign]
 
 
 @contextlib.asynccontextmanager

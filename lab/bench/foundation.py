@@ -302,15 +302,16 @@ class _Tap:
 
     def __init__(self, rec: Reconciler) -> None:
         self._waiting: dict[tuple[str, int], asyncio.Future[int]] = {}
-        take_in = rec._take_message  # where a message reaches the store (after a running compile, if one is)
+        intake = rec.intake
+        take_in = intake._take_message  # where a message reaches the store (after a running compile, if one is)
 
         def tapped(msg: Message, seq: int) -> None:
             take_in(msg, seq)
             fut = self._waiting.pop((msg.subject(), msg.version), None)
             if fut is not None:
-                fut.set_result(rec.generation)
+                fut.set_result(intake.generation)
 
-        rec._take_message = tapped  # type: ignore[method-assign]  # before run(): the feed takes it from there
+        intake._take_message = tapped  # type: ignore[method-assign]  # before run(): the feed takes it from there
         self._rec = rec
 
     async def committed(self, nc: NATS, msg: Message) -> None:

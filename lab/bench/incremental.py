@@ -19,9 +19,9 @@ from events.models import SecurityGroup, load_cell_state
 from lab.bench.kernel import namespace
 from nft import NftRunner, diff
 from reconciler.compile import TABLE
-from reconciler.daemon import settle_memory
 from reconciler.incremental import IncrementalCompiler
 from reconciler.keys import Kind, StateKey, key_of
+from reconciler.loops import settle_memory
 from reconciler.store import DesiredStore
 
 
