@@ -71,8 +71,12 @@ class AdmittedState:
         self._hidden: dict[Kind, dict[str, str]] = {kind: {} for kind in Kind}
         self._containers: dict[str, Container] = {}  # NATS records shown (a mapping lost: a copy without it)
         self._registered: dict[str, Container] = {}  # registrations shown
-        self._losses: list[Unusable] = []  # what the last settling of the local containers left out
+        self._losses: dict[str, list[Unusable]] = {}  # per handle, what settling the local containers left out
         self._egress: list[EgressPolicy] = []
+        # The addresses and host ports each local container candidate claims, and who claims each:
+        # a container's change can only move the containers it shares a claim with, transitively.
+        self._claims_of: dict[str, set[Claim]] = {}
+        self._claimants: dict[Claim, set[str]] = {}
 
     # ------------------------------------------------------------------ incremental.DesiredState
 
@@ -118,7 +122,7 @@ class AdmittedState:
         """The store's object `key` changed; return the keys whose visible object changed with it."""
         match key.kind:
             case Kind.CONTAINER:
-                return _keys(Kind.CONTAINER, self._settle_containers() | {key.id})
+                return _keys(Kind.CONTAINER, self._settle_around(key.id) | {key.id})
             case Kind.CONFIG:
                 return [key, *_keys(Kind.CONTAINER, self._settle_containers())]
             case Kind.EGRESS:
@@ -152,7 +156,7 @@ class AdmittedState:
                 continue
             self._quarantined[unit] = (self._object(unit), u.reason)
             if unit.kind is Kind.CONTAINER:
-                out += _keys(Kind.CONTAINER, self._settle_containers() | {unit.id})
+                out += _keys(Kind.CONTAINER, self._settle_around(unit.id) | {unit.id})
             elif unit.kind is Kind.EGRESS:
                 self._settle_egress()
                 out.append(StateKey(Kind.EGRESS))
@@ -214,15 +218,50 @@ class AdmittedState:
 
     def _settle_containers(self) -> set[str]:
         """Decide again which local containers are shown, and as what; return the handles whose
-        shown container changed (appeared, went, or is another object)."""
+        shown container changed (appeared, went, or is another object). All of them: a new config."""
+        self._claims_of.clear()
+        self._claimants.clear()
+        known = self._containers.keys() | self._registered.keys() | self._hidden[Kind.CONTAINER].keys()
+        return self._settle(self._store.registered.keys() | self._store.containers.keys() | known | self._losses.keys())
+
+    def _settle_around(self, handle: str) -> set[str]:
+        """As `_settle_containers`, for what a change of container `handle` can move: it, and every
+        container it shares an address or a host port with (before or after), transitively."""
+        seen = {handle}
+        todo = [handle]
+        for claim in self._claims_of.get(handle, ()):
+            todo += self._claimants[claim]
+        candidate = self._candidate(handle)
+        if candidate is not None:
+            for claim in _claims(candidate):
+                todo += self._claimants.get(claim, ())
+        while todo:
+            h = todo.pop()
+            if h not in seen:
+                seen.add(h)
+                for claim in self._claims_of.get(h, ()):
+                    todo += self._claimants[claim]
+        return self._settle(seen)
+
+    def _candidate(self, handle: str) -> Container | None:
+        """The container the store has for `handle`: the CNI plugin's registration, else NATS's record."""
+        return self._store.registered.get(handle) or self._store.containers.get(handle)
+
+    def _settle(self, handles: set[str]) -> set[str]:
+        """Decide again which of `handles` are shown and as what (no other container shares a claim
+        with them); return the handles whose shown container changed."""
         store = self._store
         cfg = store.config or store.default_config
         cap = self.limits.max_elements_per_group
-        hidden: dict[str, str] = {}
+        hidden = self._hidden[Kind.CONTAINER]
         candidates: list[Ranked] = []
-        for handle in store.registered.keys() | store.containers.keys():
-            registered = store.registered.get(handle)
-            c = registered or store.containers[handle]
+        for handle in handles:
+            self._unclaim(handle)
+            hidden.pop(handle, None)
+            self._losses.pop(handle, None)
+            c = self._candidate(handle)
+            if c is None:
+                continue
             unit = StateKey(Kind.CONTAINER, handle)
             held = self._quarantined.get(unit)
             if held is not None and held[0] is not c:
@@ -236,32 +275,52 @@ class AdmittedState:
                 hidden[handle] = f"address {c.ipv6} is outside overlay_network6 {cfg.overlay_network6}"
             elif not cfg.dynamic_asgs and (n := rule_elements(c.creation_rules())) > cap:
                 hidden[handle] = f"its own rules need {n} set elements, over max_elements_per_group {cap}"
-            elif registered is not None:
+            elif handle in store.registered:
                 candidates.append(Ranked(c, (CNI_REGISTRATION, store.registration_order.get(handle, 0))))
             else:
                 candidates.append(Ranked(c, (NATS_RECORD, store.container_seq(handle))))
+        for candidate in candidates:
+            self._claim(candidate.container)
         kept, lost = resolve(candidates)
+        kept_handles = {c.handle for c in kept}
         for u in lost:
-            if u.unit is not None and u.unit.id not in {c.handle for c in kept}:
+            if u.unit is not None and u.unit.id not in kept_handles:
                 hidden[u.unit.id] = u.reason
-        self._hidden[Kind.CONTAINER] = hidden
-        self._losses = [u for u in lost if u.unit is not None and u.unit.id not in hidden] + [
-            Unusable(StateKey(Kind.CONTAINER, h), why) for h, why in hidden.items()
-        ]
-        before = {**self._containers, **self._registered}
+        for u in lost:
+            if u.unit is not None and u.unit.id not in hidden:
+                self._losses.setdefault(u.unit.id, []).append(u)
+        for h in handles & hidden.keys():
+            self._losses[h] = [Unusable(StateKey(Kind.CONTAINER, h), hidden[h])]
+        before = {h: self.local(h) for h in handles}
         # A container shown without a lost mapping is a new copy each time: keep showing the one
         # shown before if it is equal, so the compiler has nothing to redo for it.
-        shown = [c if (prev := before.get(c.handle)) is None or prev is c or prev != c else prev for c in kept]
-        self._registered = {c.handle: c for c in shown if c.handle in store.registered}
-        self._containers = {c.handle: c for c in shown if c.handle not in store.registered}
-        after = {**self._containers, **self._registered}
-        return {h for h in before.keys() | after.keys() if before.get(h) is not after.get(h)}
+        for h in handles:
+            self._registered.pop(h, None)
+            self._containers.pop(h, None)
+        for c in kept:
+            prev = before.get(c.handle)
+            shown = prev if prev is not None and prev is not c and prev == c else c
+            (self._registered if c.handle in store.registered else self._containers)[c.handle] = shown
+        return {h for h in handles if before.get(h) is not self.local(h)}
+
+    def _claim(self, c: Container) -> None:
+        claims = _claims(c)
+        self._claims_of[c.handle] = claims
+        for claim in claims:
+            self._claimants.setdefault(claim, set()).add(c.handle)
+
+    def _unclaim(self, handle: str) -> None:
+        for claim in self._claims_of.pop(handle, ()):
+            holders = self._claimants[claim]
+            holders.discard(handle)
+            if not holders:
+                del self._claimants[claim]
 
     # ------------------------------------------------------------------ what the reconciler shows
 
     def left_out(self) -> list[Unusable]:
         """Everything left out now, and why (a container that lost a host port is kept, without it)."""
-        out = list(self._losses)
+        out = [u for h in sorted(self._losses) for u in self._losses[h]]
         for kind in (Kind.GROUP, Kind.APP, Kind.C2C, Kind.EGRESS):
             out += [Unusable(StateKey(kind, i), why) for i, why in sorted(self._hidden[kind].items())]
         return out
@@ -282,6 +341,16 @@ class AdmittedState:
             app_instances=dict(sorted(self.apps.items())),
             config=self.config or self.default_config,
         )
+
+
+# What a container claims for itself alone on this cell: its addresses, and its host ports.
+Claim = tuple[str, object]
+
+
+def _claims(c: Container) -> set[Claim]:
+    out: set[Claim] = {("address", a) for a in (c.ip, c.ipv6) if a is not None}
+    out |= {("host port", m.host_port) for m in c.port_mappings}
+    return out
 
 
 def _keys(kind: Kind, ids: set[str]) -> list[StateKey]:

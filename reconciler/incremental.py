@@ -362,6 +362,11 @@ class IncrementalCompiler:
         self._dirty_apps.clear()
         return self._rs
 
+    @property
+    def touched(self) -> Touched | None:
+        """What compile() changed since the last take_touched(), left in place (None: everything)."""
+        return self._touched
+
     def take_touched(self) -> Touched | None:
         """What compile() changed since the last call (None: it compiled everything anew): all that
         `nft.diff` needs to look at, against the ruleset returned by the compile() before that call."""

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from events.models import CellState
-from nft import Ruleset, Transaction, diff
+from nft import Ruleset, Touched, Transaction, diff
 from reconciler.admission import Limits, Unusable
 from reconciler.compile import Compiler
 from reconciler.incremental import IncrementalCompiler
@@ -85,7 +86,7 @@ def plan_pass(
     touched can differ) equal the result, whole-table if `rebuild`. Raises what the compiler raises,
     and `TransactionError` if the transaction refuses an object."""
     desired = compiler.compile()
-    over = oversized(desired, limits)
+    over = oversized(desired, limits, compiler.touched)
     if over:
         return Pass(desired, None, over)  # what this compile touched is taken with the next one's
     touched = compiler.take_touched()
@@ -98,19 +99,23 @@ def plan_pass(
     return Pass(desired, tx, [])
 
 
-def oversized(desired: Ruleset, limits: Limits) -> list[Unusable]:
-    """The units whose elements exceed the per-group cap, then the biggest ones until the table fits the cell's."""
+def oversized(desired: Ruleset, limits: Limits, touched: Touched | None = None) -> list[Unusable]:
+    """The units whose elements exceed the per-group cap, then the biggest ones until the table fits the cell's.
+
+    With `touched` (what changed since everything was last checked), only the groups whose sets it
+    names are sized: the others have not grown. The cell's cap is checked on the whole table."""
+    total = sum(map(len, desired.elements.values()))
+    if touched is not None and total <= limits.max_elements_per_cell:
+        groups = {m["key"] for name in touched.names if (m := _GROUP_SET.fullmatch(name))}
+        return _over_group_cap({StateKey(Kind.GROUP, g): _group_size(desired, g) for g in groups}, limits)
     sizes: dict[StateKey, int] = defaultdict(int)
     for name, elements in desired.elements.items():
         if m := _GROUP_SET.fullmatch(name):
             sizes[StateKey(Kind.GROUP, m["key"])] += len(elements)
         elif m := _C2C_SET.fullmatch(name):
             sizes[StateKey(Kind.C2C, m["key"])] += len(elements)
-    out = []
-    for unit, n in sorted(sizes.items(), key=lambda item: suspect_order(item[0])):
-        if unit.kind is Kind.GROUP and n > limits.max_elements_per_group:
-            out.append(Unusable(unit, f"its rules compile to {n} set elements, over max_elements_per_group"))
-    total = desired.counts()[2] - sum(sizes[u.unit] for u in out if u.unit is not None)
+    out = _over_group_cap(sizes, limits)
+    total -= sum(sizes[u.unit] for u in out if u.unit is not None)
     dropped = {u.unit for u in out}
     for unit, n in sorted(sizes.items(), key=lambda item: (-item[1], suspect_order(item[0]))):
         if total <= limits.max_elements_per_cell:
@@ -119,3 +124,17 @@ def oversized(desired: Ruleset, limits: Limits) -> list[Unusable]:
             out.append(Unusable(unit, f"left out for max_elements_per_cell ({n} of the table's elements)"))
             total -= n
     return out
+
+
+def _over_group_cap(sizes: Mapping[StateKey, int], limits: Limits) -> list[Unusable]:
+    out = []
+    for unit, n in sorted(sizes.items(), key=lambda item: suspect_order(item[0])):
+        if unit.kind is Kind.GROUP and n > limits.max_elements_per_group:
+            out.append(Unusable(unit, f"its rules compile to {n} set elements, over max_elements_per_group"))
+    return out
+
+
+def _group_size(desired: Ruleset, guid: str) -> int:
+    """The elements of one security group's sets (reconciler/compile.py names them)."""
+    names = (f"sg-{guid}{log}-{kind}{v}" for log in ("", "-log") for kind in ("ports", "all", "icmp") for v in (4, 6))
+    return sum(len(desired.elements.get(name, ())) for name in names)

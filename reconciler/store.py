@@ -66,7 +66,9 @@ class DesiredStore:
         if seq <= self.seqs.get(subject, 0):
             log.debug("ignoring %s at sequence %d: have %d", subject, seq, self.seqs[subject])
             return False
-        changed = self._record(msg)
+        # A local container's stream sequence is its rank when another claims its address or host
+        # port (reconciler/conflicts.py): a later copy of the same record is a change too.
+        changed = self._record(msg) or isinstance(msg, ContainerMessage)
         kind = _kind(subject)
         self.positions[kind] = max(seq, self.positions.get(kind, 0))
         if _deletes(msg):

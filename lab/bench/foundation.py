@@ -124,7 +124,7 @@ async def _run(url: str, tmp: Path, shape: FoundationShape, big: FoundationShape
 
 
 def _payloads(state: CellState) -> list[Payload]:
-    return [(m.subject(), m.model_dump_json().encode()) for m in state_messages(state, time.time_ns())]
+    return [(m.subject(), m.model_dump_json().encode()) for m in state_messages(state)]
 
 
 def _irrelevant_updates(doc: dict, count: int) -> list[Payload]:

@@ -18,6 +18,8 @@ from events.messages import SecurityGroupMessage
 from events.models import SecurityGroup, load_cell_state
 from lab.bench.kernel import namespace
 from nft import NftRunner, diff
+from reconciler.admission import Limits
+from reconciler.admitted import AdmittedState
 from reconciler.compile import TABLE
 from reconciler.incremental import IncrementalCompiler
 from reconciler.keys import Kind, StateKey, key_of
@@ -46,9 +48,17 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
     endpoint and the NATS feed parse them before the store sees them."""
     state = load_cell_state(doc)
     store = DesiredStore(state.cell_id)
-    for message in state_messages(state, 1):
-        store.apply(message)
-    compiler = IncrementalCompiler(store)
+    seq = 0  # the stream sequence each message would have: the store orders by it
+    for seq, message in enumerate(state_messages(state), 1):
+        store.apply(message, seq)
+    admitted = AdmittedState(store, Limits())  # what the daemon's compiler reads
+    admitted.everything_changed()
+    compiler = IncrementalCompiler(admitted)
+
+    def changed(key: StateKey) -> None:
+        for visible in admitted.changed(key):
+            compiler.changed(visible)
+
     with namespace("incr") as ns, NftRunner(netns=ns) as runner:
         committed = compiler.compile()
         runner.apply(diff(committed, runner.read(TABLE)))
@@ -71,11 +81,11 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
             )
             t = time.perf_counter()
             store.register(added)
-            compiler.changed(StateKey(Kind.CONTAINER, added.handle))
+            changed(StateKey(Kind.CONTAINER, added.handle))
             commit()
             add_samples.append(time.perf_counter() - t)
             store.unregister(added.handle)
-            compiler.changed(StateKey(Kind.CONTAINER, added.handle))
+            changed(StateKey(Kind.CONTAINER, added.handle))
             commit()
 
         edit_samples = []
@@ -84,10 +94,10 @@ def incremental(doc: dict, adds: int = 100, edits: int = 20) -> tuple[Latencies,
         for i in range(edits):
             raw["rules"].append({"protocol": "tcp", "destination": f"100.126.{i}.0/24", "ports": "443"})
             edited = SecurityGroup.model_validate(raw)
-            message = SecurityGroupMessage(version=2 + i, guid=group.guid, security_group=edited)
+            message = SecurityGroupMessage(guid=group.guid, security_group=edited)
             t = time.perf_counter()
-            store.apply(message, seq=2 + i)
-            compiler.changed(key_of(message))
+            store.apply(message, seq + 1 + i)
+            changed(key_of(message))
             commit()
             edit_samples.append(time.perf_counter() - t)
     return Latencies(add_samples), Latencies(edit_samples)
