@@ -82,7 +82,7 @@ class DesiredStore:
             case ContainerMessage():
                 return _put(self.containers, msg.handle, msg.container)
             case AppInstancesMessage():
-                return _put(self.apps, msg.app_guid, sorted(msg.addresses, key=str) or None)
+                return _put(self.apps, msg.app_guid, sorted(msg.addresses, key=_address_order) or None)
             case SecurityGroupMessage():
                 return _put(self.groups, msg.guid, msg.security_group)
             case C2CPoliciesMessage():
@@ -240,6 +240,10 @@ def _adopt(kind: Kind, mine: dict[str, V], theirs: dict[str, V], changed: list[S
                 del mine[key]
             else:
                 mine[key] = new
+
+
+def _address_order(a: IPv4Address | IPv6Address) -> tuple[int, int]:
+    return a.version, int(a)
 
 
 def _put(table: dict[str, V], key: str, value: V | None) -> bool:

@@ -683,3 +683,17 @@ def test_container_egress_rules_are_cc_rules() -> None:
     )
     assert c.egress_rules[0].egress_rule().ports == (p(443),)
     assert str(c.ipv6) == "fd00::2"
+
+
+def test_an_address_parses_the_same_on_the_quick_path_and_the_long_one() -> None:
+    """parse_ip takes IPv4 text through the C library's strict parser first; what that refuses goes
+    through ipaddress, so every spelling gets ipaddress's answer."""
+    import ipaddress
+
+    from events.rules import parse_ip
+
+    for text in ("10.0.0.1", "0.0.0.0", "255.255.255.255", "fd00::1", "::ffff:10.0.0.1", "fe80::1%eth0"):
+        assert parse_ip(text) == ipaddress.ip_address(text), text
+    for text in ("010.0.0.1", "1.02.3.4", "256.1.1.1", "1.1.1", " 1.1.1.1", "1.1.1.1\x00", "1..1.1", ""):
+        with pytest.raises(ValueError, match="not an IP address"):
+            parse_ip(text)
