@@ -669,10 +669,10 @@ class BbsSimulator(SimulatedServer):
         return await handler(request)
 
     async def _list_actual_lrps(self, request: web.Request) -> web.Response:
-        req = await _parse(request, pb.ActualLRPsRequest)
+        req = await _list_request(request, pb.ActualLRPsRequest)
         response = pb.ActualLRPsResponse()
-        if isinstance(req, pb.Error) or _BBS_ERROR in request:
-            return _failed(response, req if isinstance(req, pb.Error) else request[_BBS_ERROR])
+        if isinstance(req, pb.Error):
+            return _failed(response, req)
         for lrp in self._actual.values():
             if req.domain and lrp.actual_lrp_key.domain != req.domain:
                 continue
@@ -686,10 +686,10 @@ class BbsSimulator(SimulatedServer):
         return _protobuf(response)
 
     async def _list_desired_lrps(self, request: web.Request) -> web.Response:
-        req = await _parse(request, pb.DesiredLRPsRequest)
+        req = await _list_request(request, pb.DesiredLRPsRequest)
         response = pb.DesiredLRPsResponse()
-        if isinstance(req, pb.Error) or _BBS_ERROR in request:
-            return _failed(response, req if isinstance(req, pb.Error) else request[_BBS_ERROR])
+        if isinstance(req, pb.Error):
+            return _failed(response, req)
         for desired in self._desired.values():
             if req.domain and desired.domain != req.domain:
                 continue
@@ -702,10 +702,10 @@ class BbsSimulator(SimulatedServer):
         return _protobuf(response)
 
     async def _list_tasks(self, request: web.Request) -> web.Response:
-        req = await _parse(request, pb.TasksRequest)
+        req = await _list_request(request, pb.TasksRequest)
         response = pb.TasksResponse()
-        if isinstance(req, pb.Error) or _BBS_ERROR in request:
-            return _failed(response, req if isinstance(req, pb.Error) else request[_BBS_ERROR])
+        if isinstance(req, pb.Error):
+            return _failed(response, req)
         for task in self._tasks.values():
             if req.domain and task.domain != req.domain:
                 continue
@@ -830,6 +830,15 @@ async def _parse(request: web.Request, message_type: type[M]) -> M | pb.Error:
     except DecodeError as exc:
         return pb.Error(type=pb.Error.InvalidProtobufMessage, message=str(exc))
     return message
+
+
+async def _list_request(request: web.Request, message_type: type[M]) -> M | pb.Error:
+    """A list call's request as `message_type`, or the Error to answer it with: an undecodable
+    body first, then a database failure injected for this call."""
+    req = await _parse(request, message_type)
+    if isinstance(req, pb.Error):
+        return req
+    return request[_BBS_ERROR] if _BBS_ERROR in request else req
 
 
 def _failed(response: Message, error: pb.Error) -> web.Response:
