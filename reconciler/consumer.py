@@ -99,7 +99,11 @@ class StateConsumer:
             policy, start = DeliverPolicy.BY_START_SEQUENCE, resume_after + 1
         # A start before the stream's first message begins at that message: what lay between was
         # superseded by newer messages of the same objects, which follow, or purged, which deletes nothing.
-        info = await self._create(policy, start)
+        try:
+            info = await self._create(policy, start)
+        except BaseException:
+            await self._detach()  # nothing half-made keeps listening; the caller retries
+            raise
         if info.num_pending == 0:
             self.drained.set()
         self._last_activity = time.monotonic()
@@ -264,4 +268,9 @@ class StateConsumer:
         if self._interrupted:
             return
         self._interrupted = True
+        # From here on the old consumer is not believed: a server that restores it (after a restart
+        # or a failover) may deliver again from an earlier point, and its heartbeats may then name
+        # the very consumer sequence this one stopped at, claiming messages it never delivered. So
+        # nothing more from it moves `position`: the reopened consumer starts where this one stopped.
+        self._attempt += 1
         self._on_interrupted(self, reason)

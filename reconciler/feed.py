@@ -14,8 +14,9 @@ the store.
 - **Resume**: a consumer that was interrupted (a message lost on the way; heartbeats stopped because
   the server that held it went away) or, after a reconnect, every consumer, is reopened from the
   stream sequence after the last one it delivered, without a replay. The stream is first checked:
-  another stream under the same name (created at another time) or one that no longer reaches that
-  sequence (rewound) means a full replay. Messages gone from before the stream's first one were
+  another stream under the same name (created at another time) means a full replay, and so does one
+  that no longer reaches that sequence (rewound) for `REWIND_CONFIRM_SECONDS` (a leader elected a
+  moment ago may answer with the end it has applied so far). Messages gone from before the stream's first one were
   superseded by later ones of the same objects, which the resume delivers.
 - **Purges**: a purge removes messages and deletes nothing, so consumers carry on unaware. Every
   `check_seconds` the feed asks which epoch markers the stream holds: one it delivered that is gone
@@ -34,6 +35,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,11 +110,14 @@ class StreamMoved(Exception):
 
 class StreamBehind(Exception):
     """The stream's info ends before where a consumer was: rewound, or (during a failover) told by
-    a server that has not caught up yet. Asked again before it counts as rewound."""
+    a leader that has not applied all it holds yet. Asked again before it counts as rewound."""
 
 
-# Answers "behind" in a row before the stream counts as rewound.
-BEHIND_CHECKS = 3
+# How long the stream must keep ending before a consumer's position before it counts as rewound
+# (restored from a backup, or its tail lost with a whole cluster) rather than led by a server still
+# catching up: a new leader applies its log within seconds of an election. Meanwhile the cell keeps
+# enforcing what it knows; a real rewind is rare enough that a few seconds more do not matter.
+REWIND_CONFIRM_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,7 @@ class StateFeed:
         self._announce: asyncio.Task[None] | None = None
         self._last_problem = ""
         self._replays = 0
-        self._behind = 0
+        self._behind_since: float | None = None
 
     def reconnected(self) -> None:
         """The connection came back, perhaps to another server: the one that held the consumers may
@@ -219,21 +224,23 @@ class StateFeed:
                 return None
             self._backoff.reset()
             self._last_problem = ""
-            self._behind = 0
+            self._behind_since = None
             return None
         except StreamMoved as e:
             log.warning("%s: replaying the whole state stream", e)
             self._needs_replay = True
-            self._behind = 0
+            self._behind_since = None
             return None
         except StreamBehind as e:
-            self._behind += 1
-            if self._behind >= BEHIND_CHECKS:
-                log.warning("%s, %d times: the stream was rewound; replaying it whole", e, self._behind)
+            now = time.monotonic()
+            if self._behind_since is None:
+                self._behind_since = now
+            if now - self._behind_since >= REWIND_CONFIRM_SECONDS:
+                log.warning("%s for %.0fs: the stream was rewound; replaying it whole", e, now - self._behind_since)
                 self._needs_replay = True
-                self._behind = 0
+                self._behind_since = None
                 return None
-            return f"{e}; asking again"
+            return f"{e}; asking again (a leader still catching up, or a rewound stream)"
         except StreamMissing as e:
             self._needs_replay = True
             self._sink.stream_missing(str(e))

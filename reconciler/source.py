@@ -54,6 +54,11 @@ class NatsSource:
         self._closing = False  # our own shutdown: a disconnect then is not news
 
     @property
+    def feed(self) -> StateFeed | None:
+        """The state feed, once connected (its consumers say how far each has read)."""
+        return self._feed
+
+    @property
     def connected(self) -> bool:
         return bool(self.nc and self.nc.is_connected)
 

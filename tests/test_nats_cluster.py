@@ -107,11 +107,6 @@ def metric(rec: Reconciler, name: str) -> float:
     return rec.metrics.registry.get_sample_value(name) or 0.0
 
 
-# Known race, not yet fixed: after a killed node restarts, a cell can be told the stream ends before
-# what it applied ("the state stream ends at 196, before 199"), and in about one run in four on a
-# quiet machine it has not converged within the wait. Kept running (non-strict) so the failover path
-# stays exercised; strict again once the feed tells a lagging replica's answer from a rewound stream.
-@pytest.mark.xfail(strict=False, reason="a restarted node can answer with a stale stream end (known race)")
 async def test_killing_the_stream_leader_then_the_next_loses_no_change_and_replays_nothing(
     cluster: NatsCluster, pki: Pki, identities: Identities, tmp_path: Path
 ) -> None:
@@ -141,11 +136,19 @@ async def test_killing_the_stream_leader_then_the_next_loses_no_change_and_repla
         for i in range(CHANGES):
             final[change(i).subject()] = i + 1
 
-        def complete(cell: str) -> bool:
+        def lost(cell: str) -> dict[str, tuple[int | None, int]]:
+            """Each subject whose last change the cell has not taken: (the version it has, the last one)."""
             seen = {s: v[-1] for s, v in applied[cell].versions.items()}
-            return all(seen.get(s) == v for s, v in final.items() if readable(cell, s))
+            return {s: (seen.get(s), v) for s, v in final.items() if readable(cell, s) and seen.get(s) != v}
 
-        await until(lambda: all(complete(cell) for cell in CELLS), "every change on every cell", timeout=30)
+        try:
+            await until(lambda: not any(lost(cell) for cell in CELLS), "every change on every cell", timeout=30)
+        except AssertionError:
+            feeds = {cell: rec.source.feed for cell, rec in recs.items()}
+            where = {cell: {c.name: c.position for c in f.consumers} if f else {} for cell, f in feeds.items()}
+            raise AssertionError(
+                f"changes lost: { ({cell: lost(cell) for cell in CELLS}) }; consumers at {where}"
+            ) from None
         await until(lambda: all(rec.ready for rec in recs.values()), "both cells committed")
 
         for cell, rec in recs.items():
