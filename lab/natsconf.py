@@ -49,6 +49,16 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LameDuck:
+    """How a server leaves in lame duck mode (what the cfnft-nats drain script starts): it hands its
+    stream leaderships over, waits `grace_seconds`, then closes its clients spread over the rest of
+    `duration_seconds` (nats-server's minimum: 30) and exits."""
+
+    duration_seconds: float
+    grace_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """What a lab server looks like beyond its ports and store: name, who may connect, TLS, cluster."""
 
@@ -56,6 +66,7 @@ class ServerSettings:
     users: tuple[NatsUser, ...] = ()
     tls: TlsFiles | None = None
     cluster: ClusterSettings | None = None
+    lame_duck: LameDuck | None = None
 
 
 def permissions_config(p: Permissions) -> dict[str, Any]:
@@ -92,6 +103,9 @@ def server_config(settings: ServerSettings, *, port: int, http_port: int, store_
                 for u in settings.users
             ]
         }
+    if settings.lame_duck is not None:
+        config["lame_duck_duration"] = f"{settings.lame_duck.duration_seconds}s"
+        config["lame_duck_grace_period"] = f"{settings.lame_duck.grace_seconds}s"
     if settings.cluster is not None:
         c = settings.cluster
         config["cluster"] = {

@@ -168,6 +168,24 @@ class NatsServer:
             process.kill()
             process.wait(timeout=5)
 
+    def lame_duck(self) -> None:
+        """Put the server in lame duck mode (SIGUSR2, what the cfnft-nats drain script sends): it hands
+        its stream leaderships over, stops taking clients, closes the ones it has spread over its lame
+        duck duration, and then exits by itself (`wait_exited`)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGUSR2)
+
+    def wait_exited(self, timeout: float) -> None:
+        """Wait for the server to exit by itself; NatsServerError (with its log) if it does not."""
+        if self._process is None:
+            return
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise NatsServerError(
+                f"nats-server {self.name} still running after {timeout}s: {self._log_tail()}"
+            ) from None
+
     def remove_store(self) -> None:
         """Forget everything JetStream stored (the server must be stopped)."""
         if self.running:
@@ -192,7 +210,11 @@ class NatsCluster:
         for i, cluster_port in enumerate(cluster_ports, start=1):
             routes = tuple(p for p in cluster_ports if p != cluster_port)
             node = ServerSettings(
-                name=f"n{i}", users=base.users, tls=base.tls, cluster=ClusterSettings(cluster_port, routes)
+                name=f"n{i}",
+                users=base.users,
+                tls=base.tls,
+                cluster=ClusterSettings(cluster_port, routes),
+                lame_duck=base.lame_duck,
             )
             self.nodes[node.name or ""] = NatsServer(directory / f"n{i}" / "store", settings=node)
 
