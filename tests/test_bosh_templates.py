@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from functools import cache
 from ipaddress import ip_network
@@ -1009,6 +1010,8 @@ def test_nats_nodes_route_to_each_other_over_mutual_tls_and_keep_jetstream_on_th
     ]
     assert config["cluster"]["tls"]["verify"] is True
     assert config["jetstream"]["store_dir"] == "/var/vcap/store/cfnft-nats"
+    assert config["lame_duck_duration"] == f"{props['lame_duck']['duration_seconds']}s"
+    assert config["lame_duck_grace_period"] == f"{props['lame_duck']['grace_period_seconds']}s"
     process = bpm_process("cfnft-nats", rendered, tmp_path)
     assert process["persistent_disk"] is True and "unsafe" not in process
     assert process["args"] == ["-c", "/var/vcap/jobs/cfnft-nats/config/nats-server.json"]
@@ -1064,6 +1067,20 @@ NATS_REFUSALS = [
     ),
     pytest.param(
         "cfnft-nats",
+        merged(MINIMAL["cfnft-nats"], {"lame_duck": {"duration_seconds": 20}}),
+        None,
+        "lame_duck.duration_seconds must be at least 30 (nats-server's minimum): 20",
+        id="lame-duck-duration",
+    ),
+    pytest.param(
+        "cfnft-nats",
+        merged(MINIMAL["cfnft-nats"], {"lame_duck": {"grace_period_seconds": 30}}),
+        None,
+        "lame_duck.grace_period_seconds must be at least 0 and less than lame_duck.duration_seconds: 30",
+        id="lame-duck-grace",
+    ),
+    pytest.param(
+        "cfnft-nats",
         {k: v for k, v in MINIMAL["cfnft-nats"].items() if k != "cluster"},
         None,
         "Can't find property '[\"cluster.tls.ca\"]'",
@@ -1082,6 +1099,25 @@ def test_nats_settings_that_could_not_work_fail_rendering(job: str, properties: 
 def test_nats_insecure_renders_for_a_lab(tmp_path: Path) -> None:
     cfg = reconciler_config(render("cfnft-reconciler", {"nats": _NATS | {"insecure": True}}, links={}), tmp_path)
     assert cfg.nats.insecure and cfg.nats.ca_file is None and cfg.nats.user is None
+
+
+def moved(tmp_path: Path, rendered: Mapping[str, str], job: str, where: str | None = None) -> Path:
+    """Write every rendered file under tmp_path/`where` (default: job) and point the job's paths
+    (its job directory, the store, bpm's run directory, the log directory) under tmp_path."""
+    root = tmp_path / (where or job)
+    moves = {
+        f"/var/vcap/jobs/{job}": root,
+        "/var/vcap/store": tmp_path / "store",
+        "/var/vcap/sys/run": tmp_path / "run",
+        "/var/vcap/sys/log": tmp_path / "log",
+    }
+    for destination, text in rendered.items():
+        path = root / destination
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old, new in moves.items():
+            text = text.replace(old, str(new))
+        path.write_text(text)
+    return root
 
 
 @pytest.mark.nats
@@ -1110,26 +1146,15 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
     one_node = default_links("cfnft-nats") | {"cfnft-nats-cluster": link("cfnft-nats", props, NATS_NODES[:1])}
     server = render("cfnft-nats", props, links=one_node)
 
-    def moved(rendered: Mapping[str, str], job: str, where: str | None = None) -> Path:
-        """Write every rendered file under tmp_path/`where` (default: job) and point the job's paths there."""
-        root = tmp_path / (where or job)
-        for destination, text in rendered.items():
-            path = root / destination
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                text.replace(f"/var/vcap/jobs/{job}", str(root)).replace("/var/vcap/store", str(tmp_path / "store"))
-            )
-        return root
-
     # A node of the three-node cluster (routes over mutual TLS) is a configuration nats-server accepts.
     node = render("cfnft-nats", merged(props, {"cluster": {"tls": tls}}))
     checked = subprocess.run(
-        [str(binary), "-c", str(moved(node, "cfnft-nats", "node") / "config/nats-server.json"), "-t"],
+        [str(binary), "-c", str(moved(tmp_path, node, "cfnft-nats", "node") / "config/nats-server.json"), "-t"],
         capture_output=True,
         text=True,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    server_dir = moved(server, "cfnft-nats")
+    server_dir = moved(tmp_path, server, "cfnft-nats")
     process = subprocess.Popen(
         [str(binary), "-c", str(server_dir / "config/nats-server.json")],
         stdout=subprocess.DEVNULL,
@@ -1144,7 +1169,7 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
             # link's CA, so the CA is given too; the credentials still come from the link.
             here = merged(localhost, {"nats": {"tls": {"ca_cert": tls["ca"]}}})
             rendered = render(job, merged(properties, here), links=nats_link)
-            directory = moved(rendered, job)
+            directory = moved(tmp_path, rendered, job)
             name = "config/reconciler.json" if job == "cfnft-reconciler" else "config/watcher.json"
             cfg = NatsConfig.model_validate(json.loads((directory / name).read_text())["nats"])
             return await connect(cfg, job, inbox_prefix(role, cell_id), forever=False)
@@ -1173,3 +1198,104 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def one_node_links() -> dict[str, Any]:
+    return default_links("cfnft-nats") | {
+        "cfnft-nats-cluster": link("cfnft-nats", MINIMAL["cfnft-nats"], NATS_NODES[:1])
+    }
+
+
+def run_drain(directory: Path, tmp_path: Path, server: subprocess.Popen[str] | None = None) -> tuple[str, str]:
+    """Run a moved bin/drain as BOSH does; its stdout (what BOSH reads) and its log. A `server`
+    started by this test is reaped as soon as it exits (bpm does that on a VM), or the drain would
+    see its zombie as still running."""
+    drain = subprocess.Popen(
+        ["bash", str(directory / "bin/drain")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while drain.poll() is None:
+        assert time.monotonic() < deadline, "the drain script never finished"
+        if server is not None:
+            server.poll()
+        time.sleep(0.1)
+    stdout, stderr = drain.communicate()
+    assert drain.returncode == 0 and stderr == "", stderr
+    return stdout, (tmp_path / "log/cfnft-nats/drain.log").read_text()
+
+
+def test_nats_drain_of_a_single_node_stops_at_once(tmp_path: Path) -> None:
+    directory = moved(tmp_path, render("cfnft-nats", MINIMAL["cfnft-nats"], links=one_node_links()), "cfnft-nats")
+    stdout, log = run_drain(directory, tmp_path)
+    assert stdout == "0\n"
+    assert "a single node" in log
+
+
+def test_nats_drain_of_a_node_that_is_not_running_is_done(tmp_path: Path) -> None:
+    directory = moved(tmp_path, render("cfnft-nats", MINIMAL["cfnft-nats"]), "cfnft-nats")
+    stdout, log = run_drain(directory, tmp_path)
+    assert stdout == "0\n"
+    assert "not running" in log
+
+
+@pytest.mark.nats
+def test_nats_drain_puts_the_running_server_in_lame_duck_mode_and_waits_for_it_to_exit(tmp_path: Path) -> None:
+    """The rendered drain against a real nats-server run from the rendered configuration, its pid
+    where bpm writes it: BOSH reads 0 only once the server has gone through lame duck mode and exited."""
+    from lab.natsserver import find_nats_server, free_port
+    from lab.pki import make_pki
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("no nats-server in the venv")
+    pki = make_pki(tmp_path / "pki")
+    tls = {
+        "ca": pki.server.ca.read_text(),
+        "certificate": pki.server.cert.read_text(),
+        "private_key": pki.server.key.read_text(),
+    }
+    props = merged(
+        MINIMAL["cfnft-nats"],
+        {
+            "tls": tls,
+            "port": free_port(),
+            "monitor": {"port": free_port()},
+            "lame_duck": {"duration_seconds": 30, "grace_period_seconds": 1},
+        },
+    )
+    # The server runs alone (no routes to nodes that are not there); the drain is rendered for a
+    # node of three, as in production.
+    server = moved(tmp_path, render("cfnft-nats", props, links=one_node_links()), "cfnft-nats", "server")
+    drain = moved(tmp_path, render("cfnft-nats", merged(props, {"cluster": {"tls": tls}})), "cfnft-nats")
+    process = subprocess.Popen(
+        [str(binary), "-c", str(server / "config/nats-server.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pidfile = tmp_path / "run/bpm/cfnft-nats/cfnft-nats.pid"
+        pidfile.parent.mkdir(parents=True)
+        pidfile.write_text(f"{process.pid}\n")
+        healthz = f"http://127.0.0.1:{props['monitor']['port']}/healthz"
+        deadline = time.monotonic() + 20
+        while not healthy(healthz):  # BOSH drains a node that runs, not one still starting
+            assert process.poll() is None and time.monotonic() < deadline, "the rendered server did not start"
+            time.sleep(0.1)
+        stdout, log = run_drain(drain, tmp_path, process)
+        assert stdout == "0\n"
+        assert process.poll() is not None, "BOSH was told the node drained while it still ran"
+        assert f"(pid {process.pid}) enters lame duck mode" in log and "exited" in log
+        assert process.stderr is not None
+        assert "Entering lame duck mode" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
