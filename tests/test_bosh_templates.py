@@ -50,6 +50,7 @@ from events.permissions import (
 )
 from events.policy.watcher import PolicyWatcherConfig
 from events.problems import StateError
+from lab.pki import Pki, make_pki
 from reconciler.admission import Limits
 from reconciler.config import FlowLogConfig, ReconcilerConfig, load_config
 
@@ -1101,6 +1102,15 @@ def test_nats_insecure_renders_for_a_lab(tmp_path: Path) -> None:
     assert cfg.nats.insecure and cfg.nats.ca_file is None and cfg.nats.user is None
 
 
+def tls_properties(pki: Pki) -> dict[str, str]:
+    """The job's tls.* (and cluster.tls.*) properties holding a lab PKI's server certificate."""
+    return {
+        "ca": pki.server.ca.read_text(),
+        "certificate": pki.server.cert.read_text(),
+        "private_key": pki.server.key.read_text(),
+    }
+
+
 def moved(tmp_path: Path, rendered: Mapping[str, str], job: str, where: str | None = None) -> Path:
     """Write every rendered file under tmp_path/`where` (default: job) and point the job's paths
     (its job directory, the store, bpm's run directory, the log directory) under tmp_path."""
@@ -1128,17 +1138,11 @@ async def test_nats_server_runs_the_rendered_config_and_the_rendered_identities_
     from events.permissions import cell_consumers, inbox_prefix
     from events.publisher import StatePublisher
     from lab.natsserver import find_nats_server, free_port
-    from lab.pki import make_pki
 
     binary = find_nats_server()
     if binary is None:
         pytest.skip("no nats-server in the venv")
-    pki = make_pki(tmp_path / "pki")
-    tls = {
-        "ca": pki.server.ca.read_text(),
-        "certificate": pki.server.cert.read_text(),
-        "private_key": pki.server.key.read_text(),
-    }
+    tls = tls_properties(make_pki(tmp_path / "pki"))
     port, monitor = free_port(), free_port()
     props = merged(
         MINIMAL["cfnft-nats"], {"tls": tls, "port": port, "monitor": {"port": monitor}, "cells": [INSTANCE_ID]}
@@ -1243,17 +1247,11 @@ def test_nats_drain_puts_the_running_server_in_lame_duck_mode_and_waits_for_it_t
     """The rendered drain against a real nats-server run from the rendered configuration, its pid
     where bpm writes it: BOSH reads 0 only once the server has gone through lame duck mode and exited."""
     from lab.natsserver import find_nats_server, free_port
-    from lab.pki import make_pki
 
     binary = find_nats_server()
     if binary is None:
         pytest.skip("no nats-server in the venv")
-    pki = make_pki(tmp_path / "pki")
-    tls = {
-        "ca": pki.server.ca.read_text(),
-        "certificate": pki.server.cert.read_text(),
-        "private_key": pki.server.key.read_text(),
-    }
+    tls = tls_properties(make_pki(tmp_path / "pki"))
     props = merged(
         MINIMAL["cfnft-nats"],
         {
