@@ -6,7 +6,9 @@
 - Failover: with three replicas, the node leading the stream is stopped, and a watcher (the watcher
   identity, retrying as watchers do) publishes a change at once; measured from the stop to the
   kernel commit on the cell. Once with SIGKILL (a crash: the survivors must notice and elect, which
-  nats-server's raft does after 4-9 s), once with SIGTERM (a BOSH update: the leader hands over).
+  nats-server's raft does after 4-9 s), once with SIGTERM (the leader hands over), and once in lame
+  duck mode (what the cfnft-nats drain script does before BOSH stops a node: the leader hands over,
+  then moves its clients away over 30 s; the node is waited for until it exits).
   The cell reads as its own identity and resumes its consumers after a lost server.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import statistics
 import tempfile
 import time
@@ -33,12 +36,20 @@ from events.publisher import StatePublisher
 from lab.bench.e2e import c2c_change, committed, publish_to_commit
 from lab.bench.incremental import Latencies
 from lab.bench.kernel import namespace
-from lab.natsconf import Identities, ServerSettings
+from lab.natsconf import Identities, LameDuck, ServerSettings
 from lab.natsserver import NatsCluster, stream_leader
 from lab.pki import Pki, make_pki
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
+
+
+class Departure(enum.Enum):
+    """How the stream's leader leaves."""
+
+    KILL = "kill -9"
+    TERM = "SIGTERM"
+    LAME_DUCK = "lame duck (drain)"
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Failover:
     r3: Latencies
     killed: list[float]  # seconds from SIGKILL of the stream leader to the next change committed
     stopped: list[float]  # ... from SIGTERM
+    drained: list[float]  # ... from lame duck mode (SIGUSR2)
 
     @staticmethod
     def median(samples: list[float]) -> float:
@@ -59,7 +71,9 @@ def failover(doc: dict, changes: int = 200, kills: int = 3) -> Failover:
         work = Path(tmp)
         pki = make_pki(work / "pki")
         ids = Identities(work / "identities", [state.cell_id])
-        with NatsCluster(work / "cluster", settings=ServerSettings(users=ids.users(), tls=pki.server)) as cluster:
+        # Lame duck as short as nats-server allows (BOSH's default is 30 s, with a 10 s grace).
+        settings = ServerSettings(users=ids.users(), tls=pki.server, lame_duck=LameDuck(30, 1))
+        with NatsCluster(work / "cluster", settings=settings) as cluster:
             return asyncio.run(_measure(state, cluster, ids, pki, work, changes, kills))
 
 
@@ -74,6 +88,7 @@ async def _measure(
             await publish_state(nc, state, replicas=replicas)
             await _replicas_current(nc, replicas)
             publisher = StatePublisher(nc, "bench")
+            await publisher.load_published()  # as a watcher starts: it writes over what it has read
 
             async def publish(msg: C2CPoliciesMessage) -> None:
                 await publisher.publish(msg)
@@ -81,12 +96,13 @@ async def _measure(
             async with _cell(state, cluster, ids, pki, work, f"r{replicas}") as rec:
                 samples = [await publish_to_commit(rec, state, i, publish) for i in range(changes)]
                 latencies[replicas] = Latencies(samples)
-                killed = stopped = []
+                lost: dict[Departure, list[float]] = {how: [] for how in Departure}
                 if replicas == 3:
-                    rounds = [(k, True) for k in range(kills)] + [(kills + k, False) for k in range(kills)]
-                    lost = [await _leader_lost(rec, state, cluster, nc, publisher, k, hard) for k, hard in rounds]
-                    killed, stopped = lost[:kills], lost[kills:]
-        return Failover(latencies[1], latencies[3], killed, stopped)
+                    for k, how in enumerate(how for how in Departure for _ in range(kills)):
+                        lost[how].append(await _leader_lost(rec, state, cluster, nc, publisher, k, how))
+        return Failover(
+            latencies[1], latencies[3], lost[Departure.KILL], lost[Departure.TERM], lost[Departure.LAME_DUCK]
+        )
     finally:
         await nc.close()
 
@@ -141,16 +157,20 @@ async def _leader_lost(
     nc: NATS,
     publisher: StatePublisher,
     round_no: int,
-    hard: bool,
+    how: Departure,
 ) -> float:
-    """Stop the stream's leader, publish a change at once, and time the stop to the commit; then
-    bring the node back and wait until it has caught up."""
+    """Make the stream's leader leave, publish a change at once, and time the departure to the
+    commit; then bring the node back and wait until it has caught up."""
     node = cluster.nodes[await stream_leader(nc)]
     msg = c2c_change(state, 0, port=7000 + round_no)  # a policy no earlier round had
     t0 = time.perf_counter()
-    await asyncio.to_thread(node.stop, hard=hard)
+    if how is Departure.LAME_DUCK:
+        node.lame_duck()
+    else:
+        await asyncio.to_thread(node.stop, hard=how is Departure.KILL)
     await publisher.publish(msg)
     await committed(rec, msg)
     elapsed = time.perf_counter() - t0
+    await asyncio.to_thread(node.wait_exited, 90)
     await asyncio.to_thread(node.start)
     return elapsed

@@ -111,7 +111,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
             ratio = {"ratio": lat.p50 / f.r1.p50, "baseline": "R1 stream"} if lat is f.r3 else {}
             report.add("failover", f"publish -> commit p50, {name} stream", lat.p50 * 1e3, "ms", **ratio)
             report.add("failover", f"publish -> commit p99, {name} stream", lat.p99 * 1e3, "ms")
-        for how, samples in (("kill -9", f.killed), ("SIGTERM", f.stopped)):
+        for how, samples in (("kill -9", f.killed), ("SIGTERM", f.stopped), ("lame duck", f.drained)):
             report.add(
                 "failover",
                 f"leader {how} -> next change committed",
