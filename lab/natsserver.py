@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -74,10 +75,36 @@ def find_nats_server() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+_FIRST_FIXED_PORT = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A loopback port nothing listens on, below the kernel's ephemeral range: a port the kernel
+    hands out itself may, before the server binds it, become the local end of some connection
+    (a cluster node dialling a route that is not up yet), and the server then fails to start."""
+    low = _ephemeral_low()
+    for port in random.sample(range(_FIRST_FIXED_PORT, low), k=min(200, low - _FIRST_FIXED_PORT)):
+        if port in _handed_out:  # handed out but perhaps not bound yet
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _FIRST_FIXED_PORT + 1000)
 
 
 class NatsServer:
