@@ -15,7 +15,18 @@ import sys
 
 from cfnft.errors import InputError
 
-SCENARIOS = ["cold", "incremental", "e2e", "failover", "cni", "packet", "policy-load", "flowlog", "foundation"]
+SCENARIOS = [
+    "cold",
+    "incremental",
+    "e2e",
+    "failover",
+    "resume",
+    "cni",
+    "packet",
+    "policy-load",
+    "flowlog",
+    "foundation",
+]
 
 
 def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -119,6 +119,22 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
                 "ms",
                 note=f"median of {len(samples)}; max {max(samples) * 1e3:,.0f} ms",
             )
+    if "resume" in scenarios:
+        from lab.bench.resume import resume
+
+        small, large = resume((10, 40) if quick else (25, 200))
+        for r in (small, large):
+            ratio = {"ratio": r.worst_after_ack / small.worst_after_ack, "baseline": f"{small.cells} cells"}
+            note = f"{r.resumes} consumers resumed, {r.retries} retries, {r.replays} replays"
+            report.add("resume", f"{r.cells} cells: kill -9 -> change on every cell", r.worst * 1e3, "ms", note=note)
+            report.add(
+                "resume",
+                f"{r.cells} cells: change acked -> on every cell",
+                r.worst_after_ack * 1e3,
+                "ms",
+                note=f"p50 {r.p50_after_ack * 1e3:,.0f} ms",
+                **(ratio if r is large else {}),
+            )
     if "cni" in scenarios:
         from lab.bench.cni import cni_add_latency
 
