@@ -50,6 +50,7 @@ from events.permissions import (
 )
 from events.policy.watcher import PolicyWatcherConfig
 from events.problems import StateError
+from lab.natsconf import permissions_config
 from lab.pki import Pki, make_pki
 from reconciler.admission import Limits
 from reconciler.config import FlowLogConfig, ReconcilerConfig, load_config
@@ -957,8 +958,6 @@ def nats_users(rendered: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 
 def test_nats_users_are_the_roles_of_events_permissions_one_per_cell() -> None:
     """The ERB mirrors events/permissions.py; this is where the two must agree."""
-    from lab.natsconf import permissions_config
-
     props = merged(MINIMAL["cfnft-nats"], {"cells": ["cell-z1-0"]})
     users = nats_users(render("cfnft-nats", props))
     cells = [c["id"] for c in CELLS] + ["cell-z1-0"]
@@ -983,6 +982,21 @@ def test_a_reconciler_with_its_own_cell_id_is_the_one_cell_of_its_link() -> None
         "operator",
         "cell-cell-z1-0",
     }
+
+
+def test_every_group_of_cells_linked_gets_its_identities_without_listing_instance_ids() -> None:
+    """An isolation segment's cells are another instance group, whose instance ids BOSH chooses when
+    it creates them: linked under a second name, its cells have identities as the shared cells do."""
+    segment = instances("isolated-diego-cell", 3)
+    links = default_links("cfnft-nats") | {
+        "cfnft-reconciler-2": link("cfnft-reconciler", {}, segment),
+        "cfnft-reconciler-4": link("cfnft-reconciler", {"cell_id": "cell-pinned"}, instances("pinned-cell", 1)),
+    }
+    users = nats_users(render("cfnft-nats", MINIMAL["cfnft-nats"], links=links))
+    cells = [c["id"] for c in CELLS + segment] + ["cell-pinned"]
+    assert set(users) == {"watcher", "operator", *(identity_name(Role.CELL, c) for c in cells)}
+    for cell in cells:
+        assert users[identity_name(Role.CELL, cell)]["permissions"] == permissions_config(cell_permissions(cell))
 
 
 def test_each_cell_renders_the_password_the_server_holds_for_it_and_never_the_secret() -> None:
