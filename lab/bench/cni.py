@@ -4,9 +4,7 @@ reconciler committing the new container's rules (ADD answers only then)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
-import time
 from pathlib import Path
 
 import nats
@@ -16,6 +14,7 @@ from events.connect import NatsConfig
 from events.models import load_cell_state
 from lab.bench.cniprocess import AddReport, StartupReport, measure_add_latency, measure_startup
 from lab.bench.kernel import namespace
+from lab.bench.running import in_sync
 from lab.natsserver import NatsServer
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
@@ -47,23 +46,15 @@ async def _adds(doc: dict, containers: int, url: str, tmp: Path) -> AddReport:
         )
         rec = Reconciler(cfg, runner)
         sites = await start_endpoints(rec, socket, None)
-        task = asyncio.create_task(rec.run())
         try:
-            deadline = time.monotonic() + 120
-            while not rec.ready:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the reconciler did not get in sync")
-                await asyncio.sleep(0.05)
-            return await asyncio.to_thread(
-                measure_add_latency,
-                str(socket),
-                containers,
-                app_guid=state.containers[0].app_guid,
-                space_guid=state.containers[0].space_guid,
-            )
+            async with in_sync(rec, timeout=120):
+                return await asyncio.to_thread(
+                    measure_add_latency,
+                    str(socket),
+                    containers,
+                    app_guid=state.containers[0].app_guid,
+                    space_guid=state.containers[0].space_guid,
+                )
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             for site in sites:
                 await site.cleanup()

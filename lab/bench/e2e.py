@@ -10,7 +10,6 @@ VmRSS read from /proc once it is ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from events.models import C2CPolicy, CellState, load_cell_state
 from lab.bench.incremental import Latencies
 from lab.bench.kernel import namespace
 from lab.bench.process import reconcile_process, rss, write_config
+from lab.bench.running import in_sync, wait_until
 from lab.natsserver import NatsServer
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
@@ -36,14 +36,6 @@ def end_to_end(doc: dict, changes: int = 200) -> tuple[Latencies, int]:
         latencies = asyncio.run(_latencies(doc, changes, server.url, Path(tmp)))
         rss = _reconciler_rss(server.url, Path(tmp), doc["cell_id"])
     return latencies, rss
-
-
-async def wait_until(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the reconciler did not get there in time")
-        await asyncio.sleep(0.0002)
 
 
 async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
@@ -59,20 +51,15 @@ async def _latencies(doc: dict, changes: int, url: str, tmp: Path) -> Latencies:
             state_dir=tmp / "state",
             drift_probe_seconds=3600,
         )
-        rec = Reconciler(cfg, runner)
-        task = asyncio.create_task(rec.run())
         try:
-            await wait_until(lambda: rec.ready)
-            js = nc.jetstream()
+            async with in_sync(Reconciler(cfg, runner)) as rec:
+                js = nc.jetstream()
 
-            async def publish(msg: C2CPoliciesMessage) -> None:
-                await js.publish(msg.subject(), msg.model_dump_json().encode())
+                async def publish(msg: C2CPoliciesMessage) -> None:
+                    await js.publish(msg.subject(), msg.model_dump_json().encode())
 
-            samples = [await publish_to_commit(rec, state, i, publish) for i in range(changes)]
+                samples = [await publish_to_commit(rec, state, i, publish) for i in range(changes)]
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await nc.close()
     return Latencies(samples)
 

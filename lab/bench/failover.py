@@ -36,6 +36,7 @@ from events.publisher import StatePublisher
 from lab.bench.e2e import c2c_change, committed, publish_to_commit
 from lab.bench.incremental import Latencies
 from lab.bench.kernel import namespace
+from lab.bench.running import in_sync
 from lab.natsconf import Identities, LameDuck, ServerSettings
 from lab.natsserver import NatsCluster, stream_leader
 from lab.pki import Pki, make_pki
@@ -135,19 +136,8 @@ async def _cell(
             drift_probe_seconds=3600,
             consumer_heartbeat_seconds=0.5,
         )
-        rec = Reconciler(cfg, runner)
-        task = asyncio.create_task(rec.run())
-        try:
-            deadline = time.monotonic() + 60
-            while not rec.ready:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the reconciler did not get in sync")
-                await asyncio.sleep(0.01)
+        async with in_sync(Reconciler(cfg, runner)) as rec:
             yield rec
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def _leader_lost(

@@ -44,12 +44,12 @@ from events.connect import NatsConfig
 from events.messages import AppInstancesMessage, C2CPoliciesMessage, Message, SecurityGroupMessage
 from events.models import C2CPolicy, CellState, SecurityGroup, load_cell_state
 from events.publisher import ensure_state_stream
-from lab.bench.e2e import wait_until
 from lab.bench.generate import FoundationShape, foundation, foundation_address, irrelevant_apps
 from lab.bench.incremental import Latencies
 from lab.bench.jsclient import Payload, paced_publish, raw_publish
 from lab.bench.kernel import namespace
 from lab.bench.process import ReconcileProcess, cpu_seconds, reconcile_process, rss, write_config
+from lab.bench.running import in_sync
 from lab.natsserver import NatsServer
 from nft import NftRunner
 from reconciler.config import ReconcilerConfig
@@ -255,14 +255,8 @@ async def _reconciler(url: str, tmp: Path, state: CellState) -> AsyncIterator[tu
         )
         rec = Reconciler(cfg, runner)
         tap = _Tap(rec)
-        task = asyncio.create_task(rec.run())
-        try:
-            await wait_until(lambda: rec.ready, timeout=300)
+        async with in_sync(rec, timeout=300):
             yield rec, tap
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def _in_process(
