@@ -107,6 +107,16 @@ def _ephemeral_low() -> int:
     return max(low, _FIRST_FIXED_PORT + 1000)
 
 
+def healthz(http_port: int) -> bool:
+    """The monitoring port's /healthz answers 200: JetStream is up (and, in a cluster, current with
+    its peers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 class NatsServer:
     """One nats-server process on 127.0.0.1 with JetStream, its store in `store_dir`."""
 
@@ -176,12 +186,7 @@ class NatsServer:
         raise NatsServerError(f"nats-server {self.name} not healthy after {timeout}s: {self._log_tail()}")
 
     def healthy(self) -> bool:
-        """/healthz answers 200: JetStream is up (and, in a cluster, current with its peers)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1) as reply:
-                return bool(reply.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return healthz(self.http_port)
 
     def stop(self, *, hard: bool = False) -> None:
         """Shut the server down (SIGTERM, or SIGKILL with `hard`) and wait for it to exit."""

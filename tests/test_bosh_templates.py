@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from functools import cache
 from ipaddress import ip_network
@@ -1260,7 +1259,7 @@ def test_nats_drain_of_a_node_that_is_not_running_is_done(tmp_path: Path) -> Non
 def test_nats_drain_puts_the_running_server_in_lame_duck_mode_and_waits_for_it_to_exit(tmp_path: Path) -> None:
     """The rendered drain against a real nats-server run from the rendered configuration, its pid
     where bpm writes it: BOSH reads 0 only once the server has gone through lame duck mode and exited."""
-    from lab.natsserver import find_nats_server, free_port
+    from lab.natsserver import find_nats_server, free_port, healthz
 
     binary = find_nats_server()
     if binary is None:
@@ -1289,9 +1288,8 @@ def test_nats_drain_puts_the_running_server_in_lame_duck_mode_and_waits_for_it_t
         pidfile = tmp_path / "run/bpm/cfnft-nats/cfnft-nats.pid"
         pidfile.parent.mkdir(parents=True)
         pidfile.write_text(f"{process.pid}\n")
-        healthz = f"http://127.0.0.1:{props['monitor']['port']}/healthz"
         deadline = time.monotonic() + 20
-        while not healthy(healthz):  # BOSH drains a node that runs, not one still starting
+        while not healthz(props["monitor"]["port"]):  # BOSH drains a node that runs, not one still starting
             assert process.poll() is None and time.monotonic() < deadline, "the rendered server did not start"
             time.sleep(0.1)
         stdout, log = run_drain(drain, tmp_path, process)
@@ -1303,11 +1301,3 @@ def test_nats_drain_puts_the_running_server_in_lame_duck_mode_and_waits_for_it_t
     finally:
         process.kill()
         process.wait(timeout=10)
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
