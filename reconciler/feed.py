@@ -16,8 +16,8 @@ the store.
   stream sequence after the last one it delivered, without a replay. The stream is first checked:
   another stream under the same name (created at another time) means a full replay, and so does one
   that no longer reaches that sequence (rewound) for `REWIND_CONFIRM_SECONDS` (a leader elected a
-  moment ago may answer with the end it has applied so far). Messages gone from before the stream's first one were
-  superseded by later ones of the same objects, which the resume delivers.
+  moment ago may answer with the end it has applied so far). Messages gone from before the
+  stream's first one were superseded by later ones of the same objects, which the resume delivers.
 - **Purges**: a purge removes messages and deletes nothing, so consumers carry on unaware. Every
   `check_seconds` the feed asks which epoch markers the stream holds: one it delivered that is gone
   means the stream was purged, and a full replay follows, which the sink compares with what it

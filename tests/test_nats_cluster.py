@@ -55,17 +55,20 @@ def identities(tmp_path: Path) -> Identities:
 LAME_DUCK = LameDuck(duration_seconds=30, grace_seconds=10)
 
 
+ADMIN_PASSWORD = "admin-password"
+
+
 @pytest.fixture
 def admin(tmp_path: Path) -> Identity:
     """The test's own hand on the cluster (moving a stream's leadership); no cfnft role has it."""
     password = tmp_path / "admin.password"
-    password.write_text("admin-password\n")
+    password.write_text(ADMIN_PASSWORD)
     return Identity("admin", password, Permissions(publish=(">",), subscribe=(">",)))
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, pki: Pki, identities: Identities, admin: Identity) -> Iterator[NatsCluster]:
-    users = (*identities.users(), NatsUser(admin.user, admin.password_file.read_text().strip(), admin.permissions))
+    users = (*identities.users(), NatsUser(admin.user, ADMIN_PASSWORD, admin.permissions))
     settings = ServerSettings(users=users, tls=pki.server, lame_duck=LAME_DUCK)
     with NatsCluster(tmp_path / "cluster", settings=settings) as c:
         yield c
