@@ -125,7 +125,7 @@ def run(scenarios: list[str], as_json: bool, quick: bool) -> int:
         small, large = resume((10, 40) if quick else (25, 200))
         for r in (small, large):
             ratio = {"ratio": r.worst_after_ack / small.worst_after_ack, "baseline": f"{small.cells} cells"}
-            note = f"{r.resumes} consumers resumed, {r.retries} retries, {r.replays} replays"
+            note = f"{r.resumes} consumers resumed, {r.warnings} feed warnings, {r.replays} replays"
             report.add("resume", f"{r.cells} cells: kill -9 -> change on every cell", r.worst * 1e3, "ms", note=note)
             report.add(
                 "resume",

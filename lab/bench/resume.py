@@ -11,8 +11,8 @@ which no cell can shorten) and from the stream's acknowledgement of the change (
 the cell). With the consumers lost with the node and the connections it held, every cell that had
 something there resumes at once (resumes are not jittered; only full replays are). Run side by side
 for a small and a larger number of cells, to show how the worst cell's wait grows with the number of
-cells resuming together, and counted: the consumers re-created, the JetStream requests the feeds had
-to retry, and any full replay.
+cells resuming together, and counted: the consumers re-created, the warnings the feeds logged while
+retrying JetStream (one per new problem, not per attempt), and any full replay.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Resume:
     waits: list[float]  # seconds from the kill to each cell holding the change published after it
     after_ack: list[float]  # ... from the stream acknowledging that change (after the election)
     resumes: int  # consumers re-created without a replay, all cells
-    retries: int  # JetStream requests of the feeds that failed and were retried
+    warnings: int  # the feeds' warnings while retrying (each a new problem: they say it once, then retry)
     replays: int  # full replays after the first, all cells
 
     @property
@@ -67,10 +67,12 @@ class Resume:
 
 @dataclass
 class _Cell:
-    """The feed's sink for one simulated cell: when it was in sync, and when the probe arrived."""
+    """One simulated cell: its feed, and the sink the feed delivers to (when it was in sync, when the
+    probe arrived)."""
 
     in_sync: asyncio.Event = field(default_factory=asyncio.Event)
     probe: asyncio.Event = field(default_factory=asyncio.Event)
+    feed: StateFeed | None = None
     probe_at: float = 0.0
     replays: int = 0
     resumes: int = 0
@@ -96,8 +98,8 @@ class _Cell:
         pass
 
 
-class _RetryCount(logging.Handler):
-    """Counts the feeds' "retrying" warnings (each one a JetStream request that failed)."""
+class _WarningCount(logging.Handler):
+    """Counts the feeds' warnings."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -124,7 +126,7 @@ def resume(cell_counts: tuple[int, ...]) -> list[Resume]:
 async def _measure(cluster: NatsCluster, ids: Identities, pki: Pki, cells: list[str]) -> Resume:
     watcher = await connect(ids.watcher.client(cluster.urls, pki.server), "bench-watcher", inbox_prefix(Role.WATCHER))
     feed_log = logging.getLogger("reconciler.feed")
-    retries = _RetryCount()
+    warnings = _WarningCount()
     try:
         publisher = StatePublisher(watcher, "bench", replicas=3)
         for i in range(50):  # something for every cell to replay
@@ -133,7 +135,7 @@ async def _measure(cluster: NatsCluster, ids: Identities, pki: Pki, cells: list[
             await asyncio.wait_for(asyncio.gather(*(s.in_sync.wait() for s in sinks)), timeout=300)
             node = cluster.nodes[await stream_leader(watcher)]
             probe = AppInstancesMessage(app_guid=PROBE_APP, addresses=[IPv4Address("10.255.255.1")])
-            feed_log.addHandler(retries)
+            feed_log.addHandler(warnings)
             feed_log.propagate = False  # counted, not printed: a hundred cells say the same
             t0 = time.perf_counter()
             await asyncio.to_thread(node.stop, hard=True)
@@ -145,11 +147,11 @@ async def _measure(cluster: NatsCluster, ids: Identities, pki: Pki, cells: list[
                 waits=[s.probe_at - t0 for s in sinks],
                 after_ack=[max(0.0, s.probe_at - acked) for s in sinks],
                 resumes=sum(s.resumes for s in sinks),
-                retries=retries.count,
+                warnings=warnings.count,
                 replays=sum(s.replays - 1 for s in sinks),
             )
     finally:
-        feed_log.removeHandler(retries)
+        feed_log.removeHandler(warnings)
         feed_log.propagate = True
         await watcher.close()
 
@@ -162,18 +164,17 @@ async def _cells(cluster: NatsCluster, ids: Identities, pki: Pki, cells: list[st
     try:
         for cell in cells:
             sink = _Cell()
-            feed: list[StateFeed] = []
 
-            async def reconnected(feed: list[StateFeed] = feed) -> None:
-                if feed:
-                    feed[0].reconnected()
+            async def reconnected(sink: _Cell = sink) -> None:  # as reconciler/source.py does
+                if sink.feed is not None:
+                    sink.feed.reconnected()
 
             cfg = ids.cell(cell).client(cluster.urls, pki.server)
             nc = await connect(cfg, f"bench-{cell}", inbox_prefix(Role.CELL, cell), reconnected_cb=reconnected)
-            feed.append(StateFeed(nc, cell, sink, Limits()))
+            sink.feed = StateFeed(nc, cell, sink, Limits())
             sinks.append(sink)
             connections.append(nc)
-            tasks.append(asyncio.create_task(feed[0].run(), name=f"feed-{cell}"))
+            tasks.append(asyncio.create_task(sink.feed.run(), name=f"feed-{cell}"))
         yield sinks
     finally:
         for task in tasks:
