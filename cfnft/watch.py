@@ -158,7 +158,7 @@ async def run_watchers(cfg: WatchConfig, only: set[str] | None = None) -> None:
             kinds.append(LeasedWatcher("bbs", lambda publisher: BbsWatcher(bbs, publisher, metrics=bbs_metrics)))
         if cfg.policy is not None and "policy" in chosen:
             policy = cfg.policy
-            spaces = ContainerSpaces(nc)
+            spaces = ContainerSpaces(nc, replicas=cfg.stream_replicas)
             await spaces.__aenter__()
             kinds.append(LeasedWatcher("policy", lambda publisher: PolicyWatcher(policy, publisher, spaces)))
         if cfg.cc is not None and "cc" in chosen:

@@ -151,11 +151,37 @@ _TRANSIENT = (
 )
 
 
-async def ensure_state_stream(nc: NATS, replicas: int | None = None) -> str:
+async def ensure_state_stream(nc: NATS, replicas: int | None = None, *, retry_seconds: float = 60.0) -> str:
     """Create the state stream if it is missing, with `replicas` (1 if not given). Given, an existing
     stream's replica count is changed to it (JetStream moves the data); not given, it is left alone.
     A stream with room for fewer consumers than MAX_CONSUMERS gets that room. Returns the stream's
-    creation time: the name of this incarnation of it (epoch markers, reconciler/stateplane.py)."""
+    creation time: the name of this incarnation of it (epoch markers, reconciler/stateplane.py).
+
+    A cluster that has only just started (no meta leader yet) or is electing one answers late or
+    not at all; that is retried for up to `retry_seconds`, so a watcher started with its NATS
+    cluster waits for it instead of exiting. A create that timed out may still have happened: the
+    next attempt reads the stream first."""
+    started = time.monotonic()
+    delay = 0.25
+    while True:
+        try:
+            return await _ensure_state_stream_once(nc, replicas)
+        except (*_TRANSIENT, nats.errors.NoRespondersError) as e:
+            waited = time.monotonic() - started
+            if waited + delay > retry_seconds:
+                raise
+            log.warning(
+                "JetStream stream %s: %s after %.1fs; JetStream not ready yet? retrying for up to %.0fs",
+                subjects.STATE_STREAM,
+                str(e) or type(e).__name__,
+                waited,
+                retry_seconds,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _ensure_state_stream_once(nc: NATS, replicas: int | None) -> str:
     js = nc.jetstream()
     try:
         info = await js.stream_info(subjects.STATE_STREAM)

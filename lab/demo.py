@@ -225,7 +225,7 @@ async def _run(workdir: Path, lab: Lab, ci: bool, keep: bool) -> int:
             BbsWatcherConfig(url=bbs.url, ca_file=client.ca, cert_file=client.cert, key_file=client.key),
             StatePublisher(nc, "bbs", replicas=3),
         )
-        spaces = await stack.enter_async_context(ContainerSpaces(nc))
+        spaces = await stack.enter_async_context(ContainerSpaces(nc, replicas=3))
         policy_watcher = PolicyWatcher(
             PolicyWatcherConfig(
                 url=policy.url,

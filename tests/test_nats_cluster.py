@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -24,7 +25,7 @@ from events.connect import connect
 from events.messages import AppInstancesMessage, ContainerMessage, Message
 from events.models import Container
 from events.permissions import Permissions, Role, inbox_prefix
-from events.publisher import StatePublisher
+from events.publisher import StatePublisher, ensure_state_stream
 from lab.natsconf import Identities, Identity, LameDuck, NatsUser, ServerSettings
 from lab.natsserver import NatsCluster, stream_leader
 from lab.pki import Pki, make_pki
@@ -259,3 +260,29 @@ def readable(cell: str, subject: str) -> bool:
     """What a cell may read: not the containers of another cell."""
     prefix = f"{subjects.STATE_PREFIX}.container."
     return not subject.startswith(prefix) or subject.startswith(f"{prefix}{cell}.")
+
+
+async def test_a_watcher_started_with_its_cluster_waits_for_jetstream_to_create_the_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A node alone has no JetStream meta leader: it answers stream requests "temporarily
+    # unavailable" or not at all. The watcher keeps asking until the other nodes are up.
+    nodes = NatsCluster(tmp_path / "cluster")
+    first, *others = nodes.nodes.values()
+    try:
+        first.start(wait=False)
+        nc = await nats.connect(first.url, connect_timeout=2, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+        try:
+            ensuring = asyncio.create_task(ensure_state_stream(nc, 3, retry_seconds=120))
+            await until(lambda: "JetStream not ready yet" in caplog.text, "the watcher to be refused", timeout=30)
+            assert not ensuring.done()
+            for node in others:
+                node.start(wait=False)
+            created = await asyncio.wait_for(ensuring, timeout=120)
+            info = await nc.jetstream().stream_info(subjects.STATE_STREAM)
+            assert info.config.num_replicas == 3
+            assert created == info.created.isoformat()
+        finally:
+            await nc.close()
+    finally:
+        nodes.stop()

@@ -64,11 +64,13 @@ class StaticSpaces:
 class ContainerSpaces:
     """The spaces of all containers in the state stream, kept current by an ordered consumer.
 
-    Use as `async with ContainerSpaces(nc) as spaces: ...`.
+    Use as `async with ContainerSpaces(nc) as spaces: ...`. It runs beside a publisher and, if it
+    is first, creates the state stream with the publisher's `replicas`.
     """
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, *, replicas: int | None = None) -> None:
         self._nc = nc
+        self._replicas = replicas
         self._space_of: dict[str, str] = {}  # container subject -> space guid
         self._current: frozenset[str] = frozenset()
         self._sub: JetStreamContext.PushSubscription | None = None
@@ -79,7 +81,7 @@ class ContainerSpaces:
         return self._current
 
     async def __aenter__(self) -> ContainerSpaces:
-        await ensure_state_stream(self._nc)
+        await ensure_state_stream(self._nc, self._replicas)
         js = self._nc.jetstream()
         sub = await js.subscribe(
             ALL_CONTAINERS,
