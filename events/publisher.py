@@ -159,16 +159,16 @@ async def ensure_state_stream(nc: NATS, replicas: int | None = None, *, retry_se
 
     A cluster that has only just started (no meta leader yet) or is electing one answers late or
     not at all; that is retried for up to `retry_seconds`, so a watcher started with its NATS
-    cluster waits for it instead of exiting. A create that timed out may still have happened: the
-    next attempt reads the stream first."""
+    cluster waits for it instead of exiting. A NATS without JetStream fails at once. A create that
+    timed out may still have happened: the next attempt reads the stream first."""
     started = time.monotonic()
     delay = 0.25
     while True:
         try:
             return await _ensure_state_stream_once(nc, replicas)
-        except (*_TRANSIENT, nats.errors.NoRespondersError) as e:
+        except _TRANSIENT as e:
             waited = time.monotonic() - started
-            if waited + delay > retry_seconds:
+            if _no_jetstream(e) or waited + delay > retry_seconds:
                 raise
             log.warning(
                 "JetStream stream %s: %s after %.1fs; JetStream not ready yet? retrying for up to %.0fs",
@@ -179,6 +179,13 @@ async def ensure_state_stream(nc: NATS, replicas: int | None = None, *, retry_se
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _no_jetstream(e: Exception) -> bool:
+    """Nobody serves the JetStream API here (nats-py reports no responders as a 503 without a code):
+    this NATS has no JetStream, which waiting does not change. A cluster without a meta leader yet
+    answers with a coded 503 or not at all."""
+    return isinstance(e, ServiceUnavailableError) and e.code is None
 
 
 async def _ensure_state_stream_once(nc: NATS, replicas: int | None) -> str:
