@@ -9,6 +9,8 @@ purge, a lost store, a recreated stream).
 
 from __future__ import annotations
 
+import time
+
 from nats.aio.client import Client as NATS
 
 from events import subjects
@@ -26,23 +28,24 @@ from events.models import C2CPolicy, CellState
 from events.publisher import StatePublisher
 
 
-def state_messages(state: CellState) -> list[Message]:
-    """Every object of `state` as one message. Containers are addressed to `state.cell_id`."""
+def state_messages(state: CellState, observed_at: float | None = None) -> list[Message]:
+    """Every object of `state` as one message, stamped `observed_at`. Containers are addressed to
+    `state.cell_id`."""
     out: list[Message] = []
     for c in state.containers:
-        out.append(ContainerMessage(cell_id=state.cell_id, handle=c.handle, container=c))
+        out.append(ContainerMessage(cell_id=state.cell_id, handle=c.handle, container=c, observed_at=observed_at))
     for g in state.security_groups:
-        out.append(SecurityGroupMessage(guid=g.guid, security_group=g))
+        out.append(SecurityGroupMessage(guid=g.guid, security_group=g, observed_at=observed_at))
     # The document speaks for its containers' apps: an app with no policy gets an explicit empty set.
     by_destination: dict[str, list[C2CPolicy]] = {c.app_guid: [] for c in state.containers}
     for p in state.c2c_policies:
         by_destination.setdefault(p.destination.id, []).append(p)
     for app, policies in sorted(by_destination.items()):
-        out.append(C2CPoliciesMessage(destination_app_guid=app, policies=policies))
+        out.append(C2CPoliciesMessage(destination_app_guid=app, policies=policies, observed_at=observed_at))
     for app, addrs in sorted(state.app_instances.items()):
-        out.append(AppInstancesMessage(app_guid=app, addresses=addrs))
-    out.append(EgressPoliciesMessage(policies=state.egress_policies))
-    out.append(CellConfigMessage(cell_id=state.cell_id, config=state.config))
+        out.append(AppInstancesMessage(app_guid=app, addresses=addrs, observed_at=observed_at))
+    out.append(EgressPoliciesMessage(policies=state.egress_policies, observed_at=observed_at))
+    out.append(CellConfigMessage(cell_id=state.cell_id, config=state.config, observed_at=observed_at))
     return out
 
 
@@ -71,7 +74,7 @@ async def publish_state(
     source = f"publish-{state.cell_id}" if state.cell_id else "publish"
     publisher = StatePublisher(nc, source, cell_id=state.cell_id or None, replicas=replicas)
     published = await publisher.load_published()
-    messages = state_messages(state)
+    messages = state_messages(state, observed_at=time.time())  # the document is what we observe now
     sent = len(await publisher.publish_all(messages))
     deletions: list[Message] = []
     if prune:
