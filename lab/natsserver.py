@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -76,27 +79,43 @@ def find_nats_server() -> Path | None:
 
 
 _FIRST_FIXED_PORT = 20000
-_handed_out: set[int] = set()
+# Ports this process handed out, each with the lock that keeps other processes (another test run
+# or benchmark on this machine) from handing it out too; the kernel drops the locks when we exit.
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "cfnft-ports"
+_handed_out: dict[int, int] = {}
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, below the kernel's ephemeral range: a port the kernel
     hands out itself may, before the server binds it, become the local end of some connection
-    (a cluster node dialling a route that is not up yet), and the server then fails to start."""
+    (a cluster node dialling a route that is not up yet), and the server then fails to start.
+    Reserved for this process's lifetime, so that neither it nor another process that uses
+    free_port takes it while a server here is stopped for an outage test."""
     low = _ephemeral_low()
     for port in random.sample(range(_FIRST_FIXED_PORT, low), k=min(200, low - _FIRST_FIXED_PORT)):
-        if port in _handed_out:  # handed out but perhaps not bound yet
+        if port in _handed_out or not _reserve(port):
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
-                continue
-        _handed_out.add(port)
+                continue  # in use by something else; stays reserved, so it is not tried again
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _reserve(port: int) -> bool:
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    fd = os.open(_PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _handed_out[port] = fd
+    return True
 
 
 def _ephemeral_low() -> int:
