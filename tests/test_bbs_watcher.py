@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiohttp import http_parser
 from nats.aio.client import Client as NatsClient
-from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry
 
 from events import subjects
@@ -97,25 +96,18 @@ async def start_watcher(
 
 
 async def read_state(nc: NatsClient, subject_filter: str = subjects.STATE_WILDCARD) -> State:
-    """Every subject's last message, as a reconciler replays the state stream.
-
-    The count comes from the stream (per-subject totals), not from the consumer's first info:
-    an ordered consumer may have pushed everything before that info is taken."""
+    """Every subject's last message: the subjects from the stream's info, then each subject's last
+    message read directly. No consumer, so a watcher publishing meanwhile cannot leave the read
+    waiting for a count of pending messages that moved under it."""
     await ensure_state_stream(nc)
     js = nc.jetstream()
     info = await js.stream_info(subjects.STATE_STREAM, subjects_filter=subject_filter)
-    if not info.state.subjects:
-        return {}
-    sub = await js.subscribe(subject_filter, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT)
     state: State = {}
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            state[msg.subject] = json.loads(msg.data)
-            if msg.metadata.num_pending == 0:
-                return state
-    finally:
-        await sub.unsubscribe()
+    for subject in sorted(info.state.subjects or {}):
+        msg = await js.get_last_msg(subjects.STATE_STREAM, subject)
+        assert msg.data is not None
+        state[subject] = json.loads(msg.data)
+    return state
 
 
 async def last(nc: NatsClient, subject: str) -> dict[str, Any]:
