@@ -23,11 +23,11 @@ hundred at most) when one of them or the config changes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from ipaddress import IPv4Address, IPv6Address
 from typing import TypeVar
 
-from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
+from events.models import CellConfig, CellState, Container, EgressPolicy
 from reconciler.admission import Limits, Unusable, rule_elements
+from reconciler.compact import Addresses, StoredGroup, StoredPolicies
 from reconciler.conflicts import CNI_REGISTRATION, NATS_RECORD, Ranked, resolve
 from reconciler.keys import Kind, StateKey
 from reconciler.store import DesiredStore
@@ -93,15 +93,15 @@ class AdmittedState:
         return self._store.config
 
     @property
-    def groups(self) -> Mapping[str, SecurityGroup]:
+    def groups(self) -> Mapping[str, StoredGroup]:
         return _Visible(self._store.groups, self._hidden[Kind.GROUP])
 
     @property
-    def apps(self) -> Mapping[str, list[IPv4Address | IPv6Address]]:
+    def apps(self) -> Mapping[str, Addresses]:
         return _Visible(self._store.apps, self._hidden[Kind.APP])
 
     @property
-    def c2c(self) -> Mapping[str, list[C2CPolicy]]:
+    def c2c(self) -> Mapping[str, StoredPolicies]:
         return _Visible(self._store.c2c, self._hidden[Kind.C2C])
 
     @property
@@ -130,7 +130,7 @@ class AdmittedState:
                 return [key]
             case Kind.GROUP:
                 group = self._store.groups.get(key.id)
-                self._judge(key, group, None if group is None else rule_elements(group.egress_rules()))
+                self._judge(key, group, None if group is None else group.elements)
                 return [key]
             case Kind.APP:
                 self._judge(key, self._store.apps.get(key.id), None)
@@ -143,7 +143,7 @@ class AdmittedState:
     def everything_changed(self) -> None:
         """The store was filled anew (a saved snapshot loaded): judge every object once."""
         for guid, group in self._store.groups.items():
-            self._judge(StateKey(Kind.GROUP, guid), group, rule_elements(group.egress_rules()))
+            self._judge(StateKey(Kind.GROUP, guid), group, group.elements)
         self._settle_egress()
         self._settle_containers()
 
@@ -335,10 +335,10 @@ class AdmittedState:
         return CellState.model_construct(
             cell_id=self.cell_id,
             containers=sorted(containers, key=lambda c: c.handle),
-            security_groups=[g for _, g in sorted(self.groups.items())],
-            c2c_policies=[p for _, ps in sorted(self.c2c.items()) for p in ps],
+            security_groups=[g.group() for _, g in sorted(self.groups.items())],
+            c2c_policies=[p for _, ps in sorted(self.c2c.items()) for p in ps.policies()],
             egress_policies=list(self._egress),
-            app_instances=dict(sorted(self.apps.items())),
+            app_instances={app: addrs.addresses() for app, addrs in sorted(self.apps.items())},
             config=self.config or self.default_config,
         )
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ TABLE = Table(Family.INET, "cfnft")
 # What a cached fragment (or bundle, or applicability) is keyed by: the values and object ids it is computed from.
 FragmentKey = tuple[object, ...]
 T = TypeVar("T")
+
+
+class _Named(typing.Protocol):
+    """A security group as make_bundle needs it: by guid (a model, or the store's compact form)."""
+
+    @property
+    def guid(self) -> str: ...
+
+
+G = TypeVar("G", bound=_Named)
 
 PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6 = 6, 17, 1, 58
 ANY_BYTE = (0, 255)
@@ -188,10 +199,10 @@ def static_rules(c: Container) -> set[EgressRule]:
 
 def make_bundle(
     lifecycle: Lifecycle,
-    groups: Iterable[SecurityGroup],
+    groups: Iterable[G],
     egress_policies: Iterable[EgressPolicy],
     static: set[EgressRule],
-    source_of: Callable[[SecurityGroup], RuleSource] = group_source,
+    source_of: Callable[[G], RuleSource],
 ) -> Bundle:
     """The rule sources of a bundle: one per security group, plus the bundle's own static rules and
     egress policies, which are named after the bundle (they have no guid of their own)."""

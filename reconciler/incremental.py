@@ -46,6 +46,7 @@ from typing import Protocol, TypeVar
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from nft import Touched
 from nft.objects import AddrRange, Chain, Element, KeyField, Map, Rule, Ruleset, Set
+from reconciler.compact import Addresses, StoredGroup, StoredPolicies
 from reconciler.compile import (
     DISPATCH_MAPS,
     TABLE,
@@ -80,11 +81,11 @@ class DesiredState(Protocol):
     @property
     def cell_id(self) -> str: ...
     @property
-    def groups(self) -> Mapping[str, SecurityGroup]: ...
+    def groups(self) -> Mapping[str, StoredGroup]: ...
     @property
-    def apps(self) -> Mapping[str, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]: ...
+    def apps(self) -> Mapping[str, Addresses]: ...
     @property
-    def c2c(self) -> Mapping[str, list[C2CPolicy]]: ...
+    def c2c(self) -> Mapping[str, StoredPolicies]: ...
     @property
     def egress(self) -> list[EgressPolicy]: ...
     @property
@@ -121,14 +122,14 @@ EMPTY = Fragment()
 Binding = tuple[Lifecycle, str | None]
 
 
-def bindings(group: SecurityGroup | None) -> frozenset[Binding]:
+def bindings(group: StoredGroup | None) -> frozenset[Binding]:
     if group is None:
         return frozenset()
-    out: set[Binding] = {(Lifecycle.RUNNING, s) for s in group.running_space_guids}
-    out |= {(Lifecycle.STAGING, s) for s in group.staging_space_guids}
-    if group.globally_enabled.running:
+    out: set[Binding] = {(Lifecycle.RUNNING, s) for s in group.running_spaces}
+    out |= {(Lifecycle.STAGING, s) for s in group.staging_spaces}
+    if group.running_global:
         out.add((Lifecycle.RUNNING, None))
-    if group.globally_enabled.staging:
+    if group.staging_global:
         out.add((Lifecycle.STAGING, None))
     return frozenset(out)
 
@@ -138,7 +139,8 @@ class _Source:
     """A rule source compiled into its sets, and the bundles that use it."""
 
     source: RuleSource
-    group: SecurityGroup | None  # the group object it was compiled from (None: a bundle's own rules)
+    record: StoredGroup | None  # the store's group it was compiled from (None: a bundle's own rules)
+    group: SecurityGroup | None  # that group, parsed
     matches: Matches
     fragment: Fragment
     users: set[str] = field(default_factory=set)
@@ -182,8 +184,8 @@ class IncrementalCompiler:
         # Foundation-wide indexes, always current.
         self._groups_by: dict[Binding, set[str]] = defaultdict(set)
         self._bindings: dict[str, frozenset[Binding]] = {}
-        self._c2c_seen: dict[str, list[C2CPolicy]] = {}
-        self._policies_to: dict[str, dict[str, list[C2CPolicy]]] = defaultdict(dict)  # dst -> c2c key -> policies
+        self._c2c_seen: dict[str, StoredPolicies] = {}
+        self._policies_to: dict[str, set[str]] = defaultdict(set)  # destination app -> c2c keys with policies to it
         self._destinations_of: dict[str, Counter[str]] = defaultdict(Counter)  # source app -> destination apps
         self._seen: dict[str, tuple[Container | None, Container | None]] = {}  # handle -> (NATS, registered)
         self._nats_ips: dict[ipaddress.IPv4Address, set[str]] = defaultdict(set)
@@ -195,6 +197,7 @@ class IncrementalCompiler:
         self._sources: dict[str, _Source] = {}
         self._bundles: dict[str, _Bundle] = {}
         self._ingress: dict[str, tuple[tuple[object, ...], Fragment]] = {}
+        self._parsed: dict[str, tuple[StoredGroup, SecurityGroup]] = {}  # groups parsed by this compile()
         self._base = EMPTY
         self._cfg = CellConfig()
         self._deny: tuple[str, ...] = ()
@@ -303,24 +306,26 @@ class IncrementalCompiler:
 
     def _index_c2c(self, key: str) -> set[str]:
         """Re-index the policies of c2c message `key`; return the destination apps they concern."""
-        old, new = self._c2c_seen.pop(key, []), self._store.c2c.get(key) or []
-        if new:
-            self._c2c_seen[key] = new
-        for p in old:
-            towards = self._policies_to[p.destination.id]
-            towards.pop(key, None)
+        stored_old, stored_new = self._c2c_seen.pop(key, None), self._store.c2c.get(key)
+        if stored_new is not None:
+            self._c2c_seen[key] = stored_new
+        old = stored_old.pairs if stored_old is not None else ()
+        new = stored_new.pairs if stored_new is not None else ()
+        for source, destination in old:
+            towards = self._policies_to[destination]
+            towards.discard(key)
             if not towards:
-                del self._policies_to[p.destination.id]
-            counts = self._destinations_of[p.source.id]
-            counts[p.destination.id] -= 1
-            if counts[p.destination.id] <= 0:
-                del counts[p.destination.id]
+                del self._policies_to[destination]
+            counts = self._destinations_of[source]
+            counts[destination] -= 1
+            if counts[destination] <= 0:
+                del counts[destination]
                 if not counts:
-                    del self._destinations_of[p.source.id]
-        for p in new:
-            self._policies_to[p.destination.id].setdefault(key, []).append(p)
-            self._destinations_of[p.source.id][p.destination.id] += 1
-        return {p.destination.id for p in (*old, *new)}
+                    del self._destinations_of[source]
+        for source, destination in new:
+            self._policies_to[destination].add(key)
+            self._destinations_of[source][destination] += 1
+        return {destination for _, destination in (*old, *new)}
 
     def _reindex(self) -> None:
         self._groups_by.clear()
@@ -350,6 +355,8 @@ class IncrementalCompiler:
         except Exception:
             self._full = True
             raise
+        finally:
+            self._parsed.clear()
         if self._full:
             self._touched = None
         elif self._touched is not None:
@@ -393,16 +400,16 @@ class IncrementalCompiler:
         sources, the egress policies and the config. `compile_ruleset` of it is the same ruleset,
         and it is a small fraction of a large foundation: what the reconciler saves for a restart."""
         store = self._store
-        guids = sorted(src.group.guid for src in self._sources.values() if src.group is not None)
-        policies = [p for app in sorted(self._ingress) for ps in self._policies_to.get(app, {}).values() for p in ps]
+        groups = sorted((src.group for src in self._sources.values() if src.group is not None), key=lambda g: g.guid)
+        policies = [p for app in sorted(self._ingress) for p in self._policies_towards(app)]
         sources = sorted({p.source.id for p in policies})
         return CellState.model_construct(
             cell_id=store.cell_id,
             containers=sorted((local.container for local in self._local.values()), key=lambda c: c.handle),
-            security_groups=[store.groups[g] for g in guids if g in store.groups],
+            security_groups=groups,
             c2c_policies=policies,
             egress_policies=list(store.egress),
-            app_instances={app: list(store.apps[app]) for app in sources if app in store.apps},
+            app_instances={app: store.apps[app].addresses() for app in sources if app in store.apps},
             config=self._cfg,
         )
 
@@ -522,17 +529,27 @@ class IncrementalCompiler:
         lifecycle = lifecycle_of(c.workload)
         policies = [p for p in self._store.egress if p.applies_to(c.app_guid, c.space_guid, c.workload)]
         if not self._cfg.dynamic_asgs:
-            return make_bundle(lifecycle, (), policies, static_rules(c))
+            return make_bundle(lifecycle, (), policies, static_rules(c), group_source)
         guids = self._groups_by.get((lifecycle, None), set()) | self._groups_by.get((lifecycle, c.space_guid), set())
         groups = [self._store.groups[g] for g in guids]
         return make_bundle(lifecycle, groups, policies, set(), self._group_source)
 
-    def _group_source(self, group: SecurityGroup) -> RuleSource:
+    def _group_source(self, record: StoredGroup) -> RuleSource:
         """A group's rule source, parsed once per group object."""
-        entry = self._sources.get(f"sg-{group.guid}")
-        if entry is not None and entry.group is group:
+        entry = self._sources.get(f"sg-{record.guid}")
+        if entry is not None and entry.record is record:
             return entry.source
-        return group_source(group)
+        return group_source(self._group(record))
+
+    def _group(self, record: StoredGroup) -> SecurityGroup:
+        """The store's group `record` as a model: the one compiled from it, or parsed (once per compile)."""
+        entry = self._sources.get(f"sg-{record.guid}")
+        if entry is not None and entry.record is record and entry.group is not None:
+            return entry.group
+        parsed = self._parsed.get(record.guid)
+        if parsed is None or parsed[0] is not record:
+            parsed = self._parsed[record.guid] = (record, record.group())
+        return parsed[1]
 
     # --- bundles and rule sources
 
@@ -572,21 +589,20 @@ class IncrementalCompiler:
             self._pass.put(entry.fragment)
         entry.users.add(bundle)
 
-    def _compile_source(self, src: RuleSource, group: SecurityGroup | None = None) -> _Source:
-        if group is None and src.prefix.startswith("sg-"):
-            group = self._store.groups.get(src.prefix[3:])
+    def _compile_source(self, src: RuleSource) -> _Source:
+        record = self._store.groups.get(src.prefix[3:]) if src.prefix.startswith("sg-") else None
         scratch = Ruleset(TABLE)
         matches = _source_sets(scratch, src, self._cfg)
-        return _Source(src, group, matches, Fragment.of(scratch))
+        return _Source(src, record, None if record is None else self._group(record), matches, Fragment.of(scratch))
 
     def _recompile_group(self, guid: str) -> None:
         """A group in use changed: its sets, and the chains of the bundles using it if its matches
         or its name changed. (A changed binding moves containers between bundles elsewhere.)"""
         entry = self._sources.get(f"sg-{guid}")
-        group = self._store.groups.get(guid)
-        if entry is None or group is None or entry.group is group:
+        record = self._store.groups.get(guid)
+        if entry is None or record is None or entry.record is record:
             return
-        fresh = self._compile_source(group_source(group), group)
+        fresh = self._compile_source(group_source(self._group(record)))
         fresh.users = entry.users
         self._sources[fresh.source.prefix] = fresh
         self._pass.drop(entry.fragment)
@@ -612,7 +628,7 @@ class IncrementalCompiler:
                 del self._ingress[app]
                 self._pass.drop(old[1])
             return
-        policies = [p for ps in self._policies_to.get(app, {}).values() for p in ps]
+        policies = self._policies_towards(app)
         sources = tuple(sorted({p.source.id for p in policies}))
         instances = {s: self._instances(s) for s in sources}
         boxes = _c2c_boxes(policies, instances)
@@ -627,9 +643,15 @@ class IncrementalCompiler:
         self._pass.put(fragment)
         self._ingress[app] = (key, fragment)
 
+    def _policies_towards(self, app: str) -> list[C2CPolicy]:
+        """The c2c policies whose destination is `app`, parsed."""
+        keys = sorted(self._policies_to.get(app, ()))
+        return [p for k in keys for p in self._c2c_seen[k].policies() if p.destination.id == app]
+
     def _instances(self, app: str) -> set[ipaddress.IPv4Address]:
         """IPv4 overlay addresses of every instance of `app`: the foundation's, and the local ones."""
-        out = {a for a in self._store.apps.get(app, ()) if isinstance(a, ipaddress.IPv4Address)}
+        stored = self._store.apps.get(app)
+        out = set(stored.ipv4()) if stored is not None else set()
         out.update(self._local[h].container.ip for h in self._apps.get(app, ()) if h in self._local)
         return out
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeVar
 
 from events import subjects
@@ -32,7 +31,8 @@ from events.messages import (
     SecurityGroupMessage,
     StateKind,
 )
-from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
+from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy
+from reconciler.compact import Addresses, StoredGroup, StoredPolicies
 from reconciler.keys import Kind, StateKey
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,10 @@ class DesiredStore:
     default_config: CellConfig = field(default_factory=CellConfig)
     containers: dict[str, Container] = field(default_factory=dict)  # from NATS, this cell only
     registered: dict[str, Container] = field(default_factory=dict)  # from the CNI plugin on this cell
-    groups: dict[str, SecurityGroup] = field(default_factory=dict)
-    apps: dict[str, list[IPv4Address | IPv6Address]] = field(default_factory=dict)
-    c2c: dict[str, list[C2CPolicy]] = field(default_factory=dict)
+    # The foundation's objects, in their compact forms (reconciler/compact.py).
+    groups: dict[str, StoredGroup] = field(default_factory=dict)
+    apps: dict[str, Addresses] = field(default_factory=dict)
+    c2c: dict[str, StoredPolicies] = field(default_factory=dict)
     egress: list[EgressPolicy] = field(default_factory=list)
     config: CellConfig | None = None  # from NATS; overrides default_config when present
     markers: dict[str, EpochMessage] = field(default_factory=dict)  # the publishers' epoch markers, by source
@@ -82,11 +83,12 @@ class DesiredStore:
             case ContainerMessage():
                 return _put(self.containers, msg.handle, msg.container)
             case AppInstancesMessage():
-                return _put(self.apps, msg.app_guid, sorted(msg.addresses, key=_address_order) or None)
+                return _put(self.apps, msg.app_guid, Addresses.of(msg.addresses))
             case SecurityGroupMessage():
-                return _put(self.groups, msg.guid, msg.security_group)
+                group = msg.security_group
+                return _put(self.groups, msg.guid, None if group is None else StoredGroup.of(group))
             case C2CPoliciesMessage():
-                return _put(self.c2c, msg.destination_app_guid, list(msg.policies) or None)
+                return _put(self.c2c, msg.destination_app_guid, StoredPolicies.of(msg.policies))
             case EgressPoliciesMessage():
                 changed = self.egress != list(msg.policies)
                 self.egress = list(msg.policies)
@@ -180,11 +182,12 @@ class DesiredStore:
     def load_snapshot(self, state: CellState) -> None:
         """Take a whole saved state (the last one committed), e.g. when NATS is unreachable at start."""
         self.containers = {c.handle: c for c in state.containers if c.handle not in self.registered}
-        self.groups = {g.guid: g for g in state.security_groups}
-        self.apps = {app: list(addrs) for app, addrs in state.app_instances.items()}
-        self.c2c = {}
+        self.groups = {g.guid: StoredGroup.of(g) for g in state.security_groups}
+        self.apps = {app: packed for app, addrs in state.app_instances.items() if (packed := Addresses.of(addrs))}
+        towards: dict[str, list[C2CPolicy]] = {}
         for p in state.c2c_policies:
-            self.c2c.setdefault(p.destination.id, []).append(p)
+            towards.setdefault(p.destination.id, []).append(p)
+        self.c2c = {app: stored for app, ps in towards.items() if (stored := StoredPolicies.of(ps))}
         self.egress = list(state.egress_policies)
         self.config = state.config
 
@@ -194,10 +197,10 @@ class DesiredStore:
         return CellState(
             cell_id=self.cell_id,
             containers=sorted(containers.values(), key=lambda c: c.handle),
-            security_groups=[self.groups[g] for g in sorted(self.groups)],
-            c2c_policies=[p for app in sorted(self.c2c) for p in self.c2c[app]],
+            security_groups=[self.groups[g].group() for g in sorted(self.groups)],
+            c2c_policies=[p for app in sorted(self.c2c) for p in self.c2c[app].policies()],
             egress_policies=list(self.egress),
-            app_instances={app: list(addrs) for app, addrs in sorted(self.apps.items())},
+            app_instances={app: addrs.addresses() for app, addrs in sorted(self.apps.items())},
             config=self.config or self.default_config,
         )
 
@@ -207,7 +210,7 @@ class DesiredStore:
             "registered_by_cni": len(self.registered),
             "security_groups": len(self.groups),
             "apps_with_instances": len(self.apps),
-            "c2c_policies": sum(len(p) for p in self.c2c.values()),
+            "c2c_policies": sum(len(p.pairs) for p in self.c2c.values()),
             "egress_policies": len(self.egress),
         }
 
@@ -240,10 +243,6 @@ def _adopt(kind: Kind, mine: dict[str, V], theirs: dict[str, V], changed: list[S
                 del mine[key]
             else:
                 mine[key] = new
-
-
-def _address_order(a: IPv4Address | IPv6Address) -> tuple[int, int]:
-    return a.version, int(a)
 
 
 def _put(table: dict[str, V], key: str, value: V | None) -> bool:

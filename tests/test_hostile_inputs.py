@@ -26,6 +26,7 @@ from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPol
 from events.publisher import StatePublisher
 from nft import diff, render_ruleset
 from reconciler.admission import Limits, StateCheck
+from reconciler.compact import Addresses
 from reconciler.compile import TABLE, Compiler
 from reconciler.conflicts import NATS_RECORD, Ranked, resolve
 from reconciler.planning import plan
@@ -298,9 +299,10 @@ def read_batch(d: Daemon, batch: int) -> bool:
         sentinel is not None
         and sentinel.ports == [batch + 1]
         and group is not None
-        and group.name == f"batch {batch}"
-        and store.apps.get(SENTINEL) == [ip_address(f"10.255.9.{batch + 1}")]
-        and any(p.source.id == f"batch-{batch}" for p in store.c2c.get(SENTINEL, []))
+        and group.group().name == f"batch {batch}"
+        and store.apps.get(SENTINEL) == Addresses.of([ip_address(f"10.255.9.{batch + 1}")])
+        and SENTINEL in store.c2c
+        and any(p.source.id == f"batch-{batch}" for p in store.c2c[SENTINEL].policies())
         and store.config is not None
         and [str(a) for a in store.config.dns_servers] == [f"169.254.1.{batch + 1}"]
         and any(p.source.id == SENTINEL and p.destination.ports[0].start == batch + 1 for p in store.egress)

@@ -286,3 +286,25 @@ def test_a_change_elsewhere_in_the_foundation_costs_no_compile() -> None:
         assert store.apply(msg, 100 + len(space))
         assert compiler.changed(key_of(msg)) is touches, space
     assert normal(compiler.compile()) == normal(compile_ruleset(store.snapshot()))
+
+
+def test_a_group_of_a_space_without_containers_is_compiled_once_a_container_arrives_there() -> None:
+    """The store keeps every group compact; the compiler parses one when it comes into use."""
+    store = DesiredStore(CELL)
+    compiler = IncrementalCompiler(store)
+    compiler.compile()
+    group = SecurityGroup.model_validate(
+        {"guid": "g-far", "name": "far", "rules": [{"protocol": "tcp", "destination": "192.0.2.7", "ports": "443"}],
+         "relationships": {"running_spaces": {"data": [{"guid": "space-2"}]}}}
+    )  # fmt: skip
+    msg = SecurityGroupMessage(version=1, guid=group.guid, security_group=group)
+    assert store.apply(msg, 1)
+    assert not compiler.changed(key_of(msg)), "no container in its space: nothing to compile"
+    assert not any(name.startswith("sg-g-far") for name in compiler.compile().sets)
+    store.register(Container(handle="h0", ip=ipaddress.IPv4Address("10.255.1.2"), app_guid="web",
+                             space_guid="space-2", workload="app"))  # fmt: skip
+    assert compiler.changed(StateKey(Kind.CONTAINER, "h0"))
+    compiled = compiler.compile()
+    assert any(name.startswith("sg-g-far") for name in compiled.sets)
+    assert normal(compiled) == normal(compile_ruleset(store.snapshot()))
+    assert [g.guid for g in compiler.relevant_state().security_groups] == ["g-far"]

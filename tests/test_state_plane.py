@@ -96,7 +96,7 @@ async def test_a_restarted_reconciler_agrees_with_one_that_kept_running(nats_ser
             assert restarted.rec.store.groups == running.rec.store.groups
             assert restarted.kernel.dump() == running.kernel.dump()
             for guid in wanted:
-                rules = restarted.rec.store.groups[guid].rules
+                rules = restarted.rec.store.groups[guid].group().rules
                 assert rules[0].destination == last[guid]["rules"][0]["destination"]
 
 

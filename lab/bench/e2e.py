@@ -27,6 +27,7 @@ from lab.bench.process import reconcile_process, rss, write_config
 from lab.bench.running import in_sync, wait_until
 from lab.natsserver import NatsServer
 from nft import NftRunner
+from reconciler.compact import StoredPolicies
 from reconciler.config import ReconcilerConfig
 from reconciler.daemon import Reconciler
 
@@ -81,7 +82,8 @@ def c2c_change(state: CellState, i: int, port: int = 7777) -> C2CPoliciesMessage
 async def committed(rec: Reconciler, msg: C2CPoliciesMessage) -> None:
     """Until the reconciler holds `msg`'s policies and has committed the transaction that contains them.
     (By content: the store orders messages by stream sequence, and each change differs from the last.)"""
-    await wait_until(lambda: rec.store.c2c.get(msg.destination_app_guid, []) == list(msg.policies))
+    wanted = StoredPolicies.of(msg.policies)
+    await wait_until(lambda: rec.store.c2c.get(msg.destination_app_guid) == wanted)
     generation = rec.generation
     await wait_until(lambda: rec.committed_generation >= generation)
 
