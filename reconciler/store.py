@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from events import subjects
 from events.messages import (
     AppInstancesMessage,
     C2CPoliciesMessage,
@@ -54,7 +53,9 @@ class DesiredStore:
     egress: list[EgressPolicy] = field(default_factory=list)
     config: CellConfig | None = None  # from NATS; overrides default_config when present
     markers: dict[str, EpochMessage] = field(default_factory=dict)  # the publishers' epoch markers, by source
-    seqs: dict[str, int] = field(default_factory=dict)  # stream sequence per subject of an existing object
+    # Stream sequence of each existing object: by kind (its subject's kind token), then by its id, the
+    # same string that keys its table (a subject string per object would cost ~100 bytes more).
+    seqs: dict[str, dict[str, int]] = field(default_factory=dict)
     positions: dict[str, int] = field(default_factory=dict)  # message kind -> highest stream sequence taken
     registration_order: dict[str, int] = field(default_factory=dict)  # CNI handle -> order of registration
     _next_registration: int = 0
@@ -63,19 +64,22 @@ class DesiredStore:
         """Record `msg`, stored at stream sequence `seq`; return whether the desired state changed."""
         if isinstance(msg, (ContainerMessage, CellConfigMessage)) and msg.cell_id != self.cell_id:
             return False
-        subject = msg.subject()
-        if seq <= self.seqs.get(subject, 0):
-            log.debug("ignoring %s at sequence %d: have %d", subject, seq, self.seqs[subject])
+        kind, ident = _address(msg)
+        seqs = self.seqs.get(kind)
+        held = 0 if seqs is None else seqs.get(ident, 0)
+        if seq <= held:
+            log.debug("ignoring %s at sequence %d: have %d", msg.subject(), seq, held)
             return False
         # A local container's stream sequence is its rank when another claims its address or host
         # port (reconciler/conflicts.py): a later copy of the same record is a change too.
         changed = self._record(msg) or isinstance(msg, ContainerMessage)
-        kind = _kind(subject)
         self.positions[kind] = max(seq, self.positions.get(kind, 0))
-        if _deletes(msg):
-            self.seqs.pop(subject, None)
-        else:
-            self.seqs[subject] = seq
+        if not _deletes(msg):
+            self.seqs.setdefault(kind, {})[ident] = seq
+        elif seqs is not None:
+            seqs.pop(ident, None)
+            if not seqs:
+                del self.seqs[kind]
         return changed
 
     def _record(self, msg: Message) -> bool:
@@ -123,7 +127,7 @@ class DesiredStore:
 
     def container_seq(self, handle: str) -> int:
         """The stream sequence of this cell's NATS record of `handle` (0: none, or kept from before)."""
-        return self.seqs.get(subjects.container(self.cell_id, handle), 0)
+        return self.seqs.get("container", {}).get(handle, 0)
 
     def local_containers(self) -> dict[str, Container]:
         """This cell's containers as the store has them: NATS's view, with the CNI plugin's
@@ -218,6 +222,26 @@ class DesiredStore:
 def _kind(subject: str) -> str:
     """The kind token of a state subject (`cfnft.state.<kind>...`)."""
     return subject.split(".")[2] if subject.count(".") >= 2 else ""
+
+
+def _address(msg: Message) -> tuple[str, str]:
+    """Where `msg`'s object sits in `DesiredStore.seqs`: its subject's kind token and its id there."""
+    match msg:
+        case ContainerMessage():
+            return "container", msg.handle
+        case AppInstancesMessage():
+            return "app", msg.app_guid
+        case SecurityGroupMessage():
+            return "asg", msg.guid
+        case C2CPoliciesMessage():
+            return "c2c", msg.destination_app_guid
+        case EgressPoliciesMessage():
+            return "egress", ""
+        case CellConfigMessage():
+            return "config", msg.cell_id
+        case EpochMessage():
+            return "epoch", msg.source
+    raise TypeError(f"no store address for message {type(msg).__name__}")
 
 
 def _deletes(msg: Message) -> bool:
