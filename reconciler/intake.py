@@ -7,7 +7,8 @@ which object changed and hands the keys it makes visible to the incremental comp
 `dirty`; the foundation's other changes end there. Nothing here compiles or touches the kernel.
 
 While a pass compiles on its worker thread (`held()`), inputs wait in order and are taken in as
-soon as it returns: the store never changes under a compile.
+soon as it returns: the store never changes under a compile. A replay under way fills a store of its
+own, which no compile reads, so its messages are taken in at once (unless earlier inputs still wait).
 
 The intake also keeps how far the kernel is: `committed(generation)` (called by the apply loop
 after each successful pass) resolves the CNI callers waiting in `wait_committed`, and measures
@@ -160,7 +161,12 @@ class StateIntake:
         if problems:
             self.metrics.bad_messages.inc()
         self.board.intake(msg.subject(), problems, refused=False)
-        self._take(lambda: self._take_message(msg, seq))
+        if self._compiling and self._replay_store is not None and not self._deferred:
+            # A replay fills a store of its own, which no compile reads: taken in now, the messages of
+            # a replay that meets the start-up pass are not held whole until it ends.
+            self._take_message(msg, seq)
+        else:
+            self._take(lambda: self._take_message(msg, seq))
 
     def _take_message(self, msg: Message, seq: int) -> None:
         replaying = self._replay_store is not None
