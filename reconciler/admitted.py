@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
-from events.models import CellConfig, CellState, Container, EgressPolicy
+from events.models import CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from reconciler.admission import Limits, Unusable, rule_elements
 from reconciler.compact import Addresses, StoredGroup, StoredPolicies
 from reconciler.conflicts import CNI_REGISTRATION, NATS_RECORD, Ranked, resolve
@@ -95,6 +95,10 @@ class AdmittedState:
     @property
     def groups(self) -> Mapping[str, StoredGroup]:
         return _Visible(self._store.groups, self._hidden[Kind.GROUP])
+
+    @property
+    def last_group(self) -> tuple[StoredGroup, SecurityGroup] | None:
+        return self._store.last_group
 
     @property
     def apps(self) -> Mapping[str, Addresses]:

@@ -83,6 +83,8 @@ class DesiredState(Protocol):
     @property
     def groups(self) -> Mapping[str, StoredGroup]: ...
     @property
+    def last_group(self) -> tuple[StoredGroup, SecurityGroup] | None: ...
+    @property
     def apps(self) -> Mapping[str, Addresses]: ...
     @property
     def c2c(self) -> Mapping[str, StoredPolicies]: ...
@@ -197,7 +199,7 @@ class IncrementalCompiler:
         self._sources: dict[str, _Source] = {}
         self._bundles: dict[str, _Bundle] = {}
         self._ingress: dict[str, tuple[tuple[object, ...], Fragment]] = {}
-        self._parsed: dict[str, tuple[StoredGroup, SecurityGroup]] = {}  # groups parsed by this compile()
+        self._parsed: dict[str, tuple[StoredGroup, SecurityGroup]] = {}  # groups as models, for the next compile()
         self._base = EMPTY
         self._cfg = CellConfig()
         self._deny: tuple[str, ...] = ()
@@ -284,7 +286,16 @@ class IncrementalCompiler:
         in_use = f"sg-{guid}" in self._sources
         if in_use:
             self._dirty_groups.add(guid)
+        if in_use or touched:
+            self._take_model(guid)
         return in_use or bool(touched)
+
+    def _take_model(self, guid: str) -> None:
+        """Keep the model the store's group `guid` came as, if the store still has it, for the next
+        compile (which uses the group): the message was parsed already."""
+        last, record = self._store.last_group, self._store.groups.get(guid)
+        if last is not None and record is not None and last[0] is record:
+            self._parsed[guid] = last
 
     def _is_local(self, binding: Binding) -> bool:
         lifecycle, space = binding

@@ -11,6 +11,9 @@ re-delivery changes nothing, and no publisher's clock or payload decides which v
 object wins (a `version` in the payload is informational only). Sequences are kept only for
 objects that exist: a deletion forgets its subject entirely, so deleted objects leave nothing
 behind (no tombstones), and neither do other cells' containers, which are never recorded.
+
+Most of a large foundation concerns no local container, so its security groups, c2c policies and
+app addresses are kept in compact forms (reconciler/compact.py), and sequences by kind and id.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from events.messages import (
     SecurityGroupMessage,
     StateKind,
 )
-from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy
+from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from reconciler.compact import Addresses, StoredGroup, StoredPolicies
 from reconciler.keys import Kind, StateKey
 
@@ -53,6 +56,9 @@ class DesiredStore:
     egress: list[EgressPolicy] = field(default_factory=list)
     config: CellConfig | None = None  # from NATS; overrides default_config when present
     markers: dict[str, EpochMessage] = field(default_factory=dict)  # the publishers' epoch markers, by source
+    # The last security group taken from a message, with the model it came as, until the next: a
+    # group in use here is compiled from that model instead of being parsed again (incremental.py).
+    last_group: tuple[StoredGroup, SecurityGroup] | None = None
     # Stream sequence of each existing object: by kind (its subject's kind token), then by its id, the
     # same string that keys its table (a subject string per object would cost ~100 bytes more).
     seqs: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -90,7 +96,9 @@ class DesiredStore:
                 return _put(self.apps, msg.app_guid, Addresses.of(msg.addresses))
             case SecurityGroupMessage():
                 group = msg.security_group
-                return _put(self.groups, msg.guid, None if group is None else StoredGroup.of(group))
+                stored = None if group is None else StoredGroup.of(group)
+                self.last_group = None if stored is None or group is None else (stored, group)
+                return _put(self.groups, msg.guid, stored)
             case C2CPoliciesMessage():
                 return _put(self.c2c, msg.destination_app_guid, StoredPolicies.of(msg.policies))
             case EgressPoliciesMessage():
