@@ -56,6 +56,10 @@ class DroppedBoard:
                 del self._intake[next(iter(self._intake))]
         self._update()
 
+    def holds_intake(self) -> bool:
+        """Whether some message's problems are on the board (one that a good message would replace)."""
+        return bool(self._intake)
+
     def left_out(self, found: Iterable[Unusable]) -> None:
         """Everything the latest pass left out (replacing the previous pass's list)."""
         previous, self._pass = self._pass, {}

@@ -160,7 +160,8 @@ class StateIntake:
         self.metrics.messages.inc()
         if problems:
             self.metrics.bad_messages.inc()
-        self.board.intake(msg.subject(), problems, refused=False)
+        if problems or self.board.holds_intake():  # else there is nothing to record or to replace
+            self.board.intake(msg.subject(), problems, refused=False)
         if self._compiling and self._replay_store is not None and not self._deferred:
             # A replay fills a store of its own, which no compile reads: taken in now, the messages of
             # a replay that meets the start-up pass are not held whole until it ends.

@@ -50,3 +50,14 @@ def test_a_replay_is_taken_in_during_a_compile_and_the_live_store_only_after_it(
         assert i.store.position("cfnft.state.asg.g4") == 4
 
     asyncio.run(scenario())
+
+
+def test_a_good_message_replaces_the_problems_of_the_one_before_on_its_subject(tmp_path: Path) -> None:
+    i = intake(tmp_path)
+    i.message(group_message("g1"), 1, [])
+    assert len(i.board) == 0
+    i.message(group_message("g1"), 2, ["rules[1].destination: '192.0.2.300': not an IP address"])
+    i.message(group_message("g2"), 3, [])
+    assert [e["what"] for e in i.board.entries()] == ["cfnft.state.asg.g1"]
+    i.message(group_message("g1"), 4, [])
+    assert len(i.board) == 0 and i.board.entries() == []
