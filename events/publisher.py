@@ -59,6 +59,13 @@ M = TypeVar("M", bound=Message)
 # unlimited): room for about 7,000 cells and their watchers.
 MAX_CONSUMERS = 50_000
 
+# How long one publish waits for its acknowledgement before it is sent again: short at first, since
+# a request that reached a stream leader just as it stepped down (a node draining in lame duck mode)
+# is never answered, and longer after each timeout, for a cluster that is merely slow. A retry is
+# safe: it is checked against the subject's last sequence.
+FIRST_ATTEMPT_TIMEOUT = 0.25
+LAST_ATTEMPT_TIMEOUT = 4.0
+
 # JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
 WRONG_LAST_SEQUENCE = 10071
 _EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
@@ -307,12 +314,17 @@ class StatePublisher:
         message on the subject: that counts as published, anything else as a conflict."""
         started = time.monotonic()
         delay = 0.05
+        attempt_timeout = FIRST_ATTEMPT_TIMEOUT
         retries = 0
         while True:
             try:
-                ack = await self._js.publish(subject, data, stream=subjects.STATE_STREAM, headers=self._expect(subject))
+                ack = await self._js.publish(
+                    subject, data, stream=subjects.STATE_STREAM, headers=self._expect(subject), timeout=attempt_timeout
+                )
             except _TRANSIENT as e:
                 self._uncertain.add(subject)
+                if isinstance(e, nats.errors.TimeoutError):
+                    attempt_timeout = min(attempt_timeout * 2, LAST_ATTEMPT_TIMEOUT)
                 if time.monotonic() + delay > started + self._retry_seconds:
                     raise
                 if not retries:
