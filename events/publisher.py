@@ -49,6 +49,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 
 from events import subjects
 from events.messages import EpochMessage, Message, StateKind
+from events.poller import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +175,13 @@ async def ensure_state_stream(nc: NATS, replicas: int | None = None, *, retry_se
     cluster waits for it instead of exiting. A NATS without JetStream fails at once. A create that
     timed out may still have happened: the next attempt reads the stream first."""
     started = time.monotonic()
-    delay = 0.25
+    backoff = Backoff(0.25, 2.0)
     while True:
         try:
             return await _ensure_state_stream_once(nc, replicas)
         except _TRANSIENT as e:
             waited = time.monotonic() - started
+            delay = backoff.next_delay()
             if _no_jetstream(e) or waited + delay > retry_seconds:
                 raise
             log.warning(
@@ -190,7 +192,6 @@ async def ensure_state_stream(nc: NATS, replicas: int | None = None, *, retry_se
                 retry_seconds,
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 def _no_jetstream(e: Exception) -> bool:
