@@ -35,7 +35,7 @@ from events.messages import (
 )
 from events.models import C2CPolicy, CellConfig, CellState, Container, EgressPolicy, SecurityGroup
 from reconciler.compact import Addresses, StoredGroup, StoredPolicies
-from reconciler.keys import Kind, StateKey
+from reconciler.keys import Kind, StateKey, key_of
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -135,7 +135,7 @@ class DesiredStore:
 
     def container_seq(self, handle: str) -> int:
         """The stream sequence of this cell's NATS record of `handle` (0: none, or kept from before)."""
-        return self.seqs.get("container", {}).get(handle, 0)
+        return self.seqs.get(Kind.CONTAINER, {}).get(handle, 0)
 
     def local_containers(self) -> dict[str, Container]:
         """This cell's containers as the store has them: NATS's view, with the CNI plugin's
@@ -233,23 +233,12 @@ def _kind(subject: str) -> str:
 
 
 def _address(msg: Message) -> tuple[str, str]:
-    """Where `msg`'s object sits in `DesiredStore.seqs`: its subject's kind token and its id there."""
-    match msg:
-        case ContainerMessage():
-            return "container", msg.handle
-        case AppInstancesMessage():
-            return "app", msg.app_guid
-        case SecurityGroupMessage():
-            return "asg", msg.guid
-        case C2CPoliciesMessage():
-            return "c2c", msg.destination_app_guid
-        case EgressPoliciesMessage():
-            return "egress", ""
-        case CellConfigMessage():
-            return "config", msg.cell_id
-        case EpochMessage():
-            return "epoch", msg.source
-    raise TypeError(f"no store address for message {type(msg).__name__}")
+    """Where `msg`'s object sits in `DesiredStore.seqs`: its subject's kind token and its id there
+    (the state key's, whose kinds are those tokens; an epoch marker by its publisher)."""
+    if isinstance(msg, EpochMessage):
+        return "epoch", msg.source
+    key = key_of(msg)
+    return key.kind.value, key.id
 
 
 def _deletes(msg: Message) -> bool:
