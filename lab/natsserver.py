@@ -19,6 +19,7 @@ may go out on the dead socket and time out.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import fcntl
 import os
@@ -114,8 +115,18 @@ def _reserve(port: int) -> bool:
     except OSError:
         os.close(fd)
         return False
+    if not _handed_out:
+        atexit.register(_forget_ports)
     _handed_out[port] = fd
     return True
+
+
+def _forget_ports() -> None:
+    """Remove this process's lock files on the way out, while still holding them, so that runs
+    leave nothing behind; the kernel drops the locks themselves."""
+    for port in _handed_out:
+        with contextlib.suppress(OSError):
+            (_PORT_LOCKS / str(port)).unlink()
 
 
 def _ephemeral_low() -> int:
